@@ -1,0 +1,3 @@
+from recoverprune.cli import main
+
+raise SystemExit(main())

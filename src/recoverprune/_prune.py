@@ -1,0 +1,371 @@
+"""Magnitude pruning on top of ``torch.nn.utils.prune``.
+
+Masks use PyTorch's own re-parametrisation (``weight_orig`` parameter, ``weight_mask``
+buffer, a forward pre-hook that computes ``weight = weight_orig * weight_mask``), so the
+pruned weights are exactly zero after any optimiser step, ``deepcopy``, ``.to()``,
+``state_dict`` round trip and ``torch.compile`` — and the lifecycle is the one PyTorch users
+already know.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from rich.table import Table
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+__all__ = [
+    "LayerSparsity",
+    "SparsityReport",
+    "finalize",
+    "is_pruned",
+    "prunable_layers",
+    "prune",
+    "refresh_pruned",
+    "restore_pruning",
+    "sparsity",
+]
+
+Scope = Literal["global", "layerwise"]
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _is_masked(module: nn.Module, name: str = "weight") -> bool:
+    return hasattr(module, f"{name}_mask") and hasattr(module, f"{name}_orig")
+
+
+def _effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the module computes with, without relying on a forward having run."""
+    if _is_masked(module):
+        return module.weight_orig.detach() * module.weight_mask
+    return module.weight.detach()
+
+
+def prunable_layers(
+    model: nn.Module,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+) -> dict[str, nn.Module]:
+    """The layers whose ``weight`` :func:`prune` would prune, by qualified name.
+
+    Args:
+        model: the network.
+        include: glob patterns (``fnmatch``) on module names; only matching layers take
+            part. ``None`` means every layer of ``layer_types``.
+        exclude: glob patterns of layers to leave dense (e.g. ``["conv1", "fc"]``).
+        layer_types: module types that take part.
+
+    Raises:
+        ValueError: a pattern matches no layer of ``layer_types`` (the message lists them).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+        >>> list(prunable_layers(net, exclude=["3"]))
+        ['0']
+    """
+    candidates = {
+        name: m for name, m in model.named_modules() if isinstance(m, layer_types)
+    }
+    for pattern in [*(include or ()), *exclude]:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in candidates):
+            names = ", ".join(list(candidates)[:12]) + (" ..." if len(candidates) > 12 else "")
+            raise ValueError(
+                f"include/exclude pattern {pattern!r} matches no prunable layer. "
+                f"Patterns are fnmatch globs on module names; the prunable layers are: {names}"
+            )
+
+    def keep(name: str) -> bool:
+        if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+    return {n: m for n, m in candidates.items() if keep(n)}
+
+
+def _check_amount(amount: object) -> float:
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"amount must be a number in [0, 1), got {amount!r}")
+    a = float(amount)
+    if not (0.0 <= a < 1.0) or math.isnan(a):
+        raise ValueError(
+            f"amount is the fraction of weights to remove and must be in [0, 1), got {amount!r} "
+            "(e.g. 0.75 removes three quarters)"
+        )
+    return a
+
+
+def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` smallest entries; ties go to the lower flat index."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        order = torch.argsort(scores.reshape(-1), stable=True)
+        keep[order[:k]] = False
+    return keep.view_as(scores)
+
+
+def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
+    mask = keep.to(dtype=module.weight.dtype if not _is_masked(module) else module.weight_mask.dtype)
+    if _is_masked(module):
+        module.weight_mask.mul_(mask)  # already pruned: tighten the existing mask in place
+        module.weight = module.weight_orig * module.weight_mask
+    else:
+        torch_prune.custom_from_mask(module, "weight", mask)
+
+
+def prune(
+    model: nn.Module,
+    amount: float,
+    *,
+    scope: Scope = "global",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
+    inplace: bool = False,
+) -> nn.Module:
+    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept.
+
+    With ``scope="global"`` (the default, as in the paper) all selected weights compete:
+    exactly ``round(amount * total)`` of the smallest ``|w|`` across every layer are
+    zeroed, ties broken deterministically by position. With ``scope="layerwise"`` each
+    layer loses ``round(amount * layer_size)`` of its own weights. ``amount`` is the
+    resulting sparsity of the selected weights; pruning an already pruned model
+    tightens its existing masks.
+
+    Args:
+        model: a trained network. It is not modified unless ``inplace=True``.
+        amount: fraction of the selected weights to remove, in ``[0, 1)``.
+        scope: ``"global"`` or ``"layerwise"``.
+        include: glob patterns of layer names that take part (default: all).
+        exclude: glob patterns of layer names to keep dense, e.g. ``["conv1", "linear"]``.
+        layer_types: module types whose ``weight`` is pruned.
+        inplace: prune ``model`` itself instead of a deep copy.
+
+    Returns:
+        The pruned model (a deep copy unless ``inplace``), same mode and device.
+
+    Raises:
+        TypeError, ValueError: bad ``amount``/``scope``, no prunable layer, or a pattern
+            that matches nothing.
+
+    Example:
+        >>> from torch import nn
+        >>> from recoverprune import prune, sparsity
+        >>> net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+        >>> pruned = prune(net, 0.5)
+        >>> sparsity(pruned).zeros
+        60
+        >>> sparsity(net).zeros  # the input model is left as it was
+        0
+    """
+    a = _check_amount(amount)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+    layers = prunable_layers(model, include=include, exclude=exclude, layer_types=layer_types)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layer (looked for {[t.__name__ for t in layer_types]}"
+            f" weights, include={include}, exclude={list(exclude)}); pass a model with Conv/Linear "
+            "layers or widen layer_types"
+        )
+    target = model if inplace else copy.deepcopy(model)
+    names = list(layers)
+    target_layers = dict(target.named_modules())
+    with torch.no_grad():
+        weights = [_effective_weight(target_layers[n]) for n in names]
+        if scope == "global":
+            flat = torch.cat([w.abs().reshape(-1).float() for w in weights])
+            keep_flat = _lowest_k(flat, round(a * flat.numel()))
+            keeps = list(torch.split(keep_flat, [w.numel() for w in weights]))
+            keeps = [k.view_as(w) for k, w in zip(keeps, weights, strict=True)]
+        else:
+            keeps = [_lowest_k(w.abs().float(), round(a * w.numel())) for w in weights]
+        for name, keep in zip(names, keeps, strict=True):
+            _apply_mask(target_layers[name], keep)
+            if not keep.any():
+                warnings.warn(
+                    f"pruning at amount={a} removes every weight of layer {name!r}; the network "
+                    "may stop carrying signal through it. Use a lower amount, scope='layerwise', "
+                    f"or exclude={name!r}",
+                    stacklevel=2,
+                )
+    return target
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """True if any submodule carries a ``torch.nn.utils.prune`` mask.
+
+    Example:
+        >>> from torch import nn
+        >>> is_pruned(prune(nn.Linear(4, 4), 0.5)), is_pruned(nn.Linear(4, 4))
+        (True, False)
+    """
+    return torch_prune.is_pruned(model)
+
+
+def refresh_pruned(model: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` on every pruned module.
+
+    The prune hook only does this at the start of a forward pass; call this after an
+    optimiser step if you read ``module.weight`` directly before the next forward.
+    """
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def finalize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Make pruning permanent: bake masks into plain ``weight`` parameters for export.
+
+    The returned model has no ``weight_orig``/``weight_mask`` and no pruning hooks; its
+    zeros are ordinary zeros (they will not stay zero under further training).
+
+    Example:
+        >>> from torch import nn
+        >>> net = finalize(prune(nn.Linear(4, 4), 0.5))
+        >>> sorted(net.state_dict()), int((net.weight == 0).sum())
+        (['bias', 'weight'], 8)
+    """
+    target = model if inplace else copy.deepcopy(model)
+    for module in target.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+    return target
+
+
+def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Re-create mask re-parametrisation so a pruned ``state_dict`` loads with ``strict=True``.
+
+    For every ``<module>.<name>_mask`` key whose module is not yet pruned, applies
+    ``torch.nn.utils.prune.identity``; ``load_state_dict`` then fills the real masks.
+
+    Example:
+        >>> from torch import nn
+        >>> sd = prune(nn.Linear(4, 4), 0.5).state_dict()
+        >>> fresh = nn.Linear(4, 4)
+        >>> restore_pruning(fresh, sd)
+        >>> _ = fresh.load_state_dict(sd)
+        >>> int((fresh.weight_mask == 0).sum())
+        8
+    """
+    modules = dict(model.named_modules())
+    for key in state_dict:
+        if not key.endswith("_mask"):
+            continue
+        mod_name, _, tensor = key[: -len("_mask")].rpartition(".")
+        module = modules.get(mod_name)
+        if module is None or f"{mod_name + '.' if mod_name else ''}{tensor}_orig" not in state_dict:
+            continue
+        if not _is_masked(module, tensor) and isinstance(getattr(module, tensor, None), nn.Parameter):
+            torch_prune.identity(module, tensor)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """Sparsity of one layer's weight."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights."""
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Global and per-layer sparsity of a model's prunable weights.
+
+    ``print(report)`` or ``rich.print(report.table())`` shows a table.
+    """
+
+    layers: tuple[LayerSparsity, ...] = field(default_factory=tuple)
+
+    @property
+    def total(self) -> int:
+        """Number of prunable weights."""
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def zeros(self) -> int:
+        """Number of zero weights among them."""
+        return sum(layer.zeros for layer in self.layers)
+
+    @property
+    def overall(self) -> float:
+        """Global fraction of zero weights."""
+        return self.zeros / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form."""
+        return {
+            "overall": self.overall,
+            "total": self.total,
+            "zeros": self.zeros,
+            "layers": {
+                la.name: {"shape": list(la.shape), "numel": la.numel, "zeros": la.zeros}
+                for la in self.layers
+            },
+        }
+
+    def table(self, title: str | None = "Sparsity") -> Table:
+        """A rich table: layer, shape, weights, zeros, sparsity."""
+        t = Table(title=title)
+        for col, just in (("layer", "left"), ("shape", "left"), ("weights", "right"),
+                          ("zeros", "right"), ("sparsity", "right")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for la in self.layers:
+            t.add_row(la.name, "x".join(map(str, la.shape)), f"{la.numel:,}", f"{la.zeros:,}",
+                      f"{la.sparsity:.1%}")
+        t.add_section()
+        t.add_row("total", "", f"{self.total:,}", f"{self.zeros:,}", f"{self.overall:.2%}")
+        return t
+
+    def __str__(self) -> str:
+        import io
+
+        from rich.console import Console
+
+        console = Console(width=100, file=io.StringIO())
+        console.print(self.table())
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def sparsity(
+    model: nn.Module, layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES
+) -> SparsityReport:
+    """Fraction of zero weights in the prunable layers of ``model``.
+
+    Counts every layer of ``layer_types`` (Conv/Linear) and every layer carrying a mask.
+
+    Example:
+        >>> from recoverprune import prune, sparsity
+        >>> from torch import nn
+        >>> round(sparsity(prune(nn.Linear(100, 10), 0.25)).overall, 2)
+        0.25
+    """
+    types = tuple(layer_types)
+    rows = []
+    for name, m in model.named_modules():
+        if (isinstance(m, types) or _is_masked(m)) and isinstance(
+            getattr(m, "weight_orig", getattr(m, "weight", None)), torch.Tensor
+        ):
+            w = _effective_weight(m)
+            rows.append(LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), int((w == 0).sum())))
+    return SparsityReport(tuple(rows))

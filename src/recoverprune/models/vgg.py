@@ -1,0 +1,78 @@
+"""VGG-11 and VGG-16 with batch normalisation (Simonyan & Zisserman, 2015) for CIFAR.
+
+Configurations 'A' and 'D': 3x3 conv + BN + ReLU stacks with a 2x2 max-pool after each
+stage, so a 32x32 input ends at 1x1x512, followed by a single ``Linear(512, num_classes)``.
+Module names (``features``, ``classifier``) follow kuangliu/pytorch-cifar, whose
+checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recoverprune.models._registry import attach_cfg
+
+__all__ = ["VGG", "vgg11_bn", "vgg16_bn"]
+
+#: Channel counts per conv, ``"M"`` for a max-pool (configurations 'A' and 'D').
+CONFIGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """VGG with BN for 32x32 inputs.
+
+    Args:
+        config: a list of conv widths and ``"M"`` (max-pool), e.g. ``CONFIGS["D"]``.
+        num_classes: outputs of the ``classifier``.
+    """
+
+    def __init__(self, config: list[int | str], num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in config:
+            if isinstance(v, str):  # "M"
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+                in_ch = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_ch, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def vgg11_bn(num_classes: int = 10) -> VGG:
+    """VGG-11 (configuration 'A') with BN for CIFAR (9.2 M parameters).
+
+    Args:
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> vgg11_bn().classifier
+        Linear(in_features=512, out_features=10, bias=True)
+    """
+    return attach_cfg(VGG(CONFIGS["A"], num_classes), "vgg11_bn", num_classes)
+
+
+def vgg16_bn(num_classes: int = 10) -> VGG:
+    """VGG-16 (configuration 'D') with BN for CIFAR (14.7 M parameters).
+
+    Args:
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> sum(isinstance(m, torch.nn.Conv2d) for m in vgg16_bn().modules())
+        13
+    """
+    return attach_cfg(VGG(CONFIGS["D"], num_classes), "vgg16_bn", num_classes)
