@@ -74,7 +74,7 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
         rec = {"epoch": epoch + 1, "loss": loss_sum / len(keep), "seconds": time.perf_counter() - t0}
         history.append(rec)
         print(json.dumps(rec), flush=True)
@@ -85,7 +85,7 @@ def train(args: argparse.Namespace) -> dict:
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "weight_decay": args.weight_decay, "warmup": args.warmup, "seed": args.seed,
         "train_images": len(keep), "train_seconds": train_seconds, "history": history,
-        "machine": platform.platform(), "torch": torch.__version__, "device": str(rt.device),
+        "machine": platform.platform(), "torch": str(torch.__version__), "device": str(rt.device),
         "data": "CIFAR-10 (JPEG q75 copy)", "command": " ".join(sys.argv),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

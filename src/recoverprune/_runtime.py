@@ -95,7 +95,7 @@ class Runtime:
             "channels_last": self.channels_last,
             "compile": self.compile,
             "world_size": self.world_size,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
 
 

@@ -41,17 +41,16 @@ def _accel(args: argparse.Namespace) -> Any:
 
 
 def _config_overrides(p: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str]) -> None:
-    """One ``--prefix-field`` option per numeric/str field of a config dataclass."""
+    """One ``--prefix-field`` option per scalar field (int, float, bool, str) of a config."""
     for f in fields(cls):
-        simple = f.type in ("int", "float", "bool", "str") or str(f.type).startswith("Literal")
-        if f.name in skip or not simple:
+        kind = type(f.default)
+        if f.name in skip or kind not in (int, float, bool, str):
             continue
         opt = f"--{prefix}{f.name.replace('_', '-')}"
-        if f.type == "bool":
+        if kind is bool:
             p.add_argument(opt, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
                            metavar="BOOL", help=f"(default {f.default})")
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(opt, type=kind, default=None, help=f"(default {f.default})")
 
 

@@ -1,0 +1,300 @@
+"""CIFAR-10 (JPEG q75 copy) results table: data-free recovery against honest baselines.
+
+For every row (architecture, global sparsity) it measures top-1 on the 10,000 JPEG test
+images of:
+
+- ``teacher``: the dense teacher (fine-tuned on the JPEG training split with
+  ``benchmarks/train_teacher.py`` when not already present),
+- ``pruned``: the pruned student before any recovery,
+- ``deepinversion``: KD on DeepInversion images (this library),
+- ``noise``: KD on Gaussian-noise images of the same count and budget,
+- ``real``: KD on the same number of real training images (the upper bound),
+- ``adi`` (optional): KD on Adaptive DeepInversion images.
+
+Every cell stores its configuration, wall time, machine and torch version in
+``results.json``; ``results.md`` is generated from it (and, with ``--update-readme``, the
+README's results section). Finished cells are reused on a rerun, so an interrupted run
+resumes. Plots need the ``bench`` extra (matplotlib).
+
+    python benchmarks/cifar10/run.py                  # the CPU table of the README
+    python benchmarks/cifar10/run.py --tiny           # seconds; what the tests run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recoverprune import (
+    DistillConfig,
+    InversionConfig,
+    SyntheticImages,
+    evaluate,
+    prune,
+    recover,
+    sparsity,
+    synthesize,
+)
+from recoverprune._io import write_json_atomic
+from recoverprune._runtime import generator
+from recoverprune.data import load_split
+from recoverprune.models import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+COLUMNS = ("teacher", "pruned", "deepinversion", "noise", "real", "adi")
+
+
+def _machine() -> dict[str, Any]:
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
+    """The JPEG-fine-tuned teacher of ``arch`` (trained once with train_teacher.py)."""
+    path = Path(args.teachers) / f"{arch}-jpeg.pt"
+    if path.is_file():
+        return path
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_teacher
+
+    init = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}.get(arch)
+    cmd = ["--arch", arch, "--data", args.data, "--out", str(path), "--epochs",
+           str(args.teacher_epochs), "--device", args.device]
+    if init:
+        cmd += ["--init", str(SHARED / "teachers" / init)]
+    if args.tiny:
+        cmd += ["--limit", "256", "--epochs", "1"]
+    train_teacher.main(cmd)
+    return path
+
+
+def noise_set(n: int, like: SyntheticImages, seed: int) -> SyntheticImages:
+    """Gaussian noise in the teacher's normalised input space (the naive baseline)."""
+    g = generator(seed, "noise")
+    images = torch.randn(n, *like.image_shape, generator=g)
+    return SyntheticImages(images, torch.zeros(n, dtype=torch.long), mean=like.mean, std=like.std)
+
+
+def real_set(n: int, train: Any, seed: int) -> SyntheticImages:
+    """``n`` random real training images (the upper bound data-free methods chase)."""
+    idx = torch.randperm(len(train), generator=generator(seed, "real"))[:n]
+    x, y = train.batch(idx)
+    return SyntheticImages(x, y, mean=train.mean, std=train.std)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"cells": {}}
+    inv = replace(InversionConfig(), iterations=args.iterations)
+    dcfg = replace(DistillConfig(), epochs=args.epochs)
+    test = load_split(args.data, "test")
+    train = load_split(args.data, "train") if "real" in args.columns else None
+    if args.tiny:
+        test = type(test)(test.images[:500], test.labels[:500], test.classes, test.mean, test.std)
+
+    def cell(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any]:
+        key = f"{name}:{_key(config)}"
+        if key in results["cells"]:
+            return results["cells"][key]
+        t0 = time.perf_counter()
+        top1 = fn()
+        rec = {"name": name, "top1": top1, "seconds": time.perf_counter() - t0, "config": config,
+               **_machine()}
+        results["cells"][key] = rec
+        write_json_atomic(results, results_path)
+        print(json.dumps({k: rec[k] for k in ("name", "top1", "seconds")}), flush=True)
+        return rec
+
+    table: list[dict[str, Any]] = []
+    for row in args.rows:
+        arch, amount_s = row.split(":")
+        amount = float(amount_s)
+        tpath = ensure_teacher(arch, args)
+        teacher = load_model(arch, tpath)
+        base = {"arch": arch, "teacher_file": tpath.name, "teacher_sha": _file_sha(tpath)}
+        line: dict[str, Any] = {"arch": arch, "amount": amount}
+        line["teacher"] = cell(f"{arch}/teacher", base, lambda t=teacher: evaluate(
+            t, test, device=args.device, progress=False).top1)
+        pruned = prune(teacher, amount)
+        line["sparsity"] = sparsity(pruned).overall
+        line["pruned"] = cell(f"{arch}@{amount}/pruned", {**base, "amount": amount},
+                              lambda p=pruned: evaluate(p, test, device=args.device,
+                                                        progress=False).top1)
+        synth_cfg = {**base, "n": args.n, "inversion": asdict(inv), "batch": args.batch_size,
+                     "seed": args.seed}
+        t_syn = time.perf_counter()
+        di = synthesize(teacher, args.n, config=inv, batch_size=args.batch_size,
+                        out_dir=out / "synthetic" / f"{arch}-{_key(synth_cfg)}", seed=args.seed,
+                        device=args.device, progress=args.progress)
+        synth_seconds = time.perf_counter() - t_syn
+        grid = out / f"synthetic-grid-{arch}.png"
+        if not grid.exists():
+            di.save_grid(grid)
+        sources = {"deepinversion": lambda: di, "noise": lambda: noise_set(args.n, di, args.seed),
+                   "real": lambda: real_set(args.n, train, args.seed)}
+        if "adi" in args.columns:
+            adi_cfg = replace(inv, competition_weight=args.adi_weight)
+            sources["adi"] = lambda: synthesize(
+                teacher, args.n, config=adi_cfg, batch_size=args.batch_size,
+                student=prune(teacher, amount), seed=args.seed, device=args.device,
+                out_dir=out / "synthetic" / f"{arch}-adi-{amount}-{_key(synth_cfg)}",
+                progress=args.progress)
+        for col in ("deepinversion", "noise", "real", "adi"):
+            if col not in args.columns:
+                continue
+            cfg = {**synth_cfg, "amount": amount, "source": col, "distill": asdict(dcfg)}
+
+            def job(col: str = col) -> float:
+                data = sources[col]()
+                student = recover(teacher, prune(teacher, amount), data, config=dcfg,
+                                  seed=args.seed, device=args.device, progress=args.progress)
+                return evaluate(student, test, device=args.device, progress=False).top1
+
+            rec = cell(f"{arch}@{amount}/{col}", cfg, job)
+            line[col] = rec
+        line["synthesis_seconds_this_run"] = synth_seconds
+        table.append(line)
+    results["table"] = [
+        {k: (v["top1"] if isinstance(v, dict) else v) for k, v in line.items()} for line in table
+    ]
+    results["settings"] = {"n": args.n, "iterations": args.iterations, "epochs": args.epochs,
+                           "batch_size": args.batch_size, "seed": args.seed,
+                           "inversion": asdict(inv), "distill": asdict(dcfg),
+                           "command": " ".join(sys.argv), **_machine()}
+    write_json_atomic(results, results_path)
+    md = to_markdown(results, table)
+    (out / "results.md").write_text(md)
+    print(md)
+    if args.update_readme:
+        _update_readme(md)
+    if args.plots:
+        plots(results, table, out)
+    return results
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
+    s = results["settings"]
+    cols = [c for c in COLUMNS if any(c in line for line in table)]
+    head = "| model | sparsity | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for line in table:
+        cells = []
+        for c in cols:
+            v = line.get(c)
+            cells.append(f"{v['top1']:.2f}" if isinstance(v, dict) else "–")
+        lines.append(f"| {line['arch']} | {line['sparsity']:.0%} | " + " | ".join(cells) + " |")
+    times = []
+    for line in table:
+        for c in cols:
+            v = line.get(c)
+            if isinstance(v, dict) and c not in ("teacher", "pruned"):
+                times.append(v["seconds"])
+    note = (
+        f"\nTop-1 (%) on the 10,000 test images of CIFAR-10 (JPEG q75 copy). Transfer sets: "
+        f"{s['n']} images; DeepInversion {s['iterations']} iterations per batch of "
+        f"{s['batch_size']}; distillation {s['epochs']} epochs (T = {s['distill']['temperature']}, "
+        f"BN mode '{s['distill']['bn_mode']}'); seed {s['seed']}. Machine: {s['machine']}, "
+        f"{s['threads']} threads, torch {s['torch']}"
+        + (f", GPU {s['cuda']}" if s.get("cuda") else "")
+        + f". Distillation cells took {min(times, default=0):.0f}–{max(times, default=0):.0f} s "
+        f"each. Generated by `{s['command']}`.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def _update_readme(md: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    if begin not in text or end not in text:
+        return
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    readme.write_text(pre + begin + "\n" + md + end + post)
+
+
+def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plots")
+        return
+    by_arch: dict[str, list[dict[str, Any]]] = {}
+    for line in table:
+        by_arch.setdefault(line["arch"], []).append(line)
+    for arch, lines in by_arch.items():
+        if len(lines) < 2:
+            continue
+        lines.sort(key=lambda r: r["amount"])
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [r["amount"] * 100 for r in lines]
+        for col in ("deepinversion", "real", "noise", "pruned"):
+            ys = [r[col]["top1"] for r in lines if isinstance(r.get(col), dict)]
+            if len(ys) == len(xs):
+                ax.plot(xs, ys, marker="o", label=col)
+        ax.axhline(lines[0]["teacher"]["top1"], color="k", ls="--", label="teacher")
+        ax.set_xlabel("global sparsity (%)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{arch}: accuracy vs sparsity")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"accuracy-vs-sparsity-{arch}.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", nargs="+", default=["resnet20:0.5", "resnet20:0.75", "resnet20:0.9",
+                                                 "resnet32:0.75"])
+    p.add_argument("--columns", nargs="+", default=["deepinversion", "noise", "real"],
+                   choices=["deepinversion", "noise", "real", "adi"])
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--adi-weight", type=float, default=1.0)
+    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--teachers", default=str(ROOT / "runs" / "teachers"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "cifar10"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--plots", action="store_true")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.n, args.iterations, args.epochs, args.batch_size = 32, 2, 1, 16
+        args.rows = args.rows[:1]
+    if not Path(args.data).exists():
+        raise SystemExit(f"data not found: {args.data} (the shared CIFAR-10 archive; pass --data)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Labelled image data for *evaluation* and for training teachers — never for recovery.
+
+Reads an ImageFolder directory (``<root>/<split>/<class>/<image>``) or a ``.tar.gz`` of
+one (extracted once into a cache directory and verified), decodes every image once into a
+``uint8`` tensor that is cached beside it, and serves normalised batches fast. Nothing
+here downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from recoverprune._io import read_json, save_atomic, write_json_atomic
+
+__all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "DataError",
+    "ImageTensorDataset",
+    "default_cache_dir",
+    "extract",
+    "load_split",
+]
+
+#: The normalisation of the shared CIFAR teachers (the ImageNet values).
+DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: See :data:`DEFAULT_MEAN`.
+DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_MARKER = ".recoverprune-complete.json"
+
+
+class DataError(ValueError):
+    """The data path is missing, empty, corrupt or not in ImageFolder layout."""
+
+
+def default_cache_dir() -> Path:
+    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``."""
+    return Path(os.environ.get("RECOVERPRUNE_CACHE", Path.home() / ".cache" / "recoverprune"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def extract(archive: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Extract a tar(.gz) of an ImageFolder tree once into the cache and return its root.
+
+    The archive goes into a temporary directory that is renamed into place only when
+    complete, with a marker recording the archive's SHA-256 and file count; later calls
+    with a complete, verified cache return at once.
+
+    Raises:
+        DataError: the archive is missing, corrupt or truncated (no cache is left behind).
+
+    Example:
+        >>> import io, tarfile, tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with tarfile.open(d / "toy.tar.gz", "w:gz") as tar:
+        ...     info = tarfile.TarInfo("test/cat/0.txt"); info.size = 1
+        ...     tar.addfile(info, io.BytesIO(b"x"))
+        >>> root = extract(d / "toy.tar.gz", cache_dir=d / "cache")
+        >>> (root / "test" / "cat" / "0.txt").read_text()
+        'x'
+    """
+    src = Path(archive)
+    if not src.is_file():
+        raise DataError(f"archive not found: {src}")
+    digest = _sha256(src)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / f"{_archive_stem(src)}-{digest[:12]}"
+    marker = target / _MARKER
+    if marker.is_file():
+        info = read_json(marker)
+        if info.get("sha256") == digest:
+            return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    try:
+        count = 0
+        with tarfile.open(src) as tar:
+            for member in tar:
+                tar.extract(member, tmp, filter="data")
+                count += member.isfile()
+        write_json_atomic({"sha256": digest, "files": count, "archive": str(src)}, tmp / _MARKER)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(
+            f"{src} is corrupt or truncated ({type(exc).__name__}: {exc}); get a complete copy "
+            "of the archive (its README gives the SHA-256)"
+        ) from exc
+    finally:
+        if tmp.exists() and tmp != target:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Decoded ``uint8`` images ``(N, C, H, W)`` with labels; serves normalised floats.
+
+    Example:
+        >>> import torch
+        >>> ds = ImageTensorDataset(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8),
+        ...                         torch.tensor([0, 1]), ["a", "b"], mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> x, y = ds[1]
+        >>> float(x.max()), y
+        (1.0, 1)
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                 mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+        self.images, self.labels, self.classes = images, labels.long(), list(classes)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch(torch.tensor([index]))
+        return x[0], int(y[0])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 images and labels at ``indices`` (fast path, no DataLoader)."""
+        x = self.images[indices].float().div_(255.0)
+        return (x - self._mean) / self._std, self.labels[indices]
+
+
+def _split_root(root: Path, split: str | None) -> Path:
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root} is neither a directory nor a .tar/.tar.gz archive")
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise DataError(f"{root} is empty: expected an ImageFolder tree <split>/<class>/<image>")
+    if split and (root / split).is_dir():
+        return root / split
+    # no <split>/ folder: the root itself is accepted if it directly holds class folders
+    if split and any((root / e / split).is_dir() for e in entries):
+        inner = next(root / e / split for e in entries if (root / e / split).is_dir())
+        return inner
+    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for e in entries if (root / e).is_dir()
+                     for p in list((root / e).iterdir())[:20])
+    if has_images and split in (None, ""):
+        return root
+    raise DataError(
+        f"{root} has no '{split}' folder (found: {', '.join(entries[:10])}). Pass split= one of "
+        "those, or a directory laid out as <split>/<class>/<image>"
+    )
+
+
+def _decode_folder(folder: Path, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from PIL import Image
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
+    arrays, labels = [], []
+    import numpy as np
+
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                if image_size is not None and im.size != (image_size, image_size):
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                arrays.append(np.asarray(im))
+            labels.append(label)
+    if not arrays:
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...; pass image_size")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.long), classes
+
+
+def load_split(
+    path: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+) -> ImageTensorDataset:
+    """Load one split of an ImageFolder tree (directory or archive) as a tensor dataset.
+
+    ``path`` is a directory holding ``<split>/<class>/<image>`` (or, with ``split=""``, a
+    directory of class folders), or a ``.tar``/``.tar.gz`` of such a tree. Images are
+    decoded once; the decoded tensor is cached (``<cache>/decoded/...``) and read back with
+    ``torch.load(weights_only=True)`` next time.
+
+    Raises:
+        DataError: missing/empty path, no such split, no class folders or images, mixed
+            image sizes without ``image_size``, or a corrupt archive.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     (root / "test" / c).mkdir(parents=True)
+        ...     Image.new("RGB", (4, 4)).save(root / "test" / c / "0.png")
+        >>> ds = load_split(root, "test", cache_dir=root / "cache")
+        >>> len(ds), ds.classes, tuple(ds.images.shape)
+        (2, ['cat', 'dog'], (2, 3, 4, 4))
+    """
+    src = Path(path)
+    if not src.exists():
+        raise DataError(f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = extract(src, cache) if src.is_file() else src
+    folder = _split_root(root, split)
+    # the key changes when the folder's class directories change (files added/removed)
+    stamp = [(d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()) if d.is_dir()]
+    key = hashlib.sha256(f"{folder.resolve()}|{image_size}|{stamp}".encode()).hexdigest()[:12]
+    cached = cache / "decoded" / f"{folder.name}-{key}.pt"
+    if cached.is_file():
+        state = torch.load(cached, weights_only=True)
+        images, labels, classes = state["images"], state["labels"], state["classes"]
+    else:
+        images, labels, classes = _decode_folder(folder, image_size)
+        save_atomic({"images": images, "labels": labels, "classes": classes}, cached)
+    return ImageTensorDataset(images, labels, classes, mean, std)
