@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -362,7 +361,8 @@ def recover(
                     record["val_top1"] = res.top1
                     if best is None or res.top1 > best["score"]:
                         best = {"score": res.top1, "epoch": epoch + 1,
-                                "state": copy.deepcopy(student.state_dict())}
+                                "state": {k: v.detach().clone()
+                                          for k, v in student.state_dict().items()}}
                 if held is not None:
                     student.eval()
                     record["agreement"] = _agreement(teacher, student, held, rt)

@@ -22,7 +22,7 @@ from recoverprune._io import (
     write_json_atomic,
 )
 from recoverprune._progress import console
-from recoverprune._prune import finalize, prune, restore_pruning, sparsity
+from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
 from recoverprune._runtime import Accel, resolve
 from recoverprune._version import __version__
 
@@ -100,9 +100,7 @@ def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 def _load_pruned(path: Path, template: nn.Module) -> nn.Module:
-    import copy
-
-    model = copy.deepcopy(template)
+    model = copy_model(template)
     state = extract_state_dict(load_checkpoint(path), str(path))
     restore_pruning(model, state)
     model.load_state_dict(state)
@@ -185,9 +183,7 @@ def compress(
     times["prune"] = time.perf_counter() - t0
     pruned_snapshot = None
     if eval_data is not None:
-        import copy
-
-        pruned_snapshot = copy.deepcopy(student)
+        pruned_snapshot = copy_model(student)
 
     # 2. synthesize
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from torch.nn.utils import prune as torch_prune
 __all__ = [
     "LayerSparsity",
     "SparsityReport",
+    "copy_model",
     "finalize",
     "is_pruned",
     "prunable_layers",
@@ -179,7 +180,7 @@ def prune(
             f" weights, include={include}, exclude={list(exclude)}); pass a model with Conv/Linear "
             "layers or widen layer_types"
         )
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy_model(model)
     names = list(layers)
     target_layers = dict(target.named_modules())
     with torch.no_grad():
@@ -218,12 +219,26 @@ def refresh_pruned(model: nn.Module) -> None:
     """Recompute ``weight = weight_orig * weight_mask`` on every pruned module.
 
     The prune hook only does this at the start of a forward pass; call this after an
-    optimiser step if you read ``module.weight`` directly before the next forward.
+    optimiser step if you read ``module.weight`` directly before the next forward. The
+    result is computed without autograd, so it is a leaf tensor and the model can be
+    ``copy.deepcopy``-ed again (a forward pass in grad mode leaves a non-leaf ``weight``
+    that ``deepcopy`` refuses — a limitation of ``torch.nn.utils.prune``).
     """
+    with torch.no_grad():
+        _refresh(model)
+
+
+def _refresh(model: nn.Module) -> None:
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, torch_prune.BasePruningMethod):
                 setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works right after a forward pass of a pruned model."""
+    refresh_pruned(model)
+    return copy.deepcopy(model)
 
 
 def finalize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
@@ -238,7 +253,7 @@ def finalize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         >>> sorted(net.state_dict()), int((net.weight == 0).sum())
         (['bias', 'weight'], 8)
     """
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy_model(model)
     for module in target.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
