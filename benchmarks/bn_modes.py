@@ -61,22 +61,33 @@ def main() -> None:
     test = load_split(args.data, "test")
     x = synthetic.get_batch(torch.arange(min(256, len(synthetic))))[0]
     pruned = prune(teacher, args.amount)
-    out = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-           "amount": args.amount, "n_synthetic": len(synthetic),
-           "teacher_top1": evaluate(teacher, test, progress=False).top1,
-           "pruned_top1": evaluate(pruned, test, progress=False).top1,
-           "bn_drift_teacher": bn_drift(teacher, x), "bn_drift_pruned": bn_drift(pruned, x), "modes": {}}
+    out = {
+        "machine": platform.platform(),
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "amount": args.amount,
+        "n_synthetic": len(synthetic),
+        "teacher_top1": evaluate(teacher, test, progress=False).top1,
+        "pruned_top1": evaluate(pruned, test, progress=False).top1,
+        "bn_drift_teacher": bn_drift(teacher, x),
+        "bn_drift_pruned": bn_drift(pruned, x),
+        "modes": {},
+    }
     for mode in args.modes:
         cfg = replace(DistillConfig(), epochs=args.epochs, bn_mode=mode)
         t0 = time.perf_counter()
         student = recover(teacher, prune(teacher, args.amount), synthetic, config=cfg)
-        out["modes"][mode] = {"top1": evaluate(student, test, progress=False).top1,
-                              "seconds": time.perf_counter() - t0,
-                              "bn_drift_after": bn_drift(student, x),
-                              "final_agreement": student.recovery_history[-1].get("agreement"),
-                              "config": asdict(cfg)}
-        print(json.dumps({mode: {k: v for k, v in out["modes"][mode].items() if k != "config"}}),
-              flush=True)
+        out["modes"][mode] = {
+            "top1": evaluate(student, test, progress=False).top1,
+            "seconds": time.perf_counter() - t0,
+            "bn_drift_after": bn_drift(student, x),
+            "final_agreement": student.recovery_history[-1].get("agreement"),
+            "config": asdict(cfg),
+        }
+        print(
+            json.dumps({mode: {k: v for k, v in out["modes"][mode].items() if k != "config"}}),
+            flush=True,
+        )
     print(json.dumps({k: v for k, v in out.items() if k != "modes"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from recoverprune.data import load_split
 
 from recoverprune import evaluate
 from recoverprune._distill import augment
 from recoverprune._io import save_atomic
 from recoverprune._runtime import generator, resolve
+from recoverprune.data import load_split
 from recoverprune.models import create_model, load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -51,12 +51,14 @@ def train(args: argparse.Namespace) -> dict:
     else:
         keep = torch.arange(len(train_set))
     rt.prepare_model(model)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                          weight_decay=args.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay
+    )
     steps_per_epoch = math.ceil(len(keep) / args.batch_size)
     total = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total,
-                                                pct_start=args.warmup)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=total, pct_start=args.warmup
+    )
     t0 = time.perf_counter()
     history = []
     for epoch in range(args.epochs):
@@ -75,30 +77,49 @@ def train(args: argparse.Namespace) -> dict:
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
-        rec = {"epoch": epoch + 1, "loss": loss_sum / len(keep), "seconds": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / len(keep),
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(rec)
         print(json.dumps(rec), flush=True)
     train_seconds = time.perf_counter() - t0
     res = evaluate(model.eval(), test_set, device=rt.device, progress=False)
     report = {
-        "arch": args.arch, "top1": res.top1, "test_loss": res.loss, "init": args.init,
-        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "weight_decay": args.weight_decay, "warmup": args.warmup, "seed": args.seed,
-        "train_images": len(keep), "train_seconds": train_seconds, "history": history,
-        "machine": platform.platform(), "torch": str(torch.__version__), "device": str(rt.device),
-        "data": "CIFAR-10 (JPEG q75 copy)", "command": " ".join(sys.argv),
+        "arch": args.arch,
+        "top1": res.top1,
+        "test_loss": res.loss,
+        "init": args.init,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "weight_decay": args.weight_decay,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "train_images": len(keep),
+        "train_seconds": train_seconds,
+        "history": history,
+        "machine": platform.platform(),
+        "torch": str(torch.__version__),
+        "device": str(rt.device),
+        "data": "CIFAR-10 (JPEG q75 copy)",
+        "command": " ".join(sys.argv),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if args.half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_atomic({"state_dict": state, **{k: v for k, v in report.items() if k != "history"}},
-                args.out)
+    save_atomic(
+        {"state_dict": state, **{k: v for k, v in report.items() if k != "history"}}, args.out
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=2))
     return report
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--arch", default="resnet20")
     p.add_argument("--init", default=None, help="checkpoint to fine-tune (default: from scratch)")
     p.add_argument("--data", default=str(DEFAULT_DATA))

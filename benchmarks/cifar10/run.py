@@ -55,9 +55,13 @@ COLUMNS = ("teacher", "pruned", "deepinversion", "noise", "real", "adi")
 
 
 def _machine() -> dict[str, Any]:
-    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "torch": str(torch.__version__),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def _key(obj: Any) -> str:
@@ -69,12 +73,29 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     path = Path(args.teachers) / f"{arch}-jpeg.pt"
     if path.is_file():
         return path
+    if arch == "resnet20" and not args.retrain_default:
+        # the embedded default teacher was made by train_teacher.py with these settings
+        from importlib import resources
+
+        from recoverprune.models._default import DEFAULT_TEACHER_FILE
+
+        return Path(str(resources.files("recoverprune") / "_assets" / DEFAULT_TEACHER_FILE))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import train_teacher
 
     init = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}.get(arch)
-    cmd = ["--arch", arch, "--data", args.data, "--out", str(path), "--epochs",
-           str(args.teacher_epochs), "--device", args.device]
+    cmd = [
+        "--arch",
+        arch,
+        "--data",
+        args.data,
+        "--out",
+        str(path),
+        "--epochs",
+        str(args.teacher_epochs),
+        "--device",
+        args.device,
+    ]
     if init:
         cmd += ["--init", str(SHARED / "teachers" / init)]
     if args.tiny:
@@ -115,47 +136,76 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return results["cells"][key]
         t0 = time.perf_counter()
         top1 = fn()
-        rec = {"name": name, "top1": top1, "seconds": time.perf_counter() - t0, "config": config,
-               **_machine()}
+        rec = {
+            "name": name,
+            "top1": top1,
+            "seconds": time.perf_counter() - t0,
+            "config": config,
+            **_machine(),
+        }
         results["cells"][key] = rec
         write_json_atomic(results, results_path)
         print(json.dumps({k: rec[k] for k in ("name", "top1", "seconds")}), flush=True)
         return rec
 
-    table: list[dict[str, Any]] = []
-    for row in args.rows:
-        arch, amount_s = row.split(":")
-        amount = float(amount_s)
+    def do_row(arch: str, amount: float) -> dict[str, Any]:
         tpath = ensure_teacher(arch, args)
         teacher = load_model(arch, tpath)
         base = {"arch": arch, "teacher_file": tpath.name, "teacher_sha": _file_sha(tpath)}
         line: dict[str, Any] = {"arch": arch, "amount": amount}
-        line["teacher"] = cell(f"{arch}/teacher", base, lambda t=teacher: evaluate(
-            t, test, device=args.device, progress=False).top1)
+        line["teacher"] = cell(
+            f"{arch}/teacher",
+            base,
+            lambda t=teacher: evaluate(t, test, device=args.device, progress=False).top1,
+        )
         pruned = prune(teacher, amount)
         line["sparsity"] = sparsity(pruned).overall
-        line["pruned"] = cell(f"{arch}@{amount}/pruned", {**base, "amount": amount},
-                              lambda p=pruned: evaluate(p, test, device=args.device,
-                                                        progress=False).top1)
-        synth_cfg = {**base, "n": args.n, "inversion": asdict(inv), "batch": args.batch_size,
-                     "seed": args.seed}
+        line["pruned"] = cell(
+            f"{arch}@{amount}/pruned",
+            {**base, "amount": amount},
+            lambda p=pruned: evaluate(p, test, device=args.device, progress=False).top1,
+        )
+        synth_cfg = {
+            **base,
+            "n": args.n,
+            "inversion": asdict(inv),
+            "batch": args.batch_size,
+            "seed": args.seed,
+        }
         t_syn = time.perf_counter()
-        di = synthesize(teacher, args.n, config=inv, batch_size=args.batch_size,
-                        out_dir=out / "synthetic" / f"{arch}-{_key(synth_cfg)}", seed=args.seed,
-                        device=args.device, progress=args.progress)
+        synth_dir = args.synthetic_from.get(arch, out / "synthetic" / f"{arch}-{_key(synth_cfg)}")
+        di = synthesize(
+            teacher,
+            args.n,
+            config=inv,
+            batch_size=args.batch_size,
+            out_dir=synth_dir,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+        )  # resumes, or refuses a dir made otherwise
         synth_seconds = time.perf_counter() - t_syn
         grid = out / f"synthetic-grid-{arch}.png"
         if not grid.exists():
             di.save_grid(grid)
-        sources = {"deepinversion": lambda: di, "noise": lambda: noise_set(args.n, di, args.seed),
-                   "real": lambda: real_set(args.n, train, args.seed)}
+        sources = {
+            "deepinversion": lambda: di,
+            "noise": lambda: noise_set(args.n, di, args.seed),
+            "real": lambda: real_set(args.n, train, args.seed),
+        }
         if "adi" in args.columns:
             adi_cfg = replace(inv, competition_weight=args.adi_weight)
             sources["adi"] = lambda: synthesize(
-                teacher, args.n, config=adi_cfg, batch_size=args.batch_size,
-                student=prune(teacher, amount), seed=args.seed, device=args.device,
+                teacher,
+                args.n,
+                config=adi_cfg,
+                batch_size=args.batch_size,
+                student=prune(teacher, amount),
+                seed=args.seed,
+                device=args.device,
                 out_dir=out / "synthetic" / f"{arch}-adi-{amount}-{_key(synth_cfg)}",
-                progress=args.progress)
+                progress=args.progress,
+            )
         for col in ("deepinversion", "noise", "real", "adi"):
             if col not in args.columns:
                 continue
@@ -163,21 +213,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             def job(col: str = col) -> float:
                 data = sources[col]()
-                student = recover(teacher, prune(teacher, amount), data, config=dcfg,
-                                  seed=args.seed, device=args.device, progress=args.progress)
+                student = recover(
+                    teacher,
+                    prune(teacher, amount),
+                    data,
+                    config=dcfg,
+                    seed=args.seed,
+                    device=args.device,
+                    progress=args.progress,
+                )
                 return evaluate(student, test, device=args.device, progress=False).top1
 
             rec = cell(f"{arch}@{amount}/{col}", cfg, job)
             line[col] = rec
         line["synthesis_seconds_this_run"] = synth_seconds
-        table.append(line)
+        return line
+
+    table: list[dict[str, Any]] = []
+    for row in args.rows:
+        arch, amount_s = row.split(":")
+        table.append(do_row(arch, float(amount_s)))
+    sweep = run_sweep(args, out, results, cell, inv, dcfg, test) if args.sweep_n else []
+    results["sweep"] = sweep
     results["table"] = [
         {k: (v["top1"] if isinstance(v, dict) else v) for k, v in line.items()} for line in table
     ]
-    results["settings"] = {"n": args.n, "iterations": args.iterations, "epochs": args.epochs,
-                           "batch_size": args.batch_size, "seed": args.seed,
-                           "inversion": asdict(inv), "distill": asdict(dcfg),
-                           "command": " ".join(sys.argv), **_machine()}
+    results["settings"] = {
+        "n": args.n,
+        "iterations": args.iterations,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "inversion": asdict(inv),
+        "distill": asdict(dcfg),
+        "sweep_arch": args.sweep_arch,
+        "sweep_amount": args.sweep_amount,
+        "command": " ".join(sys.argv),
+        **_machine(),
+    }
     write_json_atomic(results, results_path)
     md = to_markdown(results, table)
     (out / "results.md").write_text(md)
@@ -187,6 +260,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.plots:
         plots(results, table, out)
     return results
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    out: Path,
+    results: dict[str, Any],
+    cell: Any,
+    inv: InversionConfig,
+    dcfg: DistillConfig,
+    test: Any,
+) -> list[dict[str, Any]]:
+    """Recovered top-1 against the number of synthetic images (subsets of one large set)."""
+    arch, amount = args.sweep_arch, args.sweep_amount
+    tpath = ensure_teacher(arch, args)
+    teacher = load_model(arch, tpath)
+    n_max = max(args.sweep_n)
+    cfg = {
+        "arch": arch,
+        "teacher_sha": _file_sha(tpath),
+        "n": n_max,
+        "inversion": asdict(inv),
+        "batch": args.batch_size,
+        "seed": args.seed,
+    }
+    big = synthesize(
+        teacher,
+        n_max,
+        config=inv,
+        batch_size=args.batch_size,
+        out_dir=out / "synthetic" / f"{arch}-sweep-{_key(cfg)}",
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+    )
+    rows = []
+    for n in sorted(args.sweep_n):
+
+        def job(n: int = n) -> float:
+            x, y = big.get_batch(torch.arange(n))
+            subset = SyntheticImages(x, y, mean=big.mean, std=big.std)
+            student = recover(
+                teacher,
+                prune(teacher, amount),
+                subset,
+                config=dcfg,
+                seed=args.seed,
+                device=args.device,
+                progress=args.progress,
+            )
+            return evaluate(student, test, device=args.device, progress=False).top1
+
+        rec = cell(
+            f"{arch}@{amount}/sweep-n{n}",
+            {**cfg, "subset": n, "amount": amount, "distill": asdict(dcfg)},
+            job,
+        )
+        rows.append({"n": n, "top1": rec["top1"], "seconds": rec["seconds"]})
+    return rows
 
 
 def _file_sha(path: Path) -> str:
@@ -202,7 +333,7 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
         cells = []
         for c in cols:
             v = line.get(c)
-            cells.append(f"{v['top1']:.2f}" if isinstance(v, dict) else "–")
+            cells.append(f"{v['top1']:.2f}" if isinstance(v, dict) else "-")
         lines.append(f"| {line['arch']} | {line['sparsity']:.0%} | " + " | ".join(cells) + " |")
     times = []
     for line in table:
@@ -217,7 +348,7 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
         f"BN mode '{s['distill']['bn_mode']}'); seed {s['seed']}. Machine: {s['machine']}, "
         f"{s['threads']} threads, torch {s['torch']}"
         + (f", GPU {s['cuda']}" if s.get("cuda") else "")
-        + f". Distillation cells took {min(times, default=0):.0f}–{max(times, default=0):.0f} s "
+        + f". Distillation cells took {min(times, default=0):.0f} to {max(times, default=0):.0f} s "
         f"each. Generated by `{s['command']}`.\n"
     )
     return "\n".join(lines) + "\n" + note
@@ -235,6 +366,7 @@ def _update_readme(md: str) -> None:
 
 
 def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> None:
+    """accuracy-vs-sparsity and accuracy-vs-images PNGs (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -264,14 +396,60 @@ def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> No
         fig.tight_layout()
         fig.savefig(out / f"accuracy-vs-sparsity-{arch}.png", dpi=120)
         plt.close(fig)
+    sweep = results.get("sweep") or []
+    if sweep:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(
+            [r["n"] for r in sweep],
+            [r["top1"] for r in sweep],
+            marker="o",
+            label="KD on DeepInversion images",
+        )
+        ax.set_xscale("log", base=2)
+        ref = next(
+            (
+                line
+                for line in table
+                if line["amount"] == results["settings"].get("sweep_amount")
+                and line["arch"] == results["settings"].get("sweep_arch")
+            ),
+            None,
+        )
+        if ref is not None:
+            ax.axhline(ref["teacher"]["top1"], color="k", ls="--", label="teacher")
+            ax.axhline(ref["pruned"]["top1"], color="gray", ls=":", label="pruned, no recovery")
+            for col, style in (("real", "-."), ("noise", ":")):
+                if isinstance(ref.get(col), dict):
+                    ax.axhline(
+                        ref[col]["top1"],
+                        ls=style,
+                        color="tab:green" if col == "real" else "tab:red",
+                        label=f"KD on {results['settings']['n']} {col} images",
+                    )
+        ax.set_xlabel("synthetic images")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title("recovered accuracy vs transfer-set size")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy-vs-images.png", dpi=120)
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="+", default=["resnet20:0.5", "resnet20:0.75", "resnet20:0.9",
-                                                 "resnet32:0.75"])
-    p.add_argument("--columns", nargs="+", default=["deepinversion", "noise", "real"],
-                   choices=["deepinversion", "noise", "real", "adi"])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=["resnet20:0.5", "resnet20:0.75", "resnet20:0.9", "resnet32:0.75"],
+    )
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        default=["deepinversion", "noise", "real"],
+        choices=["deepinversion", "noise", "real", "adi"],
+    )
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=256)
@@ -284,13 +462,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument(
+        "--synthetic-from",
+        nargs="*",
+        default=[],
+        metavar="ARCH=DIR",
+        help="use (or resume) this synthesis directory for ARCH, e.g. one written by "
+        "`recoverprune compress`; a directory made with other settings is refused",
+    )
+    p.add_argument(
+        "--sweep-n",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also measure recovered top-1 with these many synthetic images",
+    )
+    p.add_argument("--sweep-arch", default="resnet20")
+    p.add_argument("--sweep-amount", type=float, default=0.75)
+    p.add_argument(
+        "--retrain-default",
+        action="store_true",
+        help="train ResNet-20 again instead of using the embedded teacher",
+    )
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("--plots", action="store_true")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    args.synthetic_from = dict(item.split("=", 1) for item in args.synthetic_from)
     if args.tiny:
         args.n, args.iterations, args.epochs, args.batch_size = 32, 2, 1, 16
         args.rows = args.rows[:1]
+        args.sweep_n = [16, 32] if args.sweep_n else []
     if not Path(args.data).exists():
         raise SystemExit(f"data not found: {args.data} (the shared CIFAR-10 archive; pass --data)")
     return run(args)

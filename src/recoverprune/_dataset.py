@@ -58,6 +58,11 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
                     f"expected images (N, C, H, W) and labels (N,), got {tuple(im.shape)} "
                     f"and {tuple(lb.shape)}"
                 )
+        if not self._images:
+            raise ValueError("expected at least one chunk of images")
+        shapes = {tuple(im.shape[1:]) for im in self._images}
+        if len(shapes) > 1:
+            raise ValueError(f"every chunk must hold images of one shape, got {sorted(shapes)}")
         sizes = [im.shape[0] for im in self._images]
         self._offsets = torch.tensor([0, *sizes]).cumsum(0)
         self.mean = tuple(float(m) for m in mean)
@@ -111,6 +116,8 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
 
     def split(self, fraction: float, seed: int = 0) -> tuple[SyntheticImages, SyntheticImages]:
         """Split off a random ``fraction`` (e.g. a held-out slice): ``(rest, held_out)``."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
         n_held = int(round(fraction * len(self)))
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(self), generator=g)

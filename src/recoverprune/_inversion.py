@@ -270,8 +270,12 @@ def infer_input_shape(
 
 
 def _batch_sizes(n: int, batch_size: int) -> list[int]:
-    """Split ``n`` into ``ceil(n / batch_size)`` near-equal batches (none smaller than 2)."""
-    count = math.ceil(n / batch_size)
+    """Split ``n`` into ``ceil(n / batch_size)`` near-equal batches (none smaller than 2).
+
+    With ``batch_size=2`` and an odd ``n`` one batch holds 3 images: a batch of one image
+    has no batch statistics to match.
+    """
+    count = max(1, min(math.ceil(n / batch_size), n // 2))
     base, extra = divmod(n, count)
     return [base + (1 if i < extra else 0) for i in range(count)]
 
@@ -344,7 +348,7 @@ class _Inverter:
                     f"non-finite DeepInversion loss ({loss_v}) at iteration {it}; try a lower lr"
                 )
             if it == 0:
-                stats["bn_loss_first"] = float(bn)
+                stats["bn_loss_first"] = float(bn.detach())
             if cfg.keep_best and loss_v < best_loss:
                 best_loss = loss_v
                 best = x.detach().clone()
@@ -353,7 +357,7 @@ class _Inverter:
             if cfg.clip:
                 with torch.no_grad():
                     x.data = torch.max(torch.min(x, self.hi), self.lo)
-            stats.update(loss=loss_v, bn_loss=float(bn), ce=float(ce))
+            stats.update(loss=loss_v, bn_loss=float(bn.detach()), ce=float(ce.detach()))
             on_step(it, stats)
         if not cfg.keep_best:
             best = x.detach().clone()
@@ -365,6 +369,27 @@ class _Inverter:
             accuracy=float((logits.argmax(1) == labels).float().mean()),
         )
         return best.float().contiguous().cpu(), stats
+
+
+def _keep_storage(model: nn.Module) -> Callable[[], None]:
+    """Snapshot the tensors of ``model``; the returned function puts them back.
+
+    ``Runtime.prepare_model`` moves a model to the device and, for ``channels_last``,
+    changes the memory format of its 4-D weights; ``model.to(device)`` alone would bring
+    the device back but leave the memory format changed. Restoring the original tensors
+    leaves the model exactly as it was (device, memory format, storage).
+    """
+    params = [(p, p.data, p.grad) for p in model.parameters()]
+    buffers = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if b is not None]
+
+    def restore() -> None:
+        for p, data, grad in params:
+            p.data = data
+            p.grad = grad
+        for m, k, b in buffers:
+            m._buffers[k] = b
+
+    return restore
 
 
 def _manifest(
@@ -498,16 +523,13 @@ def synthesize(
     if rt.world_size > 1 and out is None:
         raise ValueError("distributed synthesis needs out_dir= (a directory all ranks can reach)")
 
-    teacher_device = next(teacher.parameters()).device
-    student_device = next(student.parameters()).device if student is not None else None
     with ExitStack() as stack:
         stack.enter_context(borrowed(teacher, student))
+        stack.callback(_keep_storage(teacher))
         rt.prepare_model(teacher)
         if student is not None:
+            stack.callback(_keep_storage(student))
             rt.prepare_model(student)
-        stack.callback(teacher.to, teacher_device)
-        if student is not None:
-            stack.callback(student.to, student_device)
         with torch.no_grad():
             probe = teacher(rt.prepare_input(torch.zeros(2, *shape)))
         num_classes = int(probe.shape[1])
@@ -542,7 +564,7 @@ def synthesize(
         losses = stack.enter_context(bn_statistics(teacher, cfg.first_bn_multiplier))
         inverter = _Inverter(teacher, student, cfg, rt, losses, lo, hi)
         total = len(todo) * cfg.iterations
-        with progress_bar("DeepInversion", total, progress and rt.is_main) as bar:
+        with progress_bar("DeepInversion", total, progress and rt.is_main and bool(todo)) as bar:
             t0 = time.perf_counter()
             done_images = 0
             for k, i in enumerate(todo):

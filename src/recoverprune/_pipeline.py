@@ -18,6 +18,7 @@ from recoverprune._io import (
     extract_state_dict,
     fingerprint,
     load_checkpoint,
+    read_json,
     save_atomic,
     write_json_atomic,
 )
@@ -168,7 +169,14 @@ def compress(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
-    times: dict[str, float] = {}
+    # wall time per stage, accumulated over interrupted and resumed runs
+    timing_path = out / "timing.json"
+    times: dict[str, float] = read_json(timing_path) if timing_path.is_file() else {}
+
+    def spent(stage: str, t0: float) -> None:
+        times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
+        if rt.is_main:
+            write_json_atomic(times, timing_path)
 
     # 1. prune
     t0 = time.perf_counter()
@@ -180,7 +188,7 @@ def compress(
         if rt.is_main:
             save_atomic({"state_dict": student.state_dict(), "amount": amount, "scope": scope,
                          "teacher": fingerprint(teacher)}, pruned_path)
-    times["prune"] = time.perf_counter() - t0
+    spent("prune", t0)
     pruned_snapshot = None
     if eval_data is not None:
         pruned_snapshot = copy_model(student)
@@ -190,7 +198,7 @@ def compress(
     synthetic = synthesize(teacher, p.n, config=inv, batch_size=p.batch_size,
                            image_size=image_size, out_dir=out / "synthetic", seed=seed,
                            device=device, accel=accel, progress=progress)
-    times["synthesize"] = time.perf_counter() - t0
+    spent("synthesize", t0)
     if rt.is_main:
         grid = out / "synthetic-grid.png"
         if not grid.exists():
@@ -200,7 +208,7 @@ def compress(
     t0 = time.perf_counter()
     student = recover(teacher, student, synthetic, config=dcfg, out_dir=out / "recover",
                       seed=seed, device=device, accel=accel, progress=progress)
-    times["recover"] = time.perf_counter() - t0
+    spent("recover", t0)
 
     # 4. report
     sp = sparsity(student)
@@ -232,7 +240,7 @@ def compress(
                                 ("recovered", student))
             if model is not None
         }
-        times["evaluate"] = time.perf_counter() - t0
+        spent("evaluate", t0)
     if rt.is_main:
         save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
         write_json_atomic(report, out / "report.json")
