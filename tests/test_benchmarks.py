@@ -15,14 +15,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_cifar10_table_tiny(shared_dir, tmp_path):
-    proc = _run(["benchmarks/cifar10/run.py", "--tiny", "--out", str(tmp_path),
-                 "--teachers", str(tmp_path / "teachers"), "--sweep-n", "16", "32"])
+    proc = _run(
+        [
+            "benchmarks/cifar10/run.py",
+            "--tiny",
+            "--out",
+            str(tmp_path),
+            "--teachers",
+            str(tmp_path / "teachers"),
+            "--sweep-n",
+            "16",
+            "32",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     row = results["table"][0]

@@ -51,45 +51,153 @@ def test_models_lists_zoo(capsys):
 
 def test_evaluate_folder_and_tar(ckpt, folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RECOVERPRUNE_CACHE", str(tmp_path / "cache"))
-    assert main(["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data",
-                 str(folder), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(folder),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "top-1" in out and "6 images" in out
     tar = tmp_path / "data.tar.gz"
     with tarfile.open(tar, "w:gz") as t:
         t.add(folder / "test", arcname="test")
-    assert main(["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(tar),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(tar),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "6 images" in capsys.readouterr().out
 
 
 def test_prune_writes_checkpoint_that_evaluate_accepts(ckpt, folder, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
-    assert main(["prune", "--arch", "resnet20", "--checkpoint", str(ckpt), "--amount", "0.75",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                str(ckpt),
+                "--amount",
+                "0.75",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "total" in text and "75.00%" in text
     model = load_model("resnet20", out)
     assert sparsity(model).zeros == round(0.75 * sparsity(model).total)
-    assert main(["evaluate", "--arch", "resnet20", "--checkpoint", str(out), "--data", str(folder),
-                 "--no-progress", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                str(out),
+                "--data",
+                str(folder),
+                "--no-progress",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_synthesize_then_recover(ckpt, tmp_path):
     synth = tmp_path / "synth"
-    assert main(["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "8",
-                 "--batch-size", "4", "--iterations", "2", "--out", str(synth), "--no-progress",
-                 "--di-lr", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                str(ckpt),
+                "--n",
+                "8",
+                "--batch-size",
+                "4",
+                "--iterations",
+                "2",
+                "--out",
+                str(synth),
+                "--no-progress",
+                "--di-lr",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     ds = SyntheticImages.load(synth)
     assert len(ds) == 8 and ds.meta["config"]["lr"] == 0.1
     assert (synth / "grid.png").is_file()
     pruned = tmp_path / "pruned.pt"
-    main(["prune", "--arch", "resnet20", "--checkpoint", str(ckpt), "--amount", "0.5", "--out",
-          str(pruned)])
+    main(
+        [
+            "prune",
+            "--arch",
+            "resnet20",
+            "--checkpoint",
+            str(ckpt),
+            "--amount",
+            "0.5",
+            "--out",
+            str(pruned),
+        ]
+    )
     rec = tmp_path / "rec"
-    assert main(["recover", "--arch", "resnet20", "--teacher", str(ckpt), "--student", str(pruned),
-                 "--synthetic", str(synth), "--out", str(rec), "--epochs", "1", "--no-progress",
-                 "--kd-batch-size", "4", "--kd-bn-mode", "frozen"]) == 0
+    assert (
+        main(
+            [
+                "recover",
+                "--arch",
+                "resnet20",
+                "--teacher",
+                str(ckpt),
+                "--student",
+                str(pruned),
+                "--synthetic",
+                str(synth),
+                "--out",
+                str(rec),
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--kd-batch-size",
+                "4",
+                "--kd-bn-mode",
+                "frozen",
+            ]
+        )
+        == 0
+    )
     student = load_model("resnet20", rec / "student.pt")
     assert sparsity(student).zeros == round(0.5 * sparsity(student).total)
 
@@ -97,26 +205,76 @@ def test_synthesize_then_recover(ckpt, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["evaluate", "--arch", "resnet99", "--checkpoint", "{ckpt}", "--data", "{folder}"],
-         "resnet20"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{tmp}/nope.pt", "--data", "{folder}"],
-         "not found"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{garbage}", "--data", "{folder}"],
-         "not a readable PyTorch checkpoint"),
-        (["evaluate", "--arch", "resnet32", "--checkpoint", "{ckpt}", "--data", "{folder}"],
-         "missing"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{tmp}/none"],
-         "not found"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{empty}"],
-         "empty"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{flat}"],
-         "no 'test' folder"),
-        (["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{badtar}"],
-         "corrupt or truncated"),
-        (["prune", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--amount", "1.5", "--out",
-          "{tmp}/p.pt"], "[0, 1)"),
-        (["prune", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--amount", "0.5", "--exclude",
-          "nosuchlayer", "--out", "{tmp}/p.pt"], "nosuchlayer"),
+        (
+            ["evaluate", "--arch", "resnet99", "--checkpoint", "{ckpt}", "--data", "{folder}"],
+            "resnet20",
+        ),
+        (
+            [
+                "evaluate",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                "{tmp}/nope.pt",
+                "--data",
+                "{folder}",
+            ],
+            "not found",
+        ),
+        (
+            ["evaluate", "--arch", "resnet20", "--checkpoint", "{garbage}", "--data", "{folder}"],
+            "not a readable PyTorch checkpoint",
+        ),
+        (
+            ["evaluate", "--arch", "resnet32", "--checkpoint", "{ckpt}", "--data", "{folder}"],
+            "missing",
+        ),
+        (
+            ["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{tmp}/none"],
+            "not found",
+        ),
+        (
+            ["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{empty}"],
+            "empty",
+        ),
+        (
+            ["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{flat}"],
+            "no 'test' folder",
+        ),
+        (
+            ["evaluate", "--arch", "resnet20", "--checkpoint", "{ckpt}", "--data", "{badtar}"],
+            "corrupt or truncated",
+        ),
+        (
+            [
+                "prune",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                "{ckpt}",
+                "--amount",
+                "1.5",
+                "--out",
+                "{tmp}/p.pt",
+            ],
+            "[0, 1)",
+        ),
+        (
+            [
+                "prune",
+                "--arch",
+                "resnet20",
+                "--checkpoint",
+                "{ckpt}",
+                "--amount",
+                "0.5",
+                "--exclude",
+                "nosuchlayer",
+                "--out",
+                "{tmp}/p.pt",
+            ],
+            "nosuchlayer",
+        ),
     ],
 )
 def test_bad_input_gives_clear_error(argv, message, ckpt, folder, tmp_path, capsys, monkeypatch):
@@ -132,8 +290,15 @@ def test_bad_input_gives_clear_error(argv, message, ckpt, folder, tmp_path, caps
     with tarfile.open(good, "w:gz") as t:
         t.add(folder / "test", arcname="test")
     badtar.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    subs = {"ckpt": ckpt, "folder": folder, "tmp": tmp_path, "garbage": garbage,
-            "empty": tmp_path / "empty", "flat": flat, "badtar": badtar}
+    subs = {
+        "ckpt": ckpt,
+        "folder": folder,
+        "tmp": tmp_path,
+        "garbage": garbage,
+        "empty": tmp_path / "empty",
+        "flat": flat,
+        "badtar": badtar,
+    }
     argv = [a.format(**subs) for a in argv]
     code = main([*argv, "--no-progress"] if argv[0] == "evaluate" else argv)
     assert code == 2

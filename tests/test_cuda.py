@@ -34,14 +34,23 @@ def test_auto_runtime_picks_fast_path():
     assert off.amp_dtype is None and not off.channels_last and not off.compile
 
 
-@pytest.mark.parametrize("accel", [Accel(amp="off", compile=False, channels_last=False),
-                                   Accel(compile=False), Accel()])
+@pytest.mark.parametrize(
+    "accel", [Accel(amp="off", compile=False, channels_last=False), Accel(compile=False), Accel()]
+)
 def test_synthesis_fast_path_matches_fp32_quality(accel):
     teacher = _teacher()
-    ref = synthesize(teacher, 32, batch_size=32, iterations=30, device="cuda", progress=False,
-                     accel=Accel(amp="off", compile=False, channels_last=False))
-    ds = synthesize(teacher, 32, batch_size=32, iterations=30, device="cuda", progress=False,
-                    accel=accel)
+    ref = synthesize(
+        teacher,
+        32,
+        batch_size=32,
+        iterations=30,
+        device="cuda",
+        progress=False,
+        accel=Accel(amp="off", compile=False, channels_last=False),
+    )
+    ds = synthesize(
+        teacher, 32, batch_size=32, iterations=30, device="cuda", progress=False, accel=accel
+    )
     s, r = ds.meta["stats"][0], ref.meta["stats"][0]
     assert torch.isfinite(ds.images).all()
     assert s["bn_loss_final"] < s["bn_loss_first"]
@@ -54,8 +63,14 @@ def test_recovery_fast_path_keeps_masks():
     data = synthesize(teacher, 64, batch_size=32, iterations=5, device="cuda", progress=False)
     student = prune(teacher, 0.75)
     masks = {n: b.clone() for n, b in student.named_buffers() if n.endswith("_mask")}
-    recover(teacher, student, data, config=DistillConfig(epochs=2, batch_size=32),
-            device="cuda", progress=False)
+    recover(
+        teacher,
+        student,
+        data,
+        config=DistillConfig(epochs=2, batch_size=32),
+        device="cuda",
+        progress=False,
+    )
     for n, b in student.named_buffers():
         if n.endswith("_mask"):
             assert torch.equal(b.cpu(), masks[n])

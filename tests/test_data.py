@@ -30,8 +30,13 @@ def _tar(src: Path, dst: Path) -> Path:
 
 
 def test_folder_labels_and_normalisation(tmp_path):
-    ds = load_split(_tree(tmp_path / "d"), "test", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                    cache_dir=tmp_path / "cache")
+    ds = load_split(
+        _tree(tmp_path / "d"),
+        "test",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        cache_dir=tmp_path / "cache",
+    )
     assert len(ds) == 9 and ds.classes == ["a", "b", "c"]
     assert ds.labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
     x, y = ds[4]
@@ -81,8 +86,12 @@ def test_bad_paths(tmp_path, case):
     if case == "no_images":
         (path / "test" / "a").mkdir(parents=True)
         (path / "test" / "a" / "notes.txt").write_text("hi")
-    message = {"missing": "not found", "empty": "empty", "no_split": "no 'test' folder",
-               "no_images": "no images"}[case]
+    message = {
+        "missing": "not found",
+        "empty": "empty",
+        "no_split": "no 'test' folder",
+        "no_images": "no images",
+    }[case]
     with pytest.raises(DataError, match=message):
         load_split(path, "test", cache_dir=tmp_path / "cache")
 
@@ -109,8 +118,9 @@ class _ReadLabel(nn.Module):
 
 
 def test_evaluate_exact_accuracy_and_mode_restored(tmp_path):
-    ds = load_split(_tree(tmp_path / "d"), "test", mean=(0, 0, 0), std=(1, 1, 1),
-                    cache_dir=tmp_path / "cache")
+    ds = load_split(
+        _tree(tmp_path / "d"), "test", mean=(0, 0, 0), std=(1, 1, 1), cache_dir=tmp_path / "cache"
+    )
     model = _ReadLabel().train()
     res = evaluate(model, ds, progress=False, batch_size=4)
     assert isinstance(res, EvalResult) and res.top1 == 100.0 and res.n == 9
@@ -122,7 +132,9 @@ def test_evaluate_exact_accuracy_and_mode_restored(tmp_path):
 
     assert evaluate(Constant(), ds, progress=False).top1 == pytest.approx(100 / 3)
     # a DataLoader / plain dataset works too
-    loader = torch.utils.data.DataLoader(list(zip(ds.batch(torch.arange(9))[0], ds.labels)), batch_size=2)
+    loader = torch.utils.data.DataLoader(
+        list(zip(ds.batch(torch.arange(9))[0], ds.labels, strict=True)), batch_size=2
+    )
     assert evaluate(model, loader, progress=False).top1 == 100.0
 
 
@@ -146,6 +158,16 @@ def test_real_cifar10_test_split(shared_dir, tmp_path):
     archive = shared_dir / "datasets" / "cifar10-jpeg.tar.gz"
     ds = load_split(archive, "test", cache_dir=tmp_path)
     assert len(ds) == 10_000 and ds.images.shape[1:] == (3, 32, 32)
-    assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                          "ship", "truck"]
+    assert ds.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert torch.bincount(ds.labels).tolist() == [1000] * 10

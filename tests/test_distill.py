@@ -24,9 +24,15 @@ def _one_thread():
 def _net(num_classes: int = 4, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
     )
 
 
@@ -43,7 +49,9 @@ def _teacher() -> nn.Module:
 
 def _data(n: int = 64, seed: int = 1) -> SyntheticImages:
     g = torch.Generator().manual_seed(seed)
-    return SyntheticImages(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+    return SyntheticImages(
+        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+    )
 
 
 def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -132,8 +140,13 @@ def test_bn_modes():
     for mode in ("train", "frozen"):
         student = prune(teacher, 0.5)
         stats = student[1].running_mean.clone()
-        recover(teacher, student, _data(), config=DistillConfig(
-            epochs=2, batch_size=16, holdout=0.0, bn_mode=mode), progress=False)
+        recover(
+            teacher,
+            student,
+            _data(),
+            config=DistillConfig(epochs=2, batch_size=16, holdout=0.0, bn_mode=mode),
+            progress=False,
+        )
         changed = not torch.equal(stats, student[1].running_mean)
         assert changed == (mode == "train")
         assert not student.training
@@ -141,8 +154,13 @@ def test_bn_modes():
 
 def test_holdout_reports_agreement_history():
     teacher = _teacher()
-    student = recover(teacher, prune(teacher, 0.5), _data(80), config=DistillConfig(
-        epochs=2, batch_size=16, holdout=0.25), progress=False)
+    student = recover(
+        teacher,
+        prune(teacher, 0.5),
+        _data(80),
+        config=DistillConfig(epochs=2, batch_size=16, holdout=0.25),
+        progress=False,
+    )
     hist = student.recovery_history
     assert [h["epoch"] for h in hist] == [1, 2]
     assert all(0 <= h["agreement"] <= 100 for h in hist)
@@ -154,8 +172,9 @@ def test_val_data_keeps_best_epoch():
     # label the validation set with the teacher so accuracy is meaningful
     with torch.no_grad():
         val = SyntheticImages(val.images, teacher(val.images).argmax(1))
-    student = recover(teacher, prune(teacher, 0.5), _data(), config=CFG, val_data=val,
-                      progress=False)
+    student = recover(
+        teacher, prune(teacher, 0.5), _data(), config=CFG, val_data=val, progress=False
+    )
     hist = student.recovery_history
     assert all("val_top1" in h for h in hist)
 
@@ -164,8 +183,9 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, monkeypatch):
     teacher = _teacher()
     data = _data()
     cfg = DistillConfig(epochs=4, batch_size=16, lr=0.05, holdout=0.0)
-    ref = recover(teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "a",
-                  progress=False)
+    ref = recover(
+        teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "a", progress=False
+    )
 
     # interrupt during epoch 3: the checkpoint holds epoch 2
     import recoverprune._distill as d
@@ -181,19 +201,22 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(d, "kd_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
-        recover(teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b",
-                progress=False)
+        recover(
+            teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b", progress=False
+        )
     state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
     assert state["epoch"] == 2 and not state["done"]
     monkeypatch.setattr(d, "kd_loss", real)
-    resumed = recover(teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b",
-                      progress=False)
+    resumed = recover(
+        teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b", progress=False
+    )
     assert [h["epoch"] for h in resumed.recovery_history] == [1, 2, 3, 4]
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     # a finished directory returns at once with the same weights
-    again = recover(teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b",
-                    progress=False)
+    again = recover(
+        teacher, prune(teacher, 0.5), data, config=cfg, out_dir=tmp_path / "b", progress=False
+    )
     assert torch.equal(again[-1].weight_orig, ref[-1].weight_orig)
 
 
@@ -201,8 +224,14 @@ def test_out_dir_with_other_settings_is_refused(tmp_path):
     teacher = _teacher()
     recover(teacher, prune(teacher, 0.5), _data(), config=CFG, out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="different settings"):
-        recover(teacher, prune(teacher, 0.5), _data(), config=DistillConfig(epochs=3),
-                out_dir=tmp_path, progress=False)
+        recover(
+            teacher,
+            prune(teacher, 0.5),
+            _data(),
+            config=DistillConfig(epochs=3),
+            out_dir=tmp_path,
+            progress=False,
+        )
 
 
 def test_bad_inputs():
@@ -211,12 +240,20 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="same classes"):
         recover(teacher, prune(_net(num_classes=5), 0.5), _data(), config=CFG, progress=False)
     with pytest.raises(ValueError, match="empty"):
-        recover(teacher, student, SyntheticImages(torch.zeros(0, 3, 8, 8),
-                torch.zeros(0, dtype=torch.long)), progress=False)
+        recover(
+            teacher,
+            student,
+            SyntheticImages(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long)),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="do not fit"):
         lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
-        recover(lin, prune(lin, 0.5), SyntheticImages(torch.zeros(4, 3, 4, 4),
-                torch.zeros(4, dtype=torch.long)), progress=False)
+        recover(
+            lin,
+            prune(lin, 0.5),
+            SyntheticImages(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="epochs"):
         DistillConfig(epochs=0)
     with pytest.raises(ValueError, match="bn_mode"):
@@ -228,8 +265,15 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
     data = _data()
     cfg = DistillConfig(epochs=3, batch_size=16, holdout=0.0)
     student = prune(teacher, 0.5)
-    recover(teacher, student, data, config=DistillConfig(epochs=1, batch_size=16, holdout=0.0),
-            progress=False)
-    bad = SyntheticImages(torch.full((16, 3, 8, 8), float("nan")), torch.zeros(16, dtype=torch.long))
+    recover(
+        teacher,
+        student,
+        data,
+        config=DistillConfig(epochs=1, batch_size=16, holdout=0.0),
+        progress=False,
+    )
+    bad = SyntheticImages(
+        torch.full((16, 3, 8, 8), float("nan")), torch.zeros(16, dtype=torch.long)
+    )
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         recover(teacher, prune(teacher, 0.5), bad, config=cfg, out_dir=tmp_path, progress=False)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, synthesize
 
@@ -21,8 +21,12 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 def _teacher() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     )
     with torch.no_grad():
         net.train()
@@ -36,8 +40,13 @@ SYNTH = {"n": 24, "batch_size": 4, "iterations": 3, "progress": False, "seed": 3
 
 def _init(rank: int, world: int, store: str, timeout_s: float = 60) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
 
 
 def _synth_worker(rank: int, world: int, store: str, out: str, fail_rank: int) -> None:
@@ -65,8 +74,12 @@ def _synth_worker(rank: int, world: int, store: str, out: str, fail_rank: int) -
 def test_distributed_synthesis_equals_single_process(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     single = synthesize(_teacher(), **SYNTH)
-    mp.spawn(_synth_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "out"), -1),
-             nprocs=2, join=True)
+    mp.spawn(
+        _synth_worker,
+        args=(2, str(tmp_path / "store"), str(tmp_path / "out"), -1),
+        nprocs=2,
+        join=True,
+    )
     multi = SyntheticImages.load(tmp_path / "out")
     assert torch.equal(single.images, multi.images)
     assert torch.equal(single.labels, multi.labels)
@@ -75,8 +88,9 @@ def test_distributed_synthesis_equals_single_process(tmp_path: Path) -> None:
 def test_dead_rank_then_rerun_on_one_process_completes(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "out"
-    ctx = mp.spawn(_synth_worker, args=(2, str(tmp_path / "store"), str(out), 1), nprocs=2,
-                   join=False)
+    ctx = mp.spawn(
+        _synth_worker, args=(2, str(tmp_path / "store"), str(out), 1), nprocs=2, join=False
+    )
     with pytest.raises(ProcessException):
         while not ctx.join(timeout=60):
             pass
@@ -94,7 +108,9 @@ def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
     try:
         teacher = _teacher()
         g = torch.Generator().manual_seed(0)
-        data = SyntheticImages(torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g))
+        data = SyntheticImages(
+            torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+        )
         student = prune(teacher, 0.5)
         masks = {n: b.clone() for n, b in student.named_buffers() if n.endswith("_mask")}
         cfg = DistillConfig(epochs=2, batch_size=4, lr=0.05, holdout=0.0)
@@ -102,12 +118,23 @@ def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
         flat = torch.cat([p.detach().flatten() for p in student.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
-        torch.save({"rank": rank, "in_sync": all(torch.equal(gathered[0], t) for t in gathered),
-                    "masks_same": all(torch.equal(masks[n], b) for n, b in student.named_buffers()
-                                      if n.endswith("_mask")),
-                    "zeros_kept": all(bool(torch.all(m.weight[m.weight_mask == 0] == 0))
-                                      for m in student.modules() if hasattr(m, "weight_mask"))},
-                   Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {
+                "rank": rank,
+                "in_sync": all(torch.equal(gathered[0], t) for t in gathered),
+                "masks_same": all(
+                    torch.equal(masks[n], b)
+                    for n, b in student.named_buffers()
+                    if n.endswith("_mask")
+                ),
+                "zeros_kept": all(
+                    bool(torch.all(m.weight[m.weight_mask == 0] == 0))
+                    for m in student.modules()
+                    if hasattr(m, "weight_mask")
+                ),
+            },
+            Path(out) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

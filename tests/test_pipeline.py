@@ -28,9 +28,15 @@ def _one_thread():
 def _teacher() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     )
     with torch.no_grad():
         net.train()
@@ -40,8 +46,7 @@ def _teacher() -> nn.Module:
 
 
 def _run(out, **kw):
-    return compress(_teacher(), 0.5, out_dir=out, preset=TINY, progress=False,
-                    distill=None, **kw)
+    return compress(_teacher(), 0.5, out_dir=out, preset=TINY, progress=False, distill=None, **kw)
 
 
 def test_compress_writes_every_stage_and_report(tmp_path):
@@ -49,8 +54,14 @@ def test_compress_writes_every_stage_and_report(tmp_path):
     before = fingerprint(teacher)
     res = compress(teacher, 0.5, out_dir=tmp_path, preset=TINY, progress=False)
     assert fingerprint(teacher) == before
-    for name in ("pruned.pt", "synthetic/manifest.json", "recover/recover-checkpoint.pt",
-                 "student.pt", "report.json", "synthetic-grid.png"):
+    for name in (
+        "pruned.pt",
+        "synthetic/manifest.json",
+        "recover/recover-checkpoint.pt",
+        "student.pt",
+        "report.json",
+        "synthetic-grid.png",
+    ):
         assert (tmp_path / name).exists(), name
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -102,7 +102,9 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
     @property
     def images(self) -> torch.Tensor:
         """All images as one ``(N, C, H, W)`` float32 tensor (materialised in memory)."""
-        return self._images[0].float() if len(self._images) == 1 else torch.cat(self._images).float()
+        return (
+            self._images[0].float() if len(self._images) == 1 else torch.cat(self._images).float()
+        )
 
     @property
     def labels(self) -> torch.Tensor:
@@ -118,7 +120,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         """Split off a random ``fraction`` (e.g. a held-out slice): ``(rest, held_out)``."""
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-        n_held = int(round(fraction * len(self)))
+        n_held = round(fraction * len(self))
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(self), generator=g)
         held, rest = perm[:n_held].sort().values, perm[n_held:].sort().values
@@ -145,8 +147,12 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         save_atomic({"images": self.images, "labels": self.labels, "batch": 0}, d / shard_name(0))
         manifest = dict(self.meta)
         manifest.update(
-            format=FORMAT_VERSION, n=len(self), batch_sizes=[len(self)],
-            image_shape=list(self.image_shape), mean=list(self.mean), std=list(self.std),
+            format=FORMAT_VERSION,
+            n=len(self),
+            batch_sizes=[len(self)],
+            image_shape=list(self.image_shape),
+            mean=list(self.mean),
+            std=list(self.std),
         )
         write_json_atomic(manifest, d / MANIFEST)
         return d

@@ -158,13 +158,23 @@ def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimiz
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 @torch.no_grad()
-def _agreement(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime,
-               batch_size: int = 512) -> float:
+def _agreement(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: SyntheticImages,
+    rt: Runtime,
+    batch_size: int = 512,
+) -> float:
     agree = 0
     for start in range(0, len(data), batch_size):
         x, _ = data.get_batch(torch.arange(start, min(start + batch_size, len(data))))
@@ -308,8 +318,14 @@ def recover(
 
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(range(len(train_set)), num_replicas=rt.world_size,  # type: ignore[arg-type]
-                                     rank=rt.rank, shuffle=True, seed=seed, drop_last=False)
+        sampler = DistributedSampler(
+            range(len(train_set)),
+            num_replicas=rt.world_size,  # type: ignore[arg-type]
+            rank=rt.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
         steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
         t_start = time.perf_counter()
@@ -342,47 +358,81 @@ def recover(
                             where = f"epoch {epoch + 1}, step {s + 1}"
                             kept = f"; the last good checkpoint is in {out}" if out else ""
                             raise FloatingPointError(
-                                f"non-finite distillation loss at {where}{kept}. Lower lr.")
+                                f"non-finite distillation loss at {where}{kept}. Lower lr."
+                            )
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
                         seen += len(idx)
                         loss_sum += float(loss.detach()) * len(idx)
                         loss_n += len(idx)
-                        bar.advance(1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss_sum / loss_n,
-                                    img_s=seen / (time.perf_counter() - t_start))
+                        bar.advance(
+                            1,
+                            epoch=f"{epoch + 1}/{cfg.epochs}",
+                            loss=loss_sum / loss_n,
+                            img_s=seen / (time.perf_counter() - t_start),
+                        )
                 refresh_pruned(student)
-                record: dict[str, float] = {"epoch": epoch + 1, "loss": loss_sum / max(loss_n, 1),
-                                            "lr": _lr_at(step, total_steps, cfg)}
+                record: dict[str, float] = {
+                    "epoch": epoch + 1,
+                    "loss": loss_sum / max(loss_n, 1),
+                    "lr": _lr_at(step, total_steps, cfg),
+                }
                 if val_set is not None:
                     from recoverprune._evaluate import evaluate
 
                     res = evaluate(student, val_set, device=rt.device, progress=False)
                     record["val_top1"] = res.top1
                     if best is None or res.top1 > best["score"]:
-                        best = {"score": res.top1, "epoch": epoch + 1,
-                                "state": {k: v.detach().clone()
-                                          for k, v in student.state_dict().items()}}
+                        best = {
+                            "score": res.top1,
+                            "epoch": epoch + 1,
+                            "state": {
+                                k: v.detach().clone() for k, v in student.state_dict().items()
+                            },
+                        }
                 if held is not None:
                     student.eval()
                     record["agreement"] = _agreement(teacher, student, held, rt)
                 history.append(record)
-                bar.update(epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
-                           **{k: record[k] for k in ("val_top1", "agreement") if k in record})
+                bar.update(
+                    epoch=f"{epoch + 1}/{cfg.epochs}",
+                    loss=record["loss"],
+                    **{k: record[k] for k in ("val_top1", "agreement") if k in record},
+                )
                 if out is not None and rt.is_main:
-                    save_atomic({"epoch": epoch + 1, "student": student.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "history": history,
-                                 "best": best, "meta": meta, "done": False}, out / CHECKPOINT)
+                    save_atomic(
+                        {
+                            "epoch": epoch + 1,
+                            "student": student.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "history": history,
+                            "best": best,
+                            "meta": meta,
+                            "done": False,
+                        },
+                        out / CHECKPOINT,
+                    )
         if best is not None and best["epoch"] != cfg.epochs:
             student.load_state_dict(best["state"])
             if rt.is_main and progress:
-                console.print(f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)")
+                console.print(
+                    f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)"
+                )
         refresh_pruned(student)
         student.recovery_history = history  # type: ignore[assignment]
         if out is not None and rt.is_main:
             save_atomic(student.state_dict(), out / FINAL)
-            save_atomic({"epoch": cfg.epochs, "student": student.state_dict(), "history": history,
-                         "meta": meta, "done": True}, out / CHECKPOINT)
+            save_atomic(
+                {
+                    "epoch": cfg.epochs,
+                    "student": student.state_dict(),
+                    "history": history,
+                    "meta": meta,
+                    "done": True,
+                },
+                out / CHECKPOINT,
+            )
             write_json_atomic({"history": history, **meta}, out / "recover-history.json")
     return student.eval()
 

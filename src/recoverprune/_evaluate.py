@@ -37,7 +37,11 @@ class EvalResult:
 
 
 def resolve_data(
-    model: nn.Module, data: Any, *, split: str = "test", cache_dir: str | os.PathLike[str] | None = None
+    model: nn.Module,
+    data: Any,
+    *,
+    split: str = "test",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Turn a path into a dataset normalised as ``model`` expects; pass datasets through.
 
@@ -50,8 +54,14 @@ def resolve_data(
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
-    return load_split(data, split, mean=cfg.get("mean", DEFAULT_MEAN), std=cfg.get("std", DEFAULT_STD),
-                      cache_dir=cache_dir, image_size=int(size[-1]) if size else None)
+    return load_split(
+        data,
+        split,
+        mean=cfg.get("mean", DEFAULT_MEAN),
+        std=cfg.get("std", DEFAULT_STD),
+        cache_dir=cache_dir,
+        image_size=int(size[-1]) if size else None,
+    )
 
 
 def _batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
@@ -112,8 +122,10 @@ def evaluate(
         if old_device is not None and old_device != rt.device:
             model.to(rt.device)
         batches, total = _batches(data, batch_size)
-        with torch.inference_mode(), progress_bar("Evaluating", total or None,
-                                                  progress and rt.is_main) as bar:
+        with (
+            torch.inference_mode(),
+            progress_bar("Evaluating", total or None, progress and rt.is_main) as bar,
+        ):
             for x, y in batches:
                 x, y = x.to(rt.device), y.to(rt.device)
                 with rt.autocast():

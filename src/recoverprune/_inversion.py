@@ -106,9 +106,18 @@ class InversionConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        for name in ("bn_weight", "ce_weight", "tv_l2_weight", "tv_l1_weight", "l2_weight",
-                     "competition_weight", "first_bn_multiplier"):
+            raise ValueError(
+                f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
+        for name in (
+            "bn_weight",
+            "ce_weight",
+            "tv_l2_weight",
+            "tv_l1_weight",
+            "l2_weight",
+            "competition_weight",
+            "first_bn_multiplier",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.jitter < 0:
@@ -151,8 +160,12 @@ def borrowed(*models: nn.Module | None) -> Iterator[None]:
 
 
 def _bn_hook(
-    module: nn.modules.batchnorm._BatchNorm, inputs: tuple[Tensor, ...], output: Tensor,
-    *, out: list[Tensor], weight: float,
+    module: nn.modules.batchnorm._BatchNorm,
+    inputs: tuple[Tensor, ...],
+    output: Tensor,
+    *,
+    out: list[Tensor],
+    weight: float,
 ) -> None:
     x = inputs[0].float()
     dims = [0, *range(2, x.dim())]
@@ -166,8 +179,10 @@ def _bn_hook(
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers that carry running statistics, in module order."""
     return [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
         and m.running_mean is not None
     ]
 
@@ -290,8 +305,14 @@ class _Inverter:
     """Optimises one batch. Holds the hooks context and the (optionally compiled) step."""
 
     def __init__(
-        self, teacher: nn.Module, student: nn.Module | None, cfg: InversionConfig,
-        runtime: Runtime, losses: list[Tensor], lo: Tensor, hi: Tensor,
+        self,
+        teacher: nn.Module,
+        student: nn.Module | None,
+        cfg: InversionConfig,
+        runtime: Runtime,
+        losses: list[Tensor],
+        lo: Tensor,
+        hi: Tensor,
     ) -> None:
         self.teacher, self.student, self.cfg, self.rt = teacher, student, cfg, runtime
         self.losses, self.lo, self.hi = losses, lo, hi
@@ -321,8 +342,13 @@ class _Inverter:
             loss = loss + cfg.competition_weight * comp
         return loss, bn, ce, logits
 
-    def run(self, labels: Tensor, shape: tuple[int, ...], g: torch.Generator,
-            on_step: Callable[[int, dict[str, float]], None]) -> tuple[Tensor, dict[str, float]]:
+    def run(
+        self,
+        labels: Tensor,
+        shape: tuple[int, ...],
+        g: torch.Generator,
+        on_step: Callable[[int, dict[str, float]], None],
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg, rt = self.cfg, self.rt
         x = rt.prepare_input(torch.randn(shape, generator=g)).requires_grad_(True)
         labels = labels.to(rt.device)
@@ -365,7 +391,8 @@ class _Inverter:
         with torch.no_grad():
             _, bn, ce, logits = self._loss(best, labels)
         stats.update(
-            bn_loss_final=float(bn), ce_final=float(ce),
+            bn_loss_final=float(bn),
+            ce_final=float(ce),
             accuracy=float((logits.argmax(1) == labels).float().mean()),
         )
         return best.float().contiguous().cpu(), stats
@@ -393,9 +420,18 @@ def _keep_storage(model: nn.Module) -> Callable[[], None]:
 
 
 def _manifest(
-    teacher: nn.Module, student: nn.Module | None, cfg: InversionConfig, *, n: int,
-    batch_sizes: list[int], seed: int, shape: tuple[int, int, int], num_classes: int,
-    labels: Tensor, mean: Sequence[float], std: Sequence[float],
+    teacher: nn.Module,
+    student: nn.Module | None,
+    cfg: InversionConfig,
+    *,
+    n: int,
+    batch_sizes: list[int],
+    seed: int,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    labels: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> dict[str, Any]:
     return {
         "format": 1,
@@ -413,8 +449,20 @@ def _manifest(
     }
 
 
-_IDENTITY_KEYS = ("format", "n", "batch_sizes", "seed", "image_shape", "num_classes",
-                  "labels_sha", "teacher", "student", "config", "mean", "std")
+_IDENTITY_KEYS = (
+    "format",
+    "n",
+    "batch_sizes",
+    "seed",
+    "image_shape",
+    "num_classes",
+    "labels_sha",
+    "teacher",
+    "student",
+    "config",
+    "mean",
+    "std",
+)
 
 
 def _check_or_write_manifest(out: Path, manifest: dict[str, Any], is_main: bool) -> None:
@@ -544,9 +592,19 @@ def synthesize(
                     f"labels must lie in [0, {num_classes}) (the teacher has {num_classes} "
                     f"classes), got values from {int(all_labels.min())} to {int(all_labels.max())}"
                 )
-        manifest = _manifest(teacher, student, cfg, n=n, batch_sizes=batch_sizes, seed=seed,
-                             shape=shape, num_classes=num_classes, labels=all_labels,
-                             mean=mean, std=std)
+        manifest = _manifest(
+            teacher,
+            student,
+            cfg,
+            n=n,
+            batch_sizes=batch_sizes,
+            seed=seed,
+            shape=shape,
+            num_classes=num_classes,
+            labels=all_labels,
+            mean=mean,
+            std=std,
+        )
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             _check_or_write_manifest(out, manifest, rt.is_main)
@@ -570,13 +628,26 @@ def synthesize(
             for k, i in enumerate(todo):
                 lb = all_labels[starts[i] : starts[i + 1]]
                 g = generator(seed, "batch", i)
+                t_batch = time.perf_counter()
 
-                def on_step(it: int, s: dict[str, float], k: int = k) -> None:
+                def on_step(
+                    it: int,
+                    s: dict[str, float],
+                    k: int = k,
+                    done: int = done_images,
+                    size: int = len(lb),
+                ) -> None:
                     if it % 10 == 0 or it == cfg.iterations - 1:
-                        rate = (done_images * cfg.iterations + len(lb) * (it + 1)) / max(
-                            time.perf_counter() - t0, 1e-9)
-                        bar.update(batch=f"{k + 1}/{len(todo)}", loss=s["loss"],
-                                   bn=s["bn_loss"], ce=s["ce"], img_it_s=rate)
+                        rate = (done * cfg.iterations + size * (it + 1)) / max(
+                            time.perf_counter() - t0, 1e-9
+                        )
+                        bar.update(
+                            batch=f"{k + 1}/{len(todo)}",
+                            loss=s["loss"],
+                            bn=s["bn_loss"],
+                            ce=s["ce"],
+                            img_it_s=rate,
+                        )
                     bar.advance(1)
 
                 try:
@@ -584,11 +655,13 @@ def synthesize(
                 except FloatingPointError as exc:
                     where = f"batch {i}" + (f"; finished shards kept in {out}" if out else "")
                     raise FloatingPointError(f"{exc} ({where})") from exc
-                stats["seconds"] = time.perf_counter() - t0
+                stats["seconds"] = time.perf_counter() - t_batch
                 done_images += len(lb)
                 if out is not None:
-                    save_atomic({"images": images, "labels": lb.clone(), "batch": i,
-                                 "stats": stats}, out / shard_name(i))
+                    save_atomic(
+                        {"images": images, "labels": lb.clone(), "batch": i, "stats": stats},
+                        out / shard_name(i),
+                    )
                 else:
                     kept_images[i], kept_stats[i] = images, stats
     if out is not None:
@@ -600,6 +673,10 @@ def synthesize(
     order = sorted(kept_images)
     meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
     meta["stats"] = [kept_stats[i] for i in order]
-    return SyntheticImages([kept_images[i] for i in order],
-                           [all_labels[starts[i] : starts[i + 1]] for i in order],
-                           mean=mean, std=std, meta=meta)
+    return SyntheticImages(
+        [kept_images[i] for i in order],
+        [all_labels[starts[i] : starts[i + 1]] for i in order],
+        mean=mean,
+        std=std,
+        meta=meta,
+    )

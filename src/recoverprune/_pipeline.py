@@ -162,8 +162,14 @@ def compress(
 
         teacher = default_teacher()
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    p = replace(p, **{k: v for k, v in {"n": n, "iterations": iterations, "epochs": epochs}.items()
-                      if v is not None})
+    p = replace(
+        p,
+        **{
+            k: v
+            for k, v in {"n": n, "iterations": iterations, "epochs": epochs}.items()
+            if v is not None
+        },
+    )
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
     dcfg = replace(distill or DistillConfig(), epochs=p.epochs)
     out = Path(out_dir)
@@ -186,8 +192,15 @@ def compress(
     else:
         student = prune(teacher, amount, scope=scope, exclude=exclude)
         if rt.is_main:
-            save_atomic({"state_dict": student.state_dict(), "amount": amount, "scope": scope,
-                         "teacher": fingerprint(teacher)}, pruned_path)
+            save_atomic(
+                {
+                    "state_dict": student.state_dict(),
+                    "amount": amount,
+                    "scope": scope,
+                    "teacher": fingerprint(teacher),
+                },
+                pruned_path,
+            )
     spent("prune", t0)
     pruned_snapshot = None
     if eval_data is not None:
@@ -195,9 +208,18 @@ def compress(
 
     # 2. synthesize
     t0 = time.perf_counter()
-    synthetic = synthesize(teacher, p.n, config=inv, batch_size=p.batch_size,
-                           image_size=image_size, out_dir=out / "synthetic", seed=seed,
-                           device=device, accel=accel, progress=progress)
+    synthetic = synthesize(
+        teacher,
+        p.n,
+        config=inv,
+        batch_size=p.batch_size,
+        image_size=image_size,
+        out_dir=out / "synthetic",
+        seed=seed,
+        device=device,
+        accel=accel,
+        progress=progress,
+    )
     spent("synthesize", t0)
     if rt.is_main:
         grid = out / "synthetic-grid.png"
@@ -206,8 +228,17 @@ def compress(
 
     # 3. recover
     t0 = time.perf_counter()
-    student = recover(teacher, student, synthetic, config=dcfg, out_dir=out / "recover",
-                      seed=seed, device=device, accel=accel, progress=progress)
+    student = recover(
+        teacher,
+        student,
+        synthetic,
+        config=dcfg,
+        out_dir=out / "recover",
+        seed=seed,
+        device=device,
+        accel=accel,
+        progress=progress,
+    )
     spent("recover", t0)
 
     # 4. report
@@ -236,8 +267,11 @@ def compress(
         t0 = time.perf_counter()
         report["top1"] = {
             name: evaluate(model, data, device=device, progress=False).top1
-            for name, model in (("teacher", teacher), ("pruned", pruned_snapshot),
-                                ("recovered", student))
+            for name, model in (
+                ("teacher", teacher),
+                ("pruned", pruned_snapshot),
+                ("recovered", student),
+            )
             if model is not None
         }
         spent("evaluate", t0)
@@ -261,9 +295,10 @@ def _print_report(report: dict[str, Any]) -> None:
         t.add_row("teacher-student agreement (held-out synthetic)", f"{report['agreement']:.2f} %")
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
     size = report["size_bytes"]
-    t.add_row("size dense / sparse-stored", f"{size['dense'] / 1e6:.2f} MB / {size['sparse'] / 1e6:.2f} MB")
+    t.add_row(
+        "size dense / sparse-stored",
+        f"{size['dense'] / 1e6:.2f} MB / {size['sparse'] / 1e6:.2f} MB",
+    )
     for stage, sec in report["seconds"].items():
         t.add_row(f"time {stage}", f"{sec:.1f} s")
     console.print(t)
-
-

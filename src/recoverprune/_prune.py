@@ -76,9 +76,7 @@ def prunable_layers(
         >>> list(prunable_layers(net, exclude=["3"]))
         ['0']
     """
-    candidates = {
-        name: m for name, m in model.named_modules() if isinstance(m, layer_types)
-    }
+    candidates = {name: m for name, m in model.named_modules() if isinstance(m, layer_types)}
     for pattern in [*(include or ()), *exclude]:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in candidates):
             names = ", ".join(list(candidates)[:12]) + (" ..." if len(candidates) > 12 else "")
@@ -117,7 +115,9 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
-    mask = keep.to(dtype=module.weight.dtype if not _is_masked(module) else module.weight_mask.dtype)
+    mask = keep.to(
+        dtype=module.weight.dtype if not _is_masked(module) else module.weight_mask.dtype
+    )
     if _is_masked(module):
         module.weight_mask.mul_(mask)  # already pruned: tighten the existing mask in place
         module.weight = module.weight_orig * module.weight_mask
@@ -284,7 +284,9 @@ def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
         module = modules.get(mod_name)
         if module is None or f"{mod_name + '.' if mod_name else ''}{tensor}_orig" not in state_dict:
             continue
-        if not _is_masked(module, tensor) and isinstance(getattr(module, tensor, None), nn.Parameter):
+        if not _is_masked(module, tensor) and isinstance(
+            getattr(module, tensor, None), nn.Parameter
+        ):
             torch_prune.identity(module, tensor)
 
 
@@ -342,12 +344,22 @@ class SparsityReport:
     def table(self, title: str | None = "Sparsity") -> Table:
         """A rich table: layer, shape, weights, zeros, sparsity."""
         t = Table(title=title)
-        for col, just in (("layer", "left"), ("shape", "left"), ("weights", "right"),
-                          ("zeros", "right"), ("sparsity", "right")):
+        for col, just in (
+            ("layer", "left"),
+            ("shape", "left"),
+            ("weights", "right"),
+            ("zeros", "right"),
+            ("sparsity", "right"),
+        ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for la in self.layers:
-            t.add_row(la.name, "x".join(map(str, la.shape)), f"{la.numel:,}", f"{la.zeros:,}",
-                      f"{la.sparsity:.1%}")
+            t.add_row(
+                la.name,
+                "x".join(map(str, la.shape)),
+                f"{la.numel:,}",
+                f"{la.zeros:,}",
+                f"{la.sparsity:.1%}",
+            )
         t.add_section()
         t.add_row("total", "", f"{self.total:,}", f"{self.zeros:,}", f"{self.overall:.2%}")
         return t
@@ -382,5 +394,7 @@ def sparsity(
             getattr(m, "weight_orig", getattr(m, "weight", None)), torch.Tensor
         ):
             w = _effective_weight(m)
-            rows.append(LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), int((w == 0).sum())))
+            rows.append(
+                LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), int((w == 0).sum()))
+            )
     return SparsityReport(tuple(rows))

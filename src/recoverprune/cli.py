@@ -18,29 +18,44 @@ __all__ = ["main"]
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast precision on CUDA (default auto: bf16 where supported)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
+    )
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="autocast precision on CUDA (default auto: bf16 where supported)",
+    )
     p.add_argument("--no-compile", action="store_true", help="disable torch.compile on CUDA")
     p.add_argument("--no-channels-last", action="store_true", help="disable channels_last on CUDA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_model(p: argparse.ArgumentParser, required: bool = True, flag: str = "--checkpoint") -> None:
+def _add_model(
+    p: argparse.ArgumentParser, required: bool = True, flag: str = "--checkpoint"
+) -> None:
     p.add_argument("--arch", required=required, help="zoo architecture (see `recoverprune models`)")
     p.add_argument(flag, required=required, help="checkpoint file (state_dict or dict holding one)")
-    p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
+    )
 
 
 def _accel(args: argparse.Namespace) -> Any:
     from recoverprune import Accel
 
-    return Accel(amp=args.amp, compile=False if args.no_compile else None,
-                 channels_last=False if args.no_channels_last else None)
+    return Accel(
+        amp=args.amp,
+        compile=False if args.no_compile else None,
+        channels_last=False if args.no_channels_last else None,
+    )
 
 
-def _config_overrides(p: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str]) -> None:
+def _config_overrides(
+    p: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str]
+) -> None:
     """One ``--prefix-field`` option per scalar field (int, float, bool, str) of a config."""
     for f in fields(cls):
         kind = type(f.default)
@@ -48,16 +63,24 @@ def _config_overrides(p: argparse.ArgumentParser, cls: type, prefix: str, skip: 
             continue
         opt = f"--{prefix}{f.name.replace('_', '-')}"
         if kind is bool:
-            p.add_argument(opt, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
-                           metavar="BOOL", help=f"(default {f.default})")
+            p.add_argument(
+                opt,
+                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                default=None,
+                metavar="BOOL",
+                help=f"(default {f.default})",
+            )
         else:
             p.add_argument(opt, type=kind, default=None, help=f"(default {f.default})")
 
 
 def _apply_overrides(cfg: Any, args: argparse.Namespace, prefix: str) -> Any:
     dest = prefix.replace("-", "_")
-    changes = {f.name: getattr(args, dest + f.name) for f in fields(cfg)
-               if getattr(args, dest + f.name, None) is not None}
+    changes = {
+        f.name: getattr(args, dest + f.name)
+        for f in fields(cfg)
+        if getattr(args, dest + f.name, None) is not None
+    }
     return replace(cfg, **changes)
 
 
@@ -84,7 +107,9 @@ def _init_distributed() -> None:
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        timeout = datetime.timedelta(seconds=float(os.environ.get("RECOVERPRUNE_DIST_TIMEOUT", "1800")))
+        timeout = datetime.timedelta(
+            seconds=float(os.environ.get("RECOVERPRUNE_DIST_TIMEOUT", "1800"))
+        )
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=timeout)
@@ -101,10 +126,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recoverprune._evaluate import evaluate
 
     model = _load(args.arch, args.checkpoint, args.num_classes)
-    res = evaluate(model, args.data, split=args.split, batch_size=args.batch_size,
-                   device=args.device, cache_dir=args.cache_dir, progress=not args.no_progress)
-    print(f"top-1 {res.top1:.2f} %  loss {res.loss:.4f}  ({res.n} images, {args.split} split, "
-          f"{res.seconds:.1f} s)")
+    res = evaluate(
+        model,
+        args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    print(
+        f"top-1 {res.top1:.2f} %  loss {res.loss:.4f}  ({res.n} images, {args.split} split, "
+        f"{res.seconds:.1f} s)"
+    )
     return 0
 
 
@@ -114,8 +148,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from recoverprune import prune, sparsity
 
     model = _load(args.arch, args.checkpoint, args.num_classes)
-    pruned = prune(model, args.amount, scope=args.scope, exclude=args.exclude or (),
-                   include=args.include)
+    pruned = prune(
+        model, args.amount, scope=args.scope, exclude=args.exclude or (), include=args.include
+    )
     _save_model(pruned, args.out, arch=args.arch, amount=args.amount, scope=args.scope)
     rprint(sparsity(pruned).table(title=f"{args.arch} pruned ({args.scope}, amount {args.amount})"))
     print(f"wrote {args.out}")
@@ -127,10 +162,19 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
     teacher = _load(args.arch, args.checkpoint, args.num_classes)
     cfg = _apply_overrides(InversionConfig(), args, "di-")
-    ds = synthesize(teacher, args.n, config=cfg, batch_size=args.batch_size,
-                    iterations=args.iterations, image_size=args.image_size, out_dir=args.out,
-                    seed=args.seed, device=args.device, accel=_accel(args),
-                    progress=not args.no_progress)
+    ds = synthesize(
+        teacher,
+        args.n,
+        config=cfg,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
+        image_size=args.image_size,
+        out_dir=args.out,
+        seed=args.seed,
+        device=args.device,
+        accel=_accel(args),
+        progress=not args.no_progress,
+    )
     grid = Path(args.out) / "grid.png"
     ds.save_grid(grid)
     print(f"wrote {len(ds)} images to {args.out} (preview: {grid})")
@@ -144,9 +188,19 @@ def cmd_recover(args: argparse.Namespace) -> int:
     student = _load(args.arch, args.student, args.num_classes)
     synthetic = SyntheticImages.load(args.synthetic)
     cfg = _apply_overrides(DistillConfig(), args, "kd-")
-    student = recover(teacher, student, synthetic, config=cfg, epochs=args.epochs,
-                      val_data=args.val_data, out_dir=args.out, seed=args.seed,
-                      device=args.device, accel=_accel(args), progress=not args.no_progress)
+    student = recover(
+        teacher,
+        student,
+        synthetic,
+        config=cfg,
+        epochs=args.epochs,
+        val_data=args.val_data,
+        out_dir=args.out,
+        seed=args.seed,
+        device=args.device,
+        accel=_accel(args),
+        progress=not args.no_progress,
+    )
     print(f"wrote {Path(args.out) / 'student.pt'}")
     return 0
 
@@ -160,12 +214,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
         teacher = _load(args.arch, args.checkpoint, args.num_classes)
     res = compress(
-        teacher, args.amount, out_dir=args.out, preset=args.preset, n=args.n,
-        iterations=args.iterations, epochs=args.epochs, scope=args.scope,
+        teacher,
+        args.amount,
+        out_dir=args.out,
+        preset=args.preset,
+        n=args.n,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        scope=args.scope,
         exclude=args.exclude or (),
         inversion=_apply_overrides(InversionConfig(), args, "di-"),
         distill=_apply_overrides(DistillConfig(), args, "kd-"),
-        eval_data=args.eval_data, seed=args.seed, device=args.device, accel=_accel(args),
+        eval_data=args.eval_data,
+        seed=args.seed,
+        device=args.device,
+        accel=_accel(args),
         progress=not args.no_progress,
     )
     print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
@@ -191,14 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--cache-dir", default=None, help="where archives are extracted (default ~/.cache/recoverprune)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where archives are extracted (default ~/.cache/recoverprune)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="magnitude-prune a checkpoint")
     _add_model(p)
-    p.add_argument("--amount", type=float, required=True, help="fraction of weights to remove, e.g. 0.75")
+    p.add_argument(
+        "--amount", type=float, required=True, help="fraction of weights to remove, e.g. 0.75"
+    )
     p.add_argument("--scope", default="global", choices=["global", "layerwise"])
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense, e.g. conv1 linear")
     p.add_argument("--include", nargs="*", default=None, help="layer-name globs that take part")
@@ -211,18 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 2000)")
-    p.add_argument("--image-size", type=int, default=None, help="input size if the model has no hint")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size if the model has no hint"
+    )
     _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
     _add_runtime(p)
     p.set_defaults(func=cmd_synthesize)
 
-    p = sub.add_parser("recover", help="distil the teacher into a pruned student on synthetic images")
+    p = sub.add_parser(
+        "recover", help="distil the teacher into a pruned student on synthetic images"
+    )
     p.add_argument("--arch", required=True)
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="pruned student checkpoint (from `prune`)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--synthetic", required=True, help="directory written by `synthesize`")
-    p.add_argument("--out", required=True, help="directory for checkpoints and student.pt (resumable)")
+    p.add_argument(
+        "--out", required=True, help="directory for checkpoints and student.pt (resumable)"
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
     _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))

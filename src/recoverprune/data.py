@@ -66,7 +66,9 @@ def _archive_stem(path: Path) -> str:
     return name
 
 
-def extract(archive: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def extract(
+    archive: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """Extract a tar(.gz) of an ImageFolder tree once into the cache and return its root.
 
     The archive goes into a temporary directory that is renamed into place only when
@@ -133,10 +135,18 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
         (1.0, 1)
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                 mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: Sequence[str],
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.shape != (images.shape[0],):
             raise ValueError("labels must have one entry per image")
         self.images, self.labels, self.classes = images, labels.long(), list(classes)
@@ -171,8 +181,12 @@ def _split_root(root: Path, split: str | None) -> Path:
     if split and any((root / e / split).is_dir() for e in entries):
         inner = next(root / e / split for e in entries if (root / e / split).is_dir())
         return inner
-    has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for e in entries if (root / e).is_dir()
-                     for p in list((root / e).iterdir())[:20])
+    has_images = any(
+        p.suffix.lower() in IMAGE_SUFFIXES
+        for e in entries
+        if (root / e).is_dir()
+        for p in list((root / e).iterdir())[:20]
+    )
     if has_images and split in (None, ""):
         return root
     raise DataError(
@@ -181,7 +195,9 @@ def _split_root(root: Path, split: str | None) -> Path:
     )
 
 
-def _decode_folder(folder: Path, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _decode_folder(
+    folder: Path, image_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from PIL import Image
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -203,7 +219,9 @@ def _decode_folder(folder: Path, image_size: int | None) -> tuple[torch.Tensor, 
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise DataError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...; pass image_size")
+        raise DataError(
+            f"images in {folder} have different sizes {sorted(shapes)[:3]}...; pass image_size"
+        )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(labels, dtype=torch.long), classes
 
@@ -241,7 +259,9 @@ def load_split(
     """
     src = Path(path)
     if not src.exists():
-        raise DataError(f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)")
+        raise DataError(
+            f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)"
+        )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = extract(src, cache) if src.is_file() else src
     folder = _split_root(root, split)

@@ -22,10 +22,13 @@ def test_split(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_split(archive, "test", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-@pytest.mark.parametrize(("arch", "file", "expected"), [
-    ("resnet20", "resnet20-12fca82f.th", 81.0),
-    ("resnet32", "resnet32-d509ac18.th", 82.6),
-])
+@pytest.mark.parametrize(
+    ("arch", "file", "expected"),
+    [
+        ("resnet20", "resnet20-12fca82f.th", 81.0),
+        ("resnet32", "resnet32-d509ac18.th", 82.6),
+    ],
+)
 def test_shared_teacher_accuracy_on_jpeg_test(arch, file, expected, shared_dir, test_split):
     model = load_model(arch, shared_dir / "teachers" / file)
     res = evaluate(model, test_split, progress=False)

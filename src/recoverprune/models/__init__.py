@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from recoverprune.models._default import default_teacher, default_teacher_info
 from recoverprune.models._registry import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -24,7 +25,6 @@ from recoverprune.models._registry import (
     list_models,
     load_model,
 )
-from recoverprune.models._default import default_teacher, default_teacher_info
 from recoverprune.models.cifar_resnet import CifarResNet, resnet20, resnet32, resnet44, resnet56
 from recoverprune.models.mobilenet import MobileNetV2, mobilenet_v2
 from recoverprune.models.resnet import ResNet, resnet18, resnet34, resnet50
