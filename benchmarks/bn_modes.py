@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--modes", nargs="+", default=["train", "frozen"])
     p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
+    p.add_argument("--lr", type=float, default=None, help="override DistillConfig.lr")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     teacher = load_model(args.arch, args.checkpoint) if args.checkpoint else default_teacher()
@@ -73,10 +74,19 @@ def main() -> None:
         "bn_drift_pruned": bn_drift(pruned, x),
         "modes": {},
     }
+    print(json.dumps({k: v for k, v in out.items() if k != "modes"}), flush=True)
     for mode in args.modes:
         cfg = replace(DistillConfig(), epochs=args.epochs, bn_mode=mode)
+        if args.lr is not None:
+            cfg = replace(cfg, lr=args.lr)
         t0 = time.perf_counter()
-        student = recover(teacher, prune(teacher, args.amount), synthetic, config=cfg)
+        try:
+            student = recover(teacher, prune(teacher, args.amount), synthetic, config=cfg)
+        except FloatingPointError as exc:  # a measured outcome, not a crash of the script
+            out["modes"][mode] = {"diverged": str(exc), "seconds": time.perf_counter() - t0,
+                                  "config": asdict(cfg)}
+            print(json.dumps({mode: {"diverged": str(exc)}}), flush=True)
+            continue
         out["modes"][mode] = {
             "top1": evaluate(student, test, progress=False).top1,
             "seconds": time.perf_counter() - t0,

@@ -284,16 +284,21 @@ def run_sweep(
         "batch": args.batch_size,
         "seed": args.seed,
     }
-    big = synthesize(
-        teacher,
-        n_max,
-        config=inv,
-        batch_size=args.batch_size,
-        out_dir=out / "synthetic" / f"{arch}-sweep-{_key(cfg)}",
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-    )
+    given = args.synthetic_from.get(arch)
+    if given is not None and len(SyntheticImages.load(given)) >= n_max:
+        big = SyntheticImages.load(given)  # subsets of the set the table rows used
+        cfg["n"] = len(big)
+    else:
+        big = synthesize(
+            teacher,
+            n_max,
+            config=inv,
+            batch_size=args.batch_size,
+            out_dir=out / "synthetic" / f"{arch}-sweep-{_key(cfg)}",
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+        )
     rows = []
     for n in sorted(args.sweep_n):
 

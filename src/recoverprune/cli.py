@@ -276,7 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthesize", help="DeepInversion images from a teacher checkpoint")
     _add_model(p)
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument(
+        "--n",
+        "--num-images",
+        dest="n",
+        type=int,
+        required=True,
+        help="number of images (spell it --num-images under torchrun, whose own "
+        "options would otherwise claim --n)",
+    )
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 2000)")
@@ -308,7 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p, required=False)
     p.add_argument("--amount", type=float, default=0.75)
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
-    p.add_argument("--n", type=int, default=None, help="synthetic images (overrides the preset)")
+    p.add_argument(
+        "--n",
+        "--num-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="synthetic images (overrides the preset; --num-images under torchrun)",
+    )
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--scope", default="global", choices=["global", "layerwise"])
