@@ -114,6 +114,27 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view_as(scores)
 
 
+def _detach_pruned_weight(module: nn.Module, inputs: object, output: object) -> None:
+    """Forward hook: keep ``module.weight`` a leaf between forward passes.
+
+    The prune pre-hook sets ``weight = weight_orig * weight_mask``; in grad mode that is a
+    non-leaf tensor, which ``copy.deepcopy`` refuses. The graph of the pass that just ran
+    already holds it, so swapping the attribute for its detached value changes nothing for
+    autograd and keeps the model copyable at any time.
+    """
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, torch_prune.BasePruningMethod):
+            name = hook._tensor_name
+            value = getattr(module, name, None)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                setattr(module, name, value.detach())
+
+
+def _ensure_detach_hook(module: nn.Module) -> None:
+    if not any(h is _detach_pruned_weight for h in module._forward_hooks.values()):
+        module.register_forward_hook(_detach_pruned_weight)
+
+
 def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
     mask = keep.to(
         dtype=module.weight.dtype if not _is_masked(module) else module.weight_mask.dtype
@@ -123,6 +144,7 @@ def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
         module.weight = module.weight_orig * module.weight_mask
     else:
         torch_prune.custom_from_mask(module, "weight", mask)
+    _ensure_detach_hook(module)
 
 
 def prune(
@@ -258,6 +280,9 @@ def finalize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
                 torch_prune.remove(module, hook._tensor_name)
+        for key, hook in list(module._forward_hooks.items()):
+            if hook is _detach_pruned_weight:
+                del module._forward_hooks[key]
     return target
 
 
