@@ -1,11 +1,13 @@
 """recoverprune: prune a trained image classifier and recover its accuracy without real data.
 
-The three calls::
+The three calls:
 
-    from recoverprune import prune, synthesize, recover
-    student = prune(teacher, amount=0.75)
-    synthetic = synthesize(teacher, n=10_000)
-    student = recover(teacher, student, synthetic)
+```python
+from recoverprune import prune, synthesize, recover
+student = prune(teacher, amount=0.75)
+synthetic = synthesize(teacher, n=10_000)
+student = recover(teacher, student, synthetic)
+```
 """
 
 from __future__ import annotations
