@@ -83,8 +83,11 @@ def main() -> None:
         try:
             student = recover(teacher, prune(teacher, args.amount), synthetic, config=cfg)
         except FloatingPointError as exc:  # a measured outcome, not a crash of the script
-            out["modes"][mode] = {"diverged": str(exc), "seconds": time.perf_counter() - t0,
-                                  "config": asdict(cfg)}
+            out["modes"][mode] = {
+                "diverged": str(exc),
+                "seconds": time.perf_counter() - t0,
+                "config": asdict(cfg),
+            }
             print(json.dumps({mode: {"diverged": str(exc)}}), flush=True)
             continue
         out["modes"][mode] = {
