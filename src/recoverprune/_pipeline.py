@@ -39,6 +39,12 @@ class Preset:
         iterations: DeepInversion steps per batch.
         batch_size: synthesis batch size.
         epochs: distillation epochs.
+
+    Example:
+        >>> PRESETS["quick"].n, PRESETS["quick"].iterations
+        (1024, 200)
+        >>> Preset(n=4096, iterations=500, batch_size=256, epochs=80).n
+        4096
     """
 
     n: int
@@ -58,7 +64,14 @@ PRESETS: dict[str, Preset] = {
 
 @dataclass
 class CompressResult:
-    """What :func:`compress` produced: the student and the report written to ``report.json``."""
+    """What :func:`compress` produced: the student and the report written to ``report.json``.
+
+    Example:
+        >>> import tempfile
+        >>> res = compress(amount=0.5, preset="tiny", out_dir=tempfile.mkdtemp(), progress=False)
+        >>> sorted(res.report["seconds"])
+        ['prune', 'recover', 'synthesize']
+    """
 
     student: nn.Module
     report: dict[str, Any] = field(default_factory=dict)

@@ -317,7 +317,12 @@ def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """Sparsity of one layer's weight."""
+    """Sparsity of one layer's weight.
+
+    Example:
+        >>> LayerSparsity("conv1", (16, 3, 3, 3), 432, 108).sparsity
+        0.25
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -335,6 +340,12 @@ class SparsityReport:
     """Global and per-layer sparsity of a model's prunable weights.
 
     ``print(report)`` or ``rich.print(report.table())`` shows a table.
+
+    Example:
+        >>> from torch import nn
+        >>> report = sparsity(prune(nn.Linear(8, 8), 0.5))
+        >>> report.total, report.zeros, report.overall
+        (64, 32, 0.5)
     """
 
     layers: tuple[LayerSparsity, ...] = field(default_factory=tuple)

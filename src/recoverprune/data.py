@@ -42,11 +42,24 @@ _MARKER = ".recoverprune-complete.json"
 
 
 class DataError(ValueError):
-    """The data path is missing, empty, corrupt or not in ImageFolder layout."""
+    """The data path is missing, empty, corrupt or not in ImageFolder layout.
+
+    Example:
+        >>> try:
+        ...     load_split("/no/such/dir")
+        ... except DataError as exc:
+        ...     print(str(exc).split(" (")[0])
+        data path not found: /no/such/dir
+    """
 
 
 def default_cache_dir() -> Path:
-    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``."""
+    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``.
+
+    Example:
+        >>> default_cache_dir().name in ("recoverprune",) or "RECOVERPRUNE_CACHE" in os.environ
+        True
+    """
     return Path(os.environ.get("RECOVERPRUNE_CACHE", Path.home() / ".cache" / "recoverprune"))
 
 

@@ -76,6 +76,11 @@ class CifarResNet(nn.Module):
     Args:
         num_blocks: BasicBlocks per stage (``n``), one entry per stage, e.g. ``(3, 3, 3)``.
         num_classes: outputs of the classifier.
+
+    Example:
+        >>> from recoverprune.models import resnet20
+        >>> isinstance(resnet20(num_classes=7), CifarResNet), resnet20(num_classes=7).pretrained_cfg["num_classes"]
+        (True, 7)
     """
 
     def __init__(self, num_blocks: tuple[int, int, int], num_classes: int = 10) -> None:

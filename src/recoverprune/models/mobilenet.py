@@ -72,6 +72,11 @@ class MobileNetV2(nn.Module):
     Args:
         num_classes: outputs of the ``linear`` classifier.
         config: ``(t, c, n, s)`` rows of inverted-residual stages.
+
+    Example:
+        >>> from recoverprune.models import mobilenet_v2
+        >>> isinstance(mobilenet_v2(num_classes=7), MobileNetV2), mobilenet_v2(num_classes=7).pretrained_cfg["num_classes"]
+        (True, 7)
     """
 
     def __init__(

@@ -88,6 +88,11 @@ class ResNet(nn.Module):
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         num_blocks: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         num_classes: outputs of the ``linear`` classifier.
+
+    Example:
+        >>> from recoverprune.models import resnet18
+        >>> isinstance(resnet18(num_classes=7), ResNet), resnet18(num_classes=7).pretrained_cfg["num_classes"]
+        (True, 7)
     """
 
     def __init__(

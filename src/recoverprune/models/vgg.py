@@ -28,6 +28,11 @@ class VGG(nn.Module):
     Args:
         config: a list of conv widths and ``"M"`` (max-pool), e.g. ``CONFIGS["D"]``.
         num_classes: outputs of the ``classifier``.
+
+    Example:
+        >>> from recoverprune.models import vgg11_bn
+        >>> isinstance(vgg11_bn(num_classes=7), VGG), vgg11_bn(num_classes=7).pretrained_cfg["num_classes"]
+        (True, 7)
     """
 
     def __init__(self, config: list[int | str], num_classes: int = 10) -> None:
