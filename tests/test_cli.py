@@ -14,14 +14,6 @@ from recoverprune.cli import main
 from recoverprune.models import load_model, resnet20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture()
 def ckpt(tmp_path: Path) -> Path:
     torch.manual_seed(0)

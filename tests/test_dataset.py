@@ -13,14 +13,6 @@ from recoverprune._dataset import MANIFEST, shard_name
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _chunks(sizes=(3, 4, 2), seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     images = [torch.randn(s, 3, 5, 4, generator=g) for s in sizes]

@@ -13,14 +13,6 @@ from recoverprune._distill import CHECKPOINT, augment, kd_loss
 from recoverprune._io import fingerprint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _net(num_classes: int = 4, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(

@@ -28,14 +28,6 @@ _REAL_RUN = inv._Inverter.run
 QUICK = {"iterations": 3, "image_size": 8, "progress": False, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _teacher(num_classes: int = 4, in_channels: int = 3, seed: int = 0) -> nn.Module:
     """A tiny 'trained' BN teacher: running statistics from data and a class-separating head.
 

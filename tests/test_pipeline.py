@@ -17,14 +17,6 @@ from recoverprune._pipeline import sparse_size_bytes
 TINY = Preset(n=16, iterations=3, batch_size=8, epochs=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _teacher() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(

@@ -18,14 +18,6 @@ from recoverprune._prune import restore_pruning
 from recoverprune.models import load_model, mobilenet_v2, resnet20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._io import CheckpointError, read_json, save_atomic, write_json_atomic
 
 __all__ = ["MANIFEST", "SyntheticImages", "shard_name"]
@@ -44,8 +45,8 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         images: torch.Tensor | Sequence[torch.Tensor],
         labels: torch.Tensor | Sequence[torch.Tensor],
         *,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
         meta: dict[str, Any] | None = None,
     ) -> None:
         self._images = [images] if isinstance(images, torch.Tensor) else list(images)

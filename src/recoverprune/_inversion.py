@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._dataset import MANIFEST, SyntheticImages, shard_name
 from recoverprune._io import fingerprint, read_json, save_atomic, write_json_atomic
 from recoverprune._progress import progress as progress_bar
@@ -45,9 +46,6 @@ __all__ = [
     "synthesize",
     "total_variation",
 ]
-
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._io import read_json, save_atomic, write_json_atomic
 
 __all__ = [
@@ -31,10 +32,6 @@ __all__ = [
     "load_split",
 ]
 
-#: The normalisation of the shared CIFAR teachers (the ImageNet values).
-DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-#: See :data:`DEFAULT_MEAN`.
-DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")

@@ -9,6 +9,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -21,9 +23,9 @@ __all__ = [
 
 #: Per-channel mean the zoo's teachers were trained with (the ImageNet values, as used by
 #: akamaster/pytorch_resnet_cifar10).
-CIFAR_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+CIFAR_MEAN: tuple[float, float, float] = DEFAULT_MEAN
 #: Per-channel standard deviation matching :data:`CIFAR_MEAN`.
-CIFAR_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CIFAR_STD: tuple[float, float, float] = DEFAULT_STD
 #: ``(channels, height, width)`` of the zoo's inputs.
 INPUT_SIZE: tuple[int, int, int] = (3, 32, 32)
 
