@@ -167,6 +167,7 @@ def test_finalize_bakes_masks():
         assert torch.allclose(plain.eval()(x), model.eval()(x))
 
 
+@pytest.mark.filterwarnings("ignore:pruning at amount")  # random init empties small layers
 @pytest.mark.parametrize(
     "make",
     [
