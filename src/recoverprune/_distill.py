@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from recoverprune._dataset import SyntheticImages
+from recoverprune._evaluate import evaluate, resolve_data
 from recoverprune._inversion import borrowed
 from recoverprune._io import fingerprint, load_checkpoint, save_atomic, write_json_atomic
 from recoverprune._progress import console
@@ -258,8 +262,6 @@ def recover(
     """
     cfg = config or DistillConfig()
     if epochs is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, epochs=epochs)
     if len(synthetic) == 0:
         raise ValueError("the synthetic set is empty: synthesize some images first")
@@ -268,11 +270,7 @@ def recover(
 
     val_set = None
     if val_data is not None:
-        from recoverprune._evaluate import evaluate
-
         if isinstance(val_data, (str, os.PathLike)):
-            from recoverprune._evaluate import resolve_data
-
             val_set = resolve_data(student, val_data)
         else:
             val_set = val_data
@@ -310,13 +308,11 @@ def recover(
 
         model: nn.Module = student
         if rt.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(student, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+            model = DistributedDataParallel(
+                student, device_ids=[rt.device] if rt.device.type == "cuda" else None
+            )
         train_fwd: Callable[[Tensor], Tensor] = rt.maybe_compile(model)
         teacher_fwd: Callable[[Tensor], Tensor] = rt.maybe_compile(teacher)
-
-        from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(
             range(len(train_set)),
@@ -379,8 +375,6 @@ def recover(
                     "lr": _lr_at(step, total_steps, cfg),
                 }
                 if val_set is not None:
-                    from recoverprune._evaluate import evaluate
-
                     res = evaluate(student, val_set, device=rt.device, progress=False)
                     record["val_top1"] = res.top1
                     if best is None or res.top1 > best["score"]:
@@ -444,7 +438,6 @@ def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, An
         return None
     state = load_checkpoint(path)
     old = state.get("meta", {})
-    import json
 
     new = json.loads(json.dumps(meta, default=str))
     diff = [k for k in new if old.get(k) != new[k]]
