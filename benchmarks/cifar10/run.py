@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -255,10 +256,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     md = to_markdown(results, table)
     (out / "results.md").write_text(md)
     print(md)
-    if args.update_readme:
-        _update_readme(md)
     if args.plots:
         plots(results, table, out)
+    if args.update_readme:
+        _update_readme(md, out)
     return results
 
 
@@ -359,15 +360,22 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _update_readme(md: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def _update_readme(md: str, out: Path | None = None) -> None:
+    """Put the table between the results markers of README.md and docs/results.md."""
     begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    if begin not in text or end not in text:
-        return
-    pre, rest = text.split(begin, 1)
-    _, post = rest.split(end, 1)
-    readme.write_text(pre + begin + "\n" + md + end + post)
+    for page in (ROOT / "README.md", ROOT / "docs" / "results.md"):
+        text = page.read_text()
+        if begin not in text or end not in text:
+            continue
+        pre, rest = text.split(begin, 1)
+        _, post = rest.split(end, 1)
+        body = md
+        if page.parent.name == "docs" and out is not None:
+            assets = ROOT / "docs" / "assets"
+            for png in sorted(out.glob("accuracy-vs-*.png")):
+                shutil.copyfile(png, assets / png.name)
+                body += f"\n![{png.stem}](assets/{png.name})\n"
+        page.write_text(pre + begin + "\n" + body + end + post)
 
 
 def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> None:
