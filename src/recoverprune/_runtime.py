@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch._dynamo  # eager on purpose, see below
 import torch.distributed as dist
 from torch import nn
+
+# Why the eager import: torch imports ``torch._dynamo`` lazily, the first time an optimiser
+# or a DistributedDataParallel wrapper is built. If that first time comes after
+# ``init_process_group`` (it does in every distributed recover/synthesize), the import
+# keeps references to the live gloo process group; ``destroy_process_group`` then cannot
+# free it, and its worker threads abort the process at interpreter exit ("terminate called
+# without an active exception", about one run in six with torch 2.14). Every synthesize and
+# recover builds an optimiser anyway, so importing it here costs nothing extra in use.
 
 __all__ = ["Accel", "Runtime", "dist_info", "generator", "resolve", "seed_int"]
 
