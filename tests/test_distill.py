@@ -8,35 +8,22 @@ import pytest
 import torch
 from torch import nn
 
+from _nets import calibrated, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, sparsity
 from recoverprune._distill import CHECKPOINT, augment, kd_loss
 from recoverprune._io import fingerprint
 
 
 def _net(num_classes: int = 4, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, num_classes),
-    )
+    return tiny_bn_net(num_classes, widths=(8, 16), seed=seed)
 
 
 def _teacher() -> nn.Module:
     """A tiny 'trained' teacher: BN statistics from data, confident (sharp) outputs."""
-    t = _net()
+    t = calibrated(_net())
     with torch.no_grad():
-        t.train()
-        for _ in range(5):
-            t(torch.randn(32, 3, 8, 8))
         t[-1].weight.mul_(20.0)
-    return t.eval()
+    return t
 
 
 def _data(n: int = 64, seed: int = 1) -> SyntheticImages:

@@ -13,26 +13,16 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.multiprocessing.spawn import ProcessException
 
+from _nets import calibrated, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, synthesize
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
 
 def _teacher() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-    with torch.no_grad():
-        net.train()
-        net(torch.randn(16, 3, 8, 8))
+    net = calibrated(tiny_bn_net(), passes=1)
     net.pretrained_cfg = {"input_size": (3, 8, 8)}
-    return net.eval()
+    return net
 
 
 SYNTH = {"n": 24, "batch_size": 4, "iterations": 3, "progress": False, "seed": 3}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import recoverprune._inversion as inv
+from _nets import calibrated, tiny_bn_net
 from recoverprune import Accel, InversionConfig, SyntheticImages, synthesize
 from recoverprune._dataset import MANIFEST, shard_name
 from recoverprune._inversion import (
@@ -34,22 +35,8 @@ def _teacher(num_classes: int = 4, in_channels: int = 3, seed: int = 0) -> nn.Mo
     Class ``c`` is read off feature channels ``2c`` and ``2c + 1`` (modulo 8), so every
     class is reachable by optimising the input.
     """
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    )
+    net = calibrated(tiny_bn_net(num_classes, in_channels, seed=seed), in_channels=in_channels)
     with torch.no_grad():
-        net.train()
-        for _ in range(5):
-            net(torch.randn(32, in_channels, 8, 8))
         w = torch.full((num_classes, 8), -2.0)
         for c in range(num_classes):
             w[c, (2 * c) % 8] = w[c, (2 * c + 1) % 8] = 6.0

@@ -10,6 +10,7 @@ from torch import nn
 
 import recoverprune._distill as distill_mod
 import recoverprune._inversion as inversion_mod
+from _nets import calibrated, tiny_bn_net
 from recoverprune import Preset, compress, sparsity
 from recoverprune._io import fingerprint
 from recoverprune._pipeline import sparse_size_bytes
@@ -18,23 +19,9 @@ TINY = Preset(n=16, iterations=3, batch_size=8, epochs=3)
 
 
 def _teacher() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-    with torch.no_grad():
-        net.train()
-        net(torch.randn(32, 3, 8, 8))
+    net = calibrated(tiny_bn_net(), passes=1)
     net.pretrained_cfg = {"input_size": (3, 8, 8), "mean": (0.5,) * 3, "std": (0.25,) * 3}
-    return net.eval()
+    return net
 
 
 def _run(out, **kw):
