@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recoverprune.models._registry import attach_cfg
+from recoverprune.models.resnet import BasicBlock
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56"]
 
@@ -43,7 +44,7 @@ class _ShortcutA(nn.Module):
         return f"pad={self.pad}"
 
 
-class CifarBasicBlock(nn.Module):
+class CifarBasicBlock(BasicBlock):
     """Two 3x3 conv/BN layers plus an identity or option-A shortcut, then ReLU.
 
     Args:
@@ -52,22 +53,10 @@ class CifarBasicBlock(nn.Module):
         stride: stride of the first convolution (and of the shortcut).
     """
 
-    expansion: int = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = _ShortcutA(planes // 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        changes_shape = stride != 1 or in_planes != planes
+        shortcut = _ShortcutA(planes // 4) if changes_shape else nn.Identity()
+        super().__init__(in_planes, planes, stride, shortcut=shortcut)
 
 
 class CifarResNet(nn.Module):

@@ -34,17 +34,21 @@ class BasicBlock(nn.Module):
         in_planes: input channels.
         planes: output channels.
         stride: stride of the first convolution and of the projection.
+        shortcut: the residual branch; default identity, or a 1x1 conv + BN projection
+            when the shape changes.
     """
 
     expansion: int = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, shortcut: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _projection(in_planes, planes, stride)
+        self.shortcut = shortcut if shortcut is not None else _projection(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
