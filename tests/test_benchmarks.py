@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +45,44 @@ def test_cifar10_table_tiny(shared_dir, tmp_path):
     assert "| resnet20 |" in (tmp_path / "results.md").read_text()
     assert all("seconds" in c and "torch" in c for c in results["cells"].values())
     assert [r["n"] for r in results["sweep"]] == [16, 32]
+
+
+def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    proc = _run([f"benchmarks/{script}.py", "--threads", "1", "--json", str(out), *extra])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| variant" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_throughput_benchmarks_count_flops_and_measure(tmp_path):
+    synth = _throughput("synthesis_throughput", tmp_path, "--batch-size", "8", "--iterations", "2")
+    distil = _throughput(
+        "recovery_throughput", tmp_path, "--n", "32", "--epochs", "1", "--batch-size", "16"
+    )
+    # one synthesis step is forward + backward to the pixels (about 2 forwards); one
+    # distillation step is teacher forward + student forward + full backward (about 4)
+    ratio = distil["config"]["gflops_per_image"] / synth["config"]["gflops_per_image_iteration"]
+    assert 1.9 < ratio < 2.1, ratio
+    assert 0.1 < synth["config"]["gflops_per_image_iteration"] < 0.25  # ResNet-20: 2 x 41 MMAC
+    for result in (synth, distil):
+        (row,) = result["results"]  # no CUDA here: only the CPU row runs
+        assert row["variant"] == "cpu fp32 eager"
+        assert row["seconds"] > 0 and row["tflops"] > 0
+        assert row["fraction_of_datasheet_bf16_tflops"] is None
+    assert 0.0 <= distil["results"][0]["agreement"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_throughput_benchmarks_on_cuda_keep_quality(tmp_path):
+    synth = _throughput(
+        "synthesis_throughput", tmp_path, "--batch-size", "64", "--iterations", "20"
+    )
+    rows = {r["variant"]: r for r in synth["results"]}
+    fp32, default = rows["cuda fp32 eager"], rows["cuda default (automatic)"]
+    assert default["fraction_of_measured_bf16_matmul_tflops"] is not None
+    assert default["bn_loss_final"] < 1.5 * fp32["bn_loss_final"]
+    distil = _throughput(
+        "recovery_throughput", tmp_path, "--n", "512", "--epochs", "1", "--batch-size", "128"
+    )
+    assert {r["variant"] for r in distil["results"]} >= {"cuda default (automatic)"}

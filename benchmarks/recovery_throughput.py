@@ -1,0 +1,181 @@
+"""Throughput of distillation (``recover()``) per device and precision.
+
+Times ``recover()`` of a 75 %-pruned student from its teacher over a fixed set of images
+and epochs, and reports images/s (student forward + backward + teacher forward per
+image), for the same variants as ``synthesis_throughput.py``:
+
+* CPU: float32 eager;
+* CUDA (when available): eager fp32, bf16 autocast, + channels_last, + torch.compile, and
+  the automatic default, using the ``accel=Accel(...)`` switches of ``recover``.
+
+Each variant first runs once untimed (warm-up: cuDNN autotuning, compilation); the timed
+figure is the median of ``--repeats`` runs, each from the same freshly pruned student and
+seed. Quality at the same seed: the final distillation loss and the top-1 agreement of
+student and teacher on the images. Images are Gaussian noise (throughput does not depend
+on their content). Achieved TFLOP/s is counted with ``FlopCounterMode`` and, on CUDA,
+reported against the GPU's bf16 datasheet peak and the matrix-product rate measured here.
+
+    python benchmarks/recovery_throughput.py --arch resnet20 --n 4096 --epochs 2
+    python benchmarks/recovery_throughput.py --checkpoint ../shared/teachers/resnet20-12fca82f.th
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from _throughput import (
+    UTILISATION_COLUMNS,
+    UTILISATION_NOTE,
+    VARIANTS,
+    add_common_arguments,
+    add_utilisation,
+    chosen_variants,
+    counted_flops,
+    machine,
+    model_from,
+    peaks,
+    print_header,
+    print_table,
+    synchronize,
+    write_json,
+)
+from torch import nn
+
+from recoverprune import Accel, DistillConfig, SyntheticImages, prune, recover
+
+
+def _images(model: nn.Module, n: int, seed: int) -> SyntheticImages:
+    g = torch.Generator().manual_seed(seed)
+    shape = model.pretrained_cfg["input_size"]
+    num_classes = model.pretrained_cfg["num_classes"]
+    return SyntheticImages(
+        torch.randn(n, *shape, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    )
+
+
+def _agreement(teacher: nn.Module, student: nn.Module, data: SyntheticImages) -> float:
+    x, _ = data.get_batch(torch.arange(min(len(data), 1024)))
+    with torch.no_grad():
+        return float((teacher(x).argmax(1) == student(x).argmax(1)).float().mean())
+
+
+def _timed(
+    teacher: nn.Module,
+    data: SyntheticImages,
+    device: str,
+    accel: Accel,
+    args: argparse.Namespace,
+) -> tuple[float, dict[str, float]]:
+    cfg = DistillConfig(epochs=args.epochs, batch_size=args.batch_size, holdout=0.0)
+    student = prune(teacher, args.amount)
+    synchronize(device)
+    t0 = time.perf_counter()
+    recover(
+        teacher, student, data, config=cfg, device=device, accel=accel, seed=args.seed,
+        progress=False,
+    )  # fmt: skip
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    student.cpu()
+    quality = {
+        "final_loss": student.recovery_history[-1]["loss"],  # type: ignore[index]
+        "agreement": _agreement(teacher, student, data),
+    }
+    return seconds, quality
+
+
+def flops_per_image_epoch(teacher: nn.Module, amount: float, batch_size: int) -> float:
+    """Counted FLOPs of one distillation step on one image (dense kernels, as executed)."""
+    off = Accel(amp="off", channels_last=False, compile=False)
+    data = _images(teacher, batch_size, 0)
+
+    def run(epochs: int) -> object:
+        cfg = DistillConfig(epochs=epochs, batch_size=batch_size, holdout=0.0)
+        return recover(
+            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=off,
+            progress=False,
+        )  # fmt: skip
+
+    return counted_flops(run, 1, 2) / batch_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_arguments(p)
+    p.add_argument("--n", type=int, default=4096, help="images in the transfer set")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--amount", type=float, default=0.75, help="sparsity of the student")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    names, skipped = chosen_variants(args)
+    teacher = model_from(args)
+    data = _images(teacher, args.n, args.seed)
+    flops = flops_per_image_epoch(teacher, args.amount, min(args.batch_size, 8))
+    config: dict[str, Any] = {
+        "benchmark": "recovery",
+        "model": args.arch + (f" ({args.checkpoint})" if args.checkpoint else " (random init)"),
+        "amount": args.amount,
+        "n": args.n,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "gflops_per_image": flops / 1e9,
+        **machine(),
+        **peaks(args),
+    }
+    print_header(config, skipped)
+
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        device, accel = VARIANTS[name]
+        warm, _ = _timed(teacher, data, device, accel, args)
+        runs = [_timed(teacher, data, device, accel, args) for _ in range(args.repeats)]
+        seconds = statistics.median(s for s, _ in runs)
+        rows.append(
+            {
+                "variant": name,
+                "device": device,
+                "accel": {
+                    "amp": accel.amp,
+                    "channels_last": accel.channels_last,
+                    "compile": accel.compile,
+                },
+                "seconds": seconds,
+                "runs_seconds": [s for s, _ in runs],
+                "warmup_seconds": warm,
+                "warmup_overhead_seconds": max(warm - seconds, 0.0),
+                "images_per_second": args.n * args.epochs / seconds,
+                **runs[-1][1],
+            }
+        )
+        print(f"  done: {name} ({seconds:.2f} s)", flush=True)
+    add_utilisation(rows, flops, "images_per_second", config)
+    print_table(
+        rows,
+        [
+            ("variant", "variant", ""),
+            ("s/run", "seconds", ".2f"),
+            ("images/s", "images_per_second", ".1f"),
+            *UTILISATION_COLUMNS,
+            ("final loss", "final_loss", ".4f"),
+            ("agreement", "agreement", ".1%"),
+        ],
+        f"(s/run: median wall time of one recover() call; images/s: images x epochs per "
+        f"second; {UTILISATION_NOTE}; final loss and teacher-student agreement, same seed)",
+    )
+    write_json(args.json, config, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
