@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,45 @@ def synchronize(device: str) -> None:
     """Wait for queued GPU work so wall-clock times are honest."""
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def measure_variants(
+    names: list[str],
+    timed: Callable[[str, Accel], tuple[float, dict[str, float]]],
+    repeats: int,
+    units_per_run: dict[str, float],
+) -> list[dict[str, Any]]:
+    """Time every variant: one untimed warm-up call, then the median of ``repeats`` calls.
+
+    ``timed(device, accel)`` runs the job once and returns (seconds, quality figures of
+    that run); ``units_per_run`` maps a rate name (e.g. ``"images_per_second"``) to the
+    units one run processes, turned into a rate per row.
+    """
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        device, accel = VARIANTS[name]
+        warm, _ = timed(device, accel)
+        runs = [timed(device, accel) for _ in range(repeats)]
+        seconds = statistics.median(s for s, _ in runs)
+        rows.append(
+            {
+                "variant": name,
+                "device": device,
+                "accel": {
+                    "amp": accel.amp,
+                    "channels_last": accel.channels_last,
+                    "compile": accel.compile,
+                },
+                "seconds": seconds,
+                "runs_seconds": [s for s, _ in runs],
+                "warmup_seconds": warm,
+                "warmup_overhead_seconds": max(warm - seconds, 0.0),
+                **{rate: units / seconds for rate, units in units_per_run.items()},
+                **runs[-1][1],
+            }
+        )
+        print(f"  done: {name} ({seconds:.2f} s)", flush=True)
+    return rows
 
 
 def add_utilisation(

@@ -22,7 +22,6 @@ reported against the GPU's bf16 datasheet peak and the matrix-product rate measu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from typing import Any
@@ -31,12 +30,12 @@ import torch
 from _throughput import (
     UTILISATION_COLUMNS,
     UTILISATION_NOTE,
-    VARIANTS,
     add_common_arguments,
     add_utilisation,
     chosen_variants,
     counted_flops,
     machine,
+    measure_variants,
     model_from,
     peaks,
     print_header,
@@ -135,30 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_header(config, skipped)
 
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        device, accel = VARIANTS[name]
-        warm, _ = _timed(teacher, data, device, accel, args)
-        runs = [_timed(teacher, data, device, accel, args) for _ in range(args.repeats)]
-        seconds = statistics.median(s for s, _ in runs)
-        rows.append(
-            {
-                "variant": name,
-                "device": device,
-                "accel": {
-                    "amp": accel.amp,
-                    "channels_last": accel.channels_last,
-                    "compile": accel.compile,
-                },
-                "seconds": seconds,
-                "runs_seconds": [s for s, _ in runs],
-                "warmup_seconds": warm,
-                "warmup_overhead_seconds": max(warm - seconds, 0.0),
-                "images_per_second": args.n * args.epochs / seconds,
-                **runs[-1][1],
-            }
-        )
-        print(f"  done: {name} ({seconds:.2f} s)", flush=True)
+    rows = measure_variants(
+        names,
+        lambda device, accel: _timed(teacher, data, device, accel, args),
+        args.repeats,
+        {"images_per_second": args.n * args.epochs},
+    )
     add_utilisation(rows, flops, "images_per_second", config)
     print_table(
         rows,
