@@ -370,8 +370,46 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
             "distillation):\n\n| images | " + " | ".join(str(r["n"]) for r in sweep) + " |\n"
             "|---|" + "---|" * len(sweep) + "\n"
             "| top-1 | " + " | ".join(f"{r['top1']:.2f}" for r in sweep) + " |\n"
+            "| distillation s | " + " | ".join(f"{r['seconds']:.0f}" for r in sweep) + " |\n"
         )
+        note += _gap_sentence(sweep, table, s)
     return "\n".join(lines) + "\n" + note
+
+
+def _gap_sentence(
+    sweep: list[dict[str, Any]], table: list[dict[str, Any]], s: dict[str, Any]
+) -> str:
+    """How many synthetic images bring the sweep within 1.5 and 1 point of the teacher."""
+    row = next(
+        (
+            line
+            for line in table
+            if line["arch"] == s.get("sweep_arch")
+            and abs(line["sparsity"] - s.get("sweep_amount", -1)) < 1e-9
+            and isinstance(line.get("teacher"), dict)
+        ),
+        None,
+    )
+    if row is None:
+        return ""
+    teacher = row["teacher"]["top1"]
+    best = max(sweep, key=lambda r: r["top1"])
+    parts = []
+    for gap in (1.5, 1.0):
+        hit = next((r for r in sweep if r["top1"] >= teacher - gap), None)
+        points = f"{gap:g} point{'' if gap == 1 else 's'}"
+        if hit is not None:
+            parts.append(f"within {points} of the teacher from {hit['n']} images")
+        else:
+            parts.append(f"not within {points} up to {max(r['n'] for r in sweep)} images")
+    parts.append(f"best {best['top1']:.2f} with {best['n']} images")
+    real = row.get("real")
+    real_text = (
+        f" For scale: {s['n']} *real* training images give {real['top1']:.2f}."
+        if isinstance(real, dict)
+        else ""
+    )
+    return f"\nTeacher {teacher:.2f}: " + "; ".join(parts) + "." + real_text + "\n"
 
 
 def _update_readme(md: str, out: Path | None = None) -> None:
