@@ -284,6 +284,11 @@ def test_streaming_writes_manifest_and_shards_and_returns_a_shard_backed_set(tmp
     memory = synthesize(_teacher(), **STREAM)
     assert torch.equal(memory.images, ds.images) and torch.equal(memory.labels, ds.labels)
     assert ds.mean == memory.mean and ds.std == memory.std
+    # per-batch statistics travel with the shards (seconds differ between runs)
+    drop = ("seconds",)
+    assert [{k: v for k, v in st.items() if k not in drop} for st in loaded.meta["stats"]] == [
+        {k: v for k, v in st.items() if k not in drop} for st in memory.meta["stats"]
+    ]
 
 
 def test_resume_after_interruption_is_bitwise_identical_and_skips_finished_shards(

@@ -300,6 +300,8 @@ def run_sweep(
             device=args.device,
             progress=args.progress,
         )
+    stats = big.meta.get("stats") or []
+    results["sweep_synthesis_seconds"] = sum(st.get("seconds", 0.0) for st in stats) or None
     rows = []
     for n in sorted(args.sweep_n):
 
@@ -372,6 +374,13 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
             "| top-1 | " + " | ".join(f"{r['top1']:.2f}" for r in sweep) + " |\n"
             "| distillation s | " + " | ".join(f"{r['seconds']:.0f}" for r in sweep) + " |\n"
         )
+        synth_s = results.get("sweep_synthesis_seconds")
+        if synth_s:
+            note += (
+                f"\nSynthesising the {max(r['n'] for r in sweep)}-image set took "
+                f"{synth_s / 60:.0f} min (sum of its per-batch times, recorded in its shards "
+                "when it was made).\n"
+            )
         note += _gap_sentence(sweep, table, s)
     return "\n".join(lines) + "\n" + note
 

@@ -174,7 +174,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
                 "or SyntheticImages.save()"
             )
         manifest = read_json(d / MANIFEST)
-        images, labels = [], []
+        images, labels, stats = [], [], []
         for i in range(len(manifest["batch_sizes"])):
             path = d / shard_name(i)
             if not path.is_file():
@@ -188,7 +188,10 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
                 raise CheckpointError(f"{path} is not a readable shard: {exc}") from exc
             images.append(shard["images"])
             labels.append(shard["labels"])
+            stats.append(shard.get("stats"))
         meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
+        if stats and all(st is not None for st in stats):
+            meta["stats"] = stats  # per batch, as synthesize() returns them in memory
         return cls(images, labels, mean=manifest["mean"], std=manifest["std"], meta=meta)
 
     def denormalize(self, images: torch.Tensor | None = None) -> torch.Tensor:
