@@ -14,7 +14,6 @@ utilisation figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,12 +27,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recoverprune import Accel, __version__
+from recoverprune._io import write_json_atomic
 from recoverprune.models import create_model, load_model
+
+#: plain float32 eager: the baseline, and how FLOPs are counted
+CPU_FP32 = Accel(amp="off", channels_last=False, compile=False)
 
 #: name -> (device type, Accel switches); CUDA variants add one fast path at a time.
 VARIANTS: dict[str, tuple[str, Accel]] = {
-    "cpu fp32 eager": ("cpu", Accel(amp="off", channels_last=False, compile=False)),
-    "cuda fp32 eager": ("cuda", Accel(amp="off", channels_last=False, compile=False)),
+    "cpu fp32 eager": ("cpu", CPU_FP32),
+    "cuda fp32 eager": ("cuda", CPU_FP32),
     "cuda bf16 autocast": ("cuda", Accel(amp="bf16", channels_last=False, compile=False)),
     "cuda bf16 + channels_last": ("cuda", Accel(amp="bf16", channels_last=True, compile=False)),
     "cuda bf16 + channels_last + compile": (
@@ -76,6 +79,19 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         help="bf16 peak to report utilisation against (default: the GPU's datasheet figure)",
     )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and apply ``--threads``."""
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def model_description(args: argparse.Namespace) -> str:
+    """The model as the configuration block names it."""
+    return args.arch + (f" ({args.checkpoint})" if args.checkpoint else " (random init)")
 
 
 def chosen_variants(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -264,7 +280,7 @@ def print_header(config: dict[str, Any], skipped: list[str]) -> None:
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]], note: str) -> None:
     """Markdown table of ``rows``; ``columns`` are (title, key, format spec)."""
     widths = [max(len(title), 9) for title, _, _ in columns]
-    widths[0] = max(widths[0], *(len(str(r[columns[0][1]])) for r in rows)) if rows else 9
+    widths[0] = max([widths[0], *(len(str(r[columns[0][1]])) for r in rows)])
     print()
     print(
         "| " + " | ".join(t.ljust(w) for (t, _, _), w in zip(columns, widths, strict=True)) + " |"
@@ -281,12 +297,6 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]],
 
 
 def write_json(path: str | None, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Write config and rows to ``path`` (atomically), if given."""
-    if not path:
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "results": rows}, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    """Write config and rows to ``path`` (atomically, like every file the project writes)."""
+    if path:
+        print(f"wrote {write_json_atomic({'config': config, 'results': rows}, path)}")

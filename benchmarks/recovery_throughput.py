@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from _throughput import (
+    CPU_FP32,
     UTILISATION_COLUMNS,
     UTILISATION_NOTE,
     add_common_arguments,
@@ -36,7 +37,9 @@ from _throughput import (
     counted_flops,
     machine,
     measure_variants,
+    model_description,
     model_from,
+    parse,
     peaks,
     print_header,
     print_table,
@@ -46,6 +49,8 @@ from _throughput import (
 from torch import nn
 
 from recoverprune import Accel, DistillConfig, SyntheticImages, prune, recover
+from recoverprune._distill import _agreement
+from recoverprune._runtime import resolve
 
 
 def _images(model: nn.Module, n: int, seed: int) -> SyntheticImages:
@@ -55,12 +60,6 @@ def _images(model: nn.Module, n: int, seed: int) -> SyntheticImages:
     return SyntheticImages(
         torch.randn(n, *shape, generator=g), torch.randint(0, num_classes, (n,), generator=g)
     )
-
-
-def _agreement(teacher: nn.Module, student: nn.Module, data: SyntheticImages) -> float:
-    x, _ = data.get_batch(torch.arange(min(len(data), 1024)))
-    with torch.no_grad():
-        return float((teacher(x).argmax(1) == student(x).argmax(1)).float().mean())
 
 
 def _timed(
@@ -83,20 +82,20 @@ def _timed(
     student.cpu()
     quality = {
         "final_loss": student.recovery_history[-1]["loss"],  # type: ignore[index]
-        "agreement": _agreement(teacher, student, data),
+        # the recovery loop's own held-out measure, as a fraction, on the CPU in float32
+        "agreement": _agreement(teacher, student, data, resolve("cpu", CPU_FP32)) / 100,
     }
     return seconds, quality
 
 
 def flops_per_image_epoch(teacher: nn.Module, amount: float, batch_size: int) -> float:
     """Counted FLOPs of one distillation step on one image (dense kernels, as executed)."""
-    off = Accel(amp="off", channels_last=False, compile=False)
     data = _images(teacher, batch_size, 0)
 
     def run(epochs: int) -> object:
         cfg = DistillConfig(epochs=epochs, batch_size=batch_size, holdout=0.0)
         return recover(
-            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=off,
+            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=CPU_FP32,
             progress=False,
         )  # fmt: skip
 
@@ -112,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--amount", type=float, default=0.75, help="sparsity of the student")
-    args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = parse(p, argv)
 
     names, skipped = chosen_variants(args)
     teacher = model_from(args)
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = flops_per_image_epoch(teacher, args.amount, min(args.batch_size, 8))
     config: dict[str, Any] = {
         "benchmark": "recovery",
-        "model": args.arch + (f" ({args.checkpoint})" if args.checkpoint else " (random init)"),
+        "model": model_description(args),
         "amount": args.amount,
         "n": args.n,
         "epochs": args.epochs,

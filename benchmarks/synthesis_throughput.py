@@ -28,8 +28,8 @@ import sys
 import time
 from typing import Any
 
-import torch
 from _throughput import (
+    CPU_FP32,
     UTILISATION_COLUMNS,
     UTILISATION_NOTE,
     add_common_arguments,
@@ -38,7 +38,9 @@ from _throughput import (
     counted_flops,
     machine,
     measure_variants,
+    model_description,
     model_from,
+    parse,
     peaks,
     print_header,
     print_table,
@@ -73,11 +75,16 @@ def _timed(
 
 def flops_per_image_iteration(model: nn.Module) -> float:
     """Counted FLOPs of one Adam step on one image (forward + backward to the pixels)."""
-    off = Accel(amp="off", channels_last=False, compile=False)
 
     def run(iterations: int) -> object:
         return synthesize(
-            model, 2, batch_size=2, iterations=iterations, device="cpu", accel=off, progress=False
+            model,
+            2,
+            batch_size=2,
+            iterations=iterations,
+            device="cpu",
+            accel=CPU_FP32,
+            progress=False,
         )
 
     return counted_flops(run, 1, 2) / 2
@@ -91,17 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--n", type=int, default=None, help="images per run (default: one batch)")
     p.add_argument("--iterations", type=int, default=20)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     args.n = args.n or args.batch_size
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
     names, skipped = chosen_variants(args)
     model = model_from(args)
     flops = flops_per_image_iteration(model)
     config: dict[str, Any] = {
         "benchmark": "synthesis",
-        "model": args.arch + (f" ({args.checkpoint})" if args.checkpoint else " (random init)"),
+        "model": model_description(args),
         "n": args.n,
         "batch_size": args.batch_size,
         "iterations": args.iterations,
