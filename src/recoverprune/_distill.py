@@ -1,4 +1,10 @@
-"""Knowledge distillation of the teacher into the pruned student on synthetic images."""
+"""Knowledge distillation of the teacher into the pruned student on synthetic images.
+
+:func:`recover` is a short driver: it borrows the teacher, prepares the student
+(:mod:`recoverprune._calibrate`), then runs epochs of :func:`_train_epoch`, each step
+summing the loss terms of :mod:`recoverprune._objectives`, with a checkpoint after each
+epoch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,20 +25,39 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from recoverprune._calibrate import recalibrate_bn, reconstruct
 from recoverprune._dataset import SyntheticImages
 from recoverprune._evaluate import evaluate, resolve_data
 from recoverprune._inversion import borrowed
 from recoverprune._io import fingerprint, load_checkpoint, save_atomic, write_json_atomic
-from recoverprune._progress import console
+from recoverprune._objectives import (
+    CrossEntropy,
+    FeatureKD,
+    LogitKD,
+    LossTerm,
+    StepOutputs,
+    bind_objective,
+    kd_loss,
+)
+from recoverprune._progress import Bar, console
 from recoverprune._progress import progress as progress_bar
-from recoverprune._prune import refresh_pruned
+from recoverprune._prune import refresh_pruned, reselect_masks, sparsity
 from recoverprune._runtime import Accel, Runtime, generator, resolve
 
-__all__ = ["CHECKPOINT", "DistillConfig", "augment", "kd_loss", "recover"]
+__all__ = [
+    "CHECKPOINT",
+    "DistillConfig",
+    "augment",
+    "default_objective",
+    "kd_loss",
+    "mix",
+    "recover",
+]
 
 CHECKPOINT = "recover-checkpoint.pt"
 FINAL = "student.pt"
 BNMode = Literal["train", "frozen"]
+MixMode = Literal["none", "mixup", "cutmix"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +74,24 @@ class DistillConfig:
         warmup_fraction: fraction of all steps spent warming the learning rate up.
         temperature: KD softmax temperature ``T``; the loss is ``T² · KL``.
         ce_weight: weight of cross-entropy to the synthetic target labels (0 = pure KD).
-        augment: random crop (with ``crop_padding``) and horizontal flip.
-        crop_padding: zero padding before the random crop.
+        feature_weight: weight of feature distillation (:class:`FeatureKD`): the student's
+            intermediate outputs matched to the teacher's at the same places (0 = off).
+        feature_layers: where features are matched: ``"auto"``, ``"blocks"`` or ``"bn"``.
+        recalibrate: re-estimate the student's BatchNorm statistics on the synthetic
+            images before distillation (seconds).
+        reconstruct: refit each pruned layer's kept weights by least squares so it
+            reproduces the teacher layer's output on synthetic activations, before
+            distillation.
+        gradual: fraction of the steps over which sparsity ramps from 0 to the
+            student's sparsity (cubic schedule, masks re-selected by magnitude every
+            step); 0 keeps the masks the student came with (one-shot).
+        mix: ``"mixup"`` or ``"cutmix"`` pairs of synthetic images in each batch (the
+            teacher labels the mixture through its logits); ``"none"``.
+        augment: random crop (with ``crop_padding``) and, if ``flip``, horizontal flip.
+        crop_padding: black padding (in pixel space) before the random crop.
+        flip: random horizontal flips (turn off for digits and text).
         bn_mode: ``"train"`` updates the student's BatchNorm running statistics on the
-            synthetic batches; ``"frozen"`` keeps the statistics inherited from the teacher
+            synthetic batches; ``"frozen"`` keeps the statistics it starts with
             (the affine parameters still learn).
         holdout: fraction of the synthetic set held out to report teacher–student
             agreement when no ``val_data`` is given (0 turns it off).
@@ -71,64 +110,88 @@ class DistillConfig:
     warmup_fraction: float = 0.03
     temperature: float = 4.0
     ce_weight: float = 0.0
+    feature_weight: float = 0.0
+    feature_layers: Literal["auto", "blocks", "bn"] = "auto"
+    recalibrate: bool = False
+    reconstruct: bool = False
+    gradual: float = 0.0
+    mix: MixMode = "none"
     augment: bool = True
     crop_padding: int = 4
+    flip: bool = True
     bn_mode: BNMode = "train"
     holdout: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.bn_mode not in ("train", "frozen"):
-            raise ValueError(f"bn_mode must be 'train' or 'frozen', got {self.bn_mode!r}")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        checks = {
+            "epochs must be >= 1": self.epochs >= 1,
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "optimizer must be 'sgd' or 'adamw'": self.optimizer in ("sgd", "adamw"),
+            "lr must be > 0": self.lr > 0,
+            "temperature must be > 0": self.temperature > 0,
+            "ce_weight must be >= 0": self.ce_weight >= 0,
+            "feature_weight must be >= 0": self.feature_weight >= 0,
+            "feature_layers must be 'auto', 'blocks' or 'bn'": self.feature_layers
+            in ("auto", "blocks", "bn"),
+            "gradual must be in [0, 1)": 0 <= self.gradual < 1,
+            "mix must be 'none', 'mixup' or 'cutmix'": self.mix in ("none", "mixup", "cutmix"),
+            "bn_mode must be 'train' or 'frozen'": self.bn_mode in ("train", "frozen"),
+            "holdout must be in [0, 1)": 0 <= self.holdout < 1,
+            "warmup_fraction must be in [0, 1)": 0 <= self.warmup_fraction < 1,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{message} (DistillConfig: {self!r})")
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, averaged over the batch.
+def default_objective(cfg: DistillConfig) -> list[LossTerm]:
+    """The loss terms ``cfg`` asks for: logit KD, plus feature KD and CE when weighted.
 
     Example:
-        >>> import torch
-        >>> z = torch.randn(4, 10)
-        >>> float(kd_loss(z, z, 4.0)) < 1e-6
-        True
+        >>> [t.name for t in default_objective(DistillConfig(feature_weight=1.0))]
+        ['kd', 'feature']
     """
-    t = temperature
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    terms: list[LossTerm] = [LogitKD(temperature=cfg.temperature)]
+    if cfg.feature_weight > 0:
+        terms.append(FeatureKD(layers=cfg.feature_layers, weight=cfg.feature_weight))
+    if cfg.ce_weight > 0:
+        terms.append(CrossEntropy(weight=cfg.ce_weight))
+    return terms
 
 
-def augment(x: Tensor, g: torch.Generator, padding: int = 4, flip: bool = True) -> Tensor:
-    """Per-image random crop (after zero padding) and horizontal flip of a batch.
+# --------------------------------------------------------------------------- batch transforms
+def augment(
+    x: Tensor,
+    g: torch.Generator,
+    padding: int = 4,
+    flip: bool = True,
+    fill: Sequence[float] | None = None,
+) -> Tensor:
+    """Per-image random crop (after padding) and horizontal flip of a batch.
 
-    Randomness comes from the CPU generator ``g`` only, so results are reproducible.
+    ``fill`` is the per-channel value the padding takes (e.g. black in the normalised
+    space, ``-mean / std``); 0 by default. Randomness comes from the CPU generator ``g``
+    only, so results are reproducible.
 
     Example:
         >>> import torch
         >>> augment(torch.randn(8, 3, 32, 32), torch.Generator().manual_seed(0)).shape
         torch.Size([8, 3, 32, 32])
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     if padding > 0:
         dy = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
         dx = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
         padded = F.pad(x, (padding, padding, padding, padding))
+        if fill is not None:
+            border = torch.ones_like(padded[:1, :1])
+            border[..., padding : padding + h, padding : padding + w] = 0
+            value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+            padded = padded + border * value
         rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
         bidx = torch.arange(b, device=x.device)[:, None, None, None]
-        cidx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        cidx = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[bidx, cidx, rows, cols]
     if flip:
         mask = (torch.rand(b, generator=g) < 0.5).to(x.device)
@@ -136,6 +199,34 @@ def augment(x: Tensor, g: torch.Generator, padding: int = 4, flip: bool = True) 
     return x
 
 
+def mix(x: Tensor, g: torch.Generator, mode: MixMode) -> Tensor:
+    """Mix each image with another of the batch (mixup: blend; cutmix: paste a box).
+
+    The mixing ratio is uniform in [0, 1] per batch; labels are not needed because the
+    teacher's logits on the mixture are the target. Deterministic given ``g``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(4, 3, 8, 8)
+        >>> mix(x, torch.Generator().manual_seed(0), "cutmix").shape
+        torch.Size([4, 3, 8, 8])
+    """
+    if mode == "none":
+        return x
+    perm = torch.randperm(len(x), generator=g).to(x.device)
+    lam = float(torch.rand((), generator=g))
+    if mode == "mixup":
+        return lam * x + (1 - lam) * x[perm]
+    h, w = x.shape[-2:]
+    bh, bw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    top = int(torch.randint(0, h - bh + 1, (), generator=g))
+    left = int(torch.randint(0, w - bw + 1, (), generator=g))
+    out = x.clone()
+    out[..., top : top + bh, left : left + bw] = x[perm][..., top : top + bh, left : left + bw]
+    return out
+
+
+# --------------------------------------------------------------------------- loop pieces
 @contextmanager
 def _bn_mode(model: nn.Module, mode: BNMode) -> Iterator[None]:
     """Training mode for ``model``; BatchNorm layers in eval mode when ``mode == "frozen"``."""
@@ -156,6 +247,14 @@ def _lr_at(step: int, total: int, cfg: DistillConfig) -> float:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(total - warm, 1)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def _sparsity_at(step: int, total: int, cfg: DistillConfig, target: float) -> float:
+    """Cubic ramp (Zhu & Gupta 2017) from 0 to ``target`` over ``cfg.gradual`` of the steps."""
+    ramp = cfg.gradual * total
+    if step >= ramp:
+        return target
+    return target * (1 - (1 - step / ramp) ** 3)
 
 
 def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
@@ -208,12 +307,145 @@ def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt
         )
 
 
+def _prepare_student(
+    teacher: nn.Module, student: nn.Module, data: SyntheticImages, cfg: DistillConfig, rt: Runtime
+) -> dict[str, float]:
+    """Repairs before the first epoch: reconstruction, then BN recalibration (timed)."""
+    seconds: dict[str, float] = {}
+    if not (cfg.reconstruct or cfg.recalibrate):
+        return seconds
+    images = data.get_batch(torch.arange(len(data)))[0]
+    if cfg.reconstruct:
+        t0 = time.perf_counter()
+        reconstruct(teacher, student, images[:512], rt=rt)
+        seconds["reconstruct_s"] = time.perf_counter() - t0
+    if cfg.recalibrate:
+        t0 = time.perf_counter()
+        recalibrate_bn(student, images, rt=rt)
+        seconds["recalibrate_s"] = time.perf_counter() - t0
+    return seconds
+
+
+@dataclass
+class _Loop:
+    """Everything one training step needs, built once per :func:`recover` call."""
+
+    teacher_fwd: Callable[[Tensor], Tensor]
+    student_fwd: Callable[[Tensor], Tensor]
+    student: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[StepOutputs], dict[str, Tensor]]
+    data: SyntheticImages
+    cfg: DistillConfig
+    rt: Runtime
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+    target_sparsity: float
+    fill: tuple[float, ...] | None
+    out: Path | None
+    t_start: float = field(default_factory=time.perf_counter)
+    seen: int = 0
+
+    def batch(self, idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = self.data.get_batch(idx)
+        if self.cfg.augment:
+            x = augment(x, g, self.cfg.crop_padding, self.cfg.flip, self.fill)
+        x = mix(x, g, self.cfg.mix)
+        return self.rt.prepare_input(x), y.to(self.rt.device)
+
+    def step(self, x: Tensor, y: Tensor, step: int) -> Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = _lr_at(step, self.total_steps, self.cfg)
+        if self.cfg.gradual > 0:
+            target = _sparsity_at(step, self.total_steps, self.cfg, self.target_sparsity)
+            reselect_masks(self.student, target)
+        with torch.no_grad(), self.rt.autocast():
+            t_logits = self.teacher_fwd(x)
+        with self.rt.autocast():
+            s_logits = self.student_fwd(x)
+        loss = sum(self.loss_fn(StepOutputs(s_logits, t_logits, y)).values())
+        assert isinstance(loss, Tensor)
+        if not torch.isfinite(loss):
+            epoch, s = divmod(step, self.steps_per_epoch)
+            kept = f"; the last good checkpoint is in {self.out}" if self.out else ""
+            raise FloatingPointError(
+                f"non-finite distillation loss at epoch {epoch + 1}, step {s + 1}{kept}. Lower lr."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.seen += len(x)
+        return loss.detach()
+
+
+def _train_epoch(loop: _Loop, epoch: int, sampler: DistributedSampler, bar: Bar) -> float:
+    """One pass over the (shard of the) transfer set; returns the mean loss."""
+    cfg = loop.cfg
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    g = generator(loop.seed, "augment", epoch, loop.rt.rank)
+    loss_sum, loss_n = 0.0, 0
+    with _bn_mode(loop.student, cfg.bn_mode):
+        for s in range(loop.steps_per_epoch):
+            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            x, y = loop.batch(idx, g)
+            loss = float(loop.step(x, y, epoch * loop.steps_per_epoch + s))
+            loss_sum += loss * len(idx)
+            loss_n += len(idx)
+            bar.advance(
+                1,
+                epoch=f"{epoch + 1}/{cfg.epochs}",
+                loss=loss_sum / loss_n,
+                img_s=loop.seen / (time.perf_counter() - loop.t_start),
+            )
+    refresh_pruned(loop.student)
+    return loss_sum / max(loss_n, 1)
+
+
+def _measure_epoch(
+    teacher: nn.Module,
+    student: nn.Module,
+    val_set: Any,
+    held: SyntheticImages | None,
+    rt: Runtime,
+) -> dict[str, float]:
+    record: dict[str, float] = {}
+    if val_set is not None:
+        record["val_top1"] = evaluate(student, val_set, device=rt.device, progress=False).top1
+    if held is not None:
+        student.eval()
+        record["agreement"] = _agreement(teacher, student, held, rt)
+    return record
+
+
+def _keep_best(best: dict[str, Any] | None, record: dict[str, float], student: nn.Module) -> Any:
+    if "val_top1" not in record or (best is not None and record["val_top1"] <= best["score"]):
+        return best
+    state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    return {"score": record["val_top1"], "epoch": int(record["epoch"]), "state": state}
+
+
+def _split(
+    synthetic: SyntheticImages, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
+) -> tuple[SyntheticImages, SyntheticImages | None, Any]:
+    """``(train set, held-out synthetic set, validation set)``."""
+    val_set = val_data
+    if isinstance(val_data, (str, os.PathLike)):
+        val_set = resolve_data(student, val_data)
+    if val_set is None and cfg.holdout > 0 and len(synthetic) >= 20:
+        train, held = synthetic.split(cfg.holdout, seed)
+        return train, held, None
+    return synthetic, None, val_set
+
+
 def recover(
     teacher: nn.Module,
     student: nn.Module,
     synthetic: SyntheticImages,
     *,
     config: DistillConfig | None = None,
+    objective: Sequence[LossTerm] | None = None,
     epochs: int | None = None,
     val_data: Dataset[Any] | str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -233,6 +465,8 @@ def recover(
         student: the network to train, usually ``prune(teacher, ...)``.
         synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`.
         config: hyper-parameters (:class:`DistillConfig`).
+        objective: the loss terms (default :func:`default_objective` of ``config``:
+            logit KD, plus feature KD / CE when ``config`` weights them).
         epochs: shortcut overriding ``config.epochs``.
         val_data: optional labelled data (Dataset or ImageFolder/tar.gz path) to report
             top-1 each epoch and keep the best epoch.
@@ -260,174 +494,162 @@ def recover(
         >>> int((student[1].weight == 0).sum())
         18
     """
-    cfg = config or DistillConfig()
-    if epochs is not None:
-        cfg = replace(cfg, epochs=epochs)
+    cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
     if len(synthetic) == 0:
         raise ValueError("the synthetic set is empty: synthesize some images first")
     rt = resolve(device, accel)
     out = Path(out_dir) if out_dir is not None else None
-
-    val_set = None
-    if val_data is not None:
-        if isinstance(val_data, (str, os.PathLike)):
-            val_set = resolve_data(student, val_data)
-        else:
-            val_set = val_data
-    train_set, held = synthetic, None
-    if val_set is None and cfg.holdout > 0 and len(synthetic) >= 20:
-        train_set, held = synthetic.split(cfg.holdout, seed)
-
+    train_set, held, val_set = _split(synthetic, val_data, student, cfg, seed)
+    terms = list(objective) if objective is not None else default_objective(cfg)
     meta = {
         "config": asdict(cfg),
+        "objective": [repr(t) for t in terms],
         "teacher": fingerprint(teacher),
         "n_synthetic": len(synthetic),
         "seed": seed,
     }
-    teacher_device = next(teacher.parameters()).device
-    student_device = next(student.parameters()).device
     with ExitStack() as stack:
-        stack.enter_context(borrowed(teacher))
-        rt.prepare_model(teacher)
-        stack.callback(teacher.to, teacher_device)
-        rt.prepare_model(student)
-        stack.callback(student.to, student_device)
+        _borrow_models(stack, teacher, student, rt)
         _check_fit(teacher, student, synthetic, rt)
-
         state = _resume(out, meta, student) if out is not None else None
         if state is not None and state.get("done"):
-            student.recovery_history = state["history"]  # type: ignore[assignment]
-            refresh_pruned(student)
-            return student.eval()
-
+            return _finished(student, state["history"])
+        history: list[dict[str, float]] = state["history"] if state else []
+        prep = {} if state else _prepare_student(teacher, student, train_set, cfg, rt)
         optimizer = _make_optimizer(student, cfg)
-        start_epoch, history, best = 0, [], None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history, best = state["epoch"], state["history"], state.get("best")
-
-        model: nn.Module = student
-        if rt.world_size > 1:
-            model = DistributedDataParallel(
-                student, device_ids=[rt.device] if rt.device.type == "cuda" else None
-            )
-        train_fwd: Callable[[Tensor], Tensor] = rt.maybe_compile(model)
-        teacher_fwd: Callable[[Tensor], Tensor] = rt.maybe_compile(teacher)
-
-        sampler = DistributedSampler(
-            range(len(train_set)),
-            num_replicas=rt.world_size,  # type: ignore[arg-type]
-            rank=rt.rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=False,
-        )
-        steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
-        total_steps = steps_per_epoch * cfg.epochs
-        t_start = time.perf_counter()
-        seen = 0
-        with progress_bar("Recovery", total_steps, progress and rt.is_main) as bar:
-            bar.advance(start_epoch * steps_per_epoch)
-            for epoch in range(start_epoch, cfg.epochs):
-                sampler.set_epoch(epoch)
-                order = torch.tensor(list(sampler))
-                g = generator(seed, "augment", epoch, rt.rank)
-                loss_sum, loss_n = 0.0, 0
-                with _bn_mode(student, cfg.bn_mode):
-                    for s in range(steps_per_epoch):
-                        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                        x, y = train_set.get_batch(idx)
-                        if cfg.augment:
-                            x = augment(x, g, cfg.crop_padding)
-                        x, y = rt.prepare_input(x), y.to(rt.device)
-                        step = epoch * steps_per_epoch + s
-                        for group in optimizer.param_groups:
-                            group["lr"] = _lr_at(step, total_steps, cfg)
-                        with torch.no_grad(), rt.autocast():
-                            t_logits = teacher_fwd(x)
-                        with rt.autocast():
-                            s_logits = train_fwd(x)
-                        loss = kd_loss(s_logits, t_logits, cfg.temperature)
-                        if cfg.ce_weight:
-                            loss = loss + cfg.ce_weight * F.cross_entropy(s_logits.float(), y)
-                        if not torch.isfinite(loss):
-                            where = f"epoch {epoch + 1}, step {s + 1}"
-                            kept = f"; the last good checkpoint is in {out}" if out else ""
-                            raise FloatingPointError(
-                                f"non-finite distillation loss at {where}{kept}. Lower lr."
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        seen += len(idx)
-                        loss_sum += float(loss.detach()) * len(idx)
-                        loss_n += len(idx)
-                        bar.advance(
-                            1,
-                            epoch=f"{epoch + 1}/{cfg.epochs}",
-                            loss=loss_sum / loss_n,
-                            img_s=seen / (time.perf_counter() - t_start),
-                        )
-                refresh_pruned(student)
-                record: dict[str, float] = {
-                    "epoch": epoch + 1,
-                    "loss": loss_sum / max(loss_n, 1),
-                    "lr": _lr_at(step, total_steps, cfg),
-                }
-                if val_set is not None:
-                    res = evaluate(student, val_set, device=rt.device, progress=False)
-                    record["val_top1"] = res.top1
-                    if best is None or res.top1 > best["score"]:
-                        best = {
-                            "score": res.top1,
-                            "epoch": epoch + 1,
-                            "state": {
-                                k: v.detach().clone() for k, v in student.state_dict().items()
-                            },
-                        }
-                if held is not None:
-                    student.eval()
-                    record["agreement"] = _agreement(teacher, student, held, rt)
+        loss_fn = stack.enter_context(bind_objective(terms, teacher, student))
+        loop, sampler = _build_loop(teacher, student, optimizer, loss_fn, train_set, cfg, rt, seed)
+        loop.out = out
+        best = state.get("best") if state else None
+        start = state["epoch"] if state else 0
+        with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:
+            bar.advance(start * loop.steps_per_epoch)
+            for epoch in range(start, cfg.epochs):
+                record: dict[str, float] = {"epoch": epoch + 1, **prep}
+                record["loss"] = _train_epoch(loop, epoch, sampler, bar)
+                record["lr"] = _lr_at((epoch + 1) * loop.steps_per_epoch - 1, loop.total_steps, cfg)
+                record.update(_measure_epoch(teacher, student, val_set, held, rt))
                 history.append(record)
-                bar.update(
-                    epoch=f"{epoch + 1}/{cfg.epochs}",
-                    loss=record["loss"],
-                    **{k: record[k] for k in ("val_top1", "agreement") if k in record},
-                )
+                best = _keep_best(best, record, student)
+                bar.update(**{k: v for k, v in record.items() if k != "lr"})
                 if out is not None and rt.is_main:
-                    save_atomic(
-                        {
-                            "epoch": epoch + 1,
-                            "student": student.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "history": history,
-                            "best": best,
-                            "meta": meta,
-                            "done": False,
-                        },
-                        out / CHECKPOINT,
-                    )
-        if best is not None and best["epoch"] != cfg.epochs:
-            student.load_state_dict(best["state"])
-            if rt.is_main and progress:
-                console.print(
-                    f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)"
-                )
-        refresh_pruned(student)
-        student.recovery_history = history  # type: ignore[assignment]
+                    _checkpoint(out, epoch + 1, student, optimizer, history, best, meta)
+                prep = {}
+        _restore_best(student, best, cfg, progress and rt.is_main)
         if out is not None and rt.is_main:
-            save_atomic(student.state_dict(), out / FINAL)
-            save_atomic(
-                {
-                    "epoch": cfg.epochs,
-                    "student": student.state_dict(),
-                    "history": history,
-                    "meta": meta,
-                    "done": True,
-                },
-                out / CHECKPOINT,
-            )
-            write_json_atomic({"history": history, **meta}, out / "recover-history.json")
+            _write_final(out, cfg, student, history, meta)
+        return _finished(student, history)
+
+
+def _borrow_models(stack: ExitStack, teacher: nn.Module, student: nn.Module, rt: Runtime) -> None:
+    """Teacher frozen in eval mode; both on the device until the stack closes."""
+    teacher_device = next(teacher.parameters()).device
+    student_device = next(student.parameters()).device
+    stack.enter_context(borrowed(teacher))
+    rt.prepare_model(teacher)
+    stack.callback(teacher.to, teacher_device)
+    rt.prepare_model(student)
+    stack.callback(student.to, student_device)
+
+
+def _build_loop(
+    teacher: nn.Module,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
+    data: SyntheticImages,
+    cfg: DistillConfig,
+    rt: Runtime,
+    seed: int,
+) -> tuple[_Loop, DistributedSampler]:
+    model: nn.Module = student
+    if rt.world_size > 1:
+        model = DistributedDataParallel(
+            student, device_ids=[rt.device] if rt.device.type == "cuda" else None
+        )
+    sampler = DistributedSampler(
+        range(len(data)),  # type: ignore[arg-type]
+        num_replicas=rt.world_size,
+        rank=rt.rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=False,
+    )
+    steps = math.ceil(len(sampler) / cfg.batch_size)
+    fill = tuple(-m / s for m, s in zip(data.mean, data.std, strict=True))
+    loop = _Loop(
+        teacher_fwd=rt.maybe_compile(teacher),
+        student_fwd=rt.maybe_compile(model),
+        student=student,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        data=data,
+        cfg=cfg,
+        rt=rt,
+        seed=seed,
+        steps_per_epoch=steps,
+        total_steps=steps * cfg.epochs,
+        target_sparsity=sparsity(student).overall if cfg.gradual > 0 else 0.0,
+        fill=fill if len(fill) == data.image_shape[0] else None,
+        out=None,
+    )
+    return loop, sampler
+
+
+def _checkpoint(
+    out: Path,
+    epoch: int,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+    best: Any,
+    meta: dict[str, Any],
+) -> None:
+    state = {
+        "epoch": epoch,
+        "student": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "best": best,
+        "meta": meta,
+        "done": False,
+    }
+    save_atomic(state, out / CHECKPOINT)
+
+
+def _restore_best(student: nn.Module, best: Any, cfg: DistillConfig, verbose: bool) -> None:
+    if best is None or best["epoch"] == cfg.epochs:
+        return
+    student.load_state_dict(best["state"])
+    if verbose:
+        console.print(f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)")
+
+
+def _write_final(
+    out: Path,
+    cfg: DistillConfig,
+    student: nn.Module,
+    history: list[dict[str, float]],
+    meta: dict[str, Any],
+) -> None:
+    refresh_pruned(student)
+    save_atomic(student.state_dict(), out / FINAL)
+    final = {
+        "epoch": cfg.epochs,
+        "student": student.state_dict(),
+        "history": history,
+        "meta": meta,
+        "done": True,
+    }
+    save_atomic(final, out / CHECKPOINT)
+    write_json_atomic({"history": history, **meta}, out / "recover-history.json")
+
+
+def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:
+    refresh_pruned(student)
+    student.recovery_history = history  # type: ignore[assignment]
     return student.eval()
 
 

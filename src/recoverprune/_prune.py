@@ -32,6 +32,7 @@ __all__ = [
     "prunable_layers",
     "prune",
     "refresh_pruned",
+    "reselect_masks",
     "restore_pruning",
     "sparsity",
 ]
@@ -434,3 +435,30 @@ def sparsity(
                 LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), int((w == 0).sum()))
             )
     return SparsityReport(tuple(rows))
+
+
+@torch.no_grad()
+def reselect_masks(model: nn.Module, amount: float) -> None:
+    """Re-select the masks of every pruned layer by global magnitude at sparsity ``amount``.
+
+    Used by gradual pruning: the magnitudes are those of ``weight_orig`` (weights that
+    were masked keep their last value and may come back). Exactly
+    ``round(amount * total)`` weights end up masked, ties broken by position.
+
+    Example:
+        >>> from torch import nn
+        >>> net = prune(nn.Linear(10, 10), 0.9)
+        >>> reselect_masks(net, 0.3)
+        >>> int((net.weight_mask == 0).sum())
+        30
+    """
+    layers = [m for m in model.modules() if _is_masked(m)]
+    if not layers:
+        return
+    flat = torch.cat([m.weight_orig.detach().abs().reshape(-1).float() for m in layers])
+    keep_flat = _lowest_k(flat, round(amount * flat.numel()))
+    for m, keep in zip(
+        layers, torch.split(keep_flat, [m.weight_orig.numel() for m in layers]), strict=True
+    ):
+        m.weight_mask.copy_(keep.view_as(m.weight_mask))
+    _refresh(model)

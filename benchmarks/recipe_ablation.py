@@ -1,0 +1,216 @@
+"""Recovery recipe ablation on CIFAR-10 (JPEG q75 copy): which technique buys what.
+
+Every cell prunes a teacher, recovers it on a transfer set with one recipe and measures
+JPEG test top-1, the recovery wall time, and the data-free quality signal: teacher–student
+agreement and KL on an *independently seeded* synthetic check set the student never saw.
+Cells are cached in ``results.json`` (keyed by everything that defines them, with the
+machine, threads and torch version they ran with), so a rerun only computes new cells;
+``ablation.md`` and the plots are generated from that file, never typed.
+
+    python benchmarks/recipe_ablation.py --sets s1024=runs/abl/s1024x200 \\
+        s4096=runs/abl/s4096x50 --check runs/abl/check256 --out runs/abl --cells all
+    python benchmarks/recipe_ablation.py --tiny     # seconds; what the tests run
+
+Transfer sets are made beforehand with ``synthesize`` (their synthesis time is read from
+their shards and shown in the table); ``noise`` and ``real`` sources are built here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
+
+from run import _key, _machine, noise_set, real_set
+
+from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
+from recoverprune._io import write_json_atomic
+from recoverprune.data import load_split
+from recoverprune.models import default_teacher, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+OLD = DistillConfig()  # the recipe before this ablation (logit KD, 5 % held out)
+BASE = replace(OLD, holdout=0.0)
+#: name → (DistillConfig, transfer-set name, epochs multiplier)
+RECIPES: dict[str, DistillConfig] = {
+    "old": OLD,
+    "kd": BASE,
+    "recal": replace(BASE, recalibrate=True),
+    "feat-blocks": replace(BASE, feature_weight=1.0, feature_layers="blocks"),
+    "feat-bn": replace(BASE, feature_weight=1.0, feature_layers="bn"),
+    "feat-blocks-w10": replace(BASE, feature_weight=10.0, feature_layers="blocks"),
+    "reconstruct": replace(BASE, reconstruct=True, recalibrate=True),
+    "gradual": replace(BASE, gradual=0.3),
+    "cutmix": replace(BASE, mix="cutmix"),
+    "mixup": replace(BASE, mix="mixup"),
+}
+
+
+def teacher_for(arch: str) -> torch.nn.Module:
+    if arch == "resnet20":
+        return default_teacher()
+    path = ROOT / "runs" / "cifar10" / "teachers" / f"{arch}-jpeg.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: make it with benchmarks/cifar10/run.py first")
+    return load_model(arch, path)
+
+
+@torch.no_grad()
+def quality(teacher: Any, student: Any, check: SyntheticImages) -> dict[str, float]:
+    """Agreement (%) and KL(teacher ‖ student) on the independent synthetic check set."""
+    x = check.images
+    t, s = teacher.eval()(x), student.eval()(x)
+    kl = F.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="batchmean", log_target=True)
+    return {
+        "check_agreement": 100.0 * float((t.argmax(1) == s.argmax(1)).float().mean()),
+        "check_kl": float(kl),
+    }
+
+
+def parse_cell(spec: str) -> tuple[str, float, str, str, float]:
+    """``arch@amount/recipe/source[xE]``, e.g. ``resnet20@0.75/feat-bn/s1024`` or
+    ``resnet20@0.75/kd/s4096x0.25`` (a quarter of the epochs on four times the images)."""
+    head, recipe, source = spec.split("/")
+    arch, amount = head.split("@")
+    mult = 1.0
+    if "x" in source and source.rsplit("x", 1)[1].replace(".", "").isdigit():
+        source, m = source.rsplit("x", 1)
+        mult = float(m)
+    return arch, float(amount), recipe, source, mult
+
+
+def run_cell(
+    spec: str,
+    args: argparse.Namespace,
+    sets: dict[str, SyntheticImages],
+    test: Any,
+    check: SyntheticImages | None,
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    arch, amount, recipe, source, mult = parse_cell(spec)
+    cfg = RECIPES[recipe]
+    cfg = replace(cfg, epochs=max(1, round(args.epochs * mult)))
+    synth_name = source.split(":")[-1]
+    base = sets[synth_name]
+    key_cfg = {
+        "arch": arch,
+        "amount": amount,
+        "distill": asdict(cfg),
+        "source": source,
+        "set": base.meta.get("manifest_key", synth_name),
+        "n": len(base),
+        "seed": args.seed,
+    }
+    key = f"{spec}:{_key(key_cfg)}"
+    if key in results["cells"]:
+        return results["cells"][key]
+    teacher = teacher_for(arch)
+    if source.startswith("noise:"):
+        data = noise_set(len(base), base, args.seed)
+    elif source.startswith("real:"):
+        data = real_set(len(base), load_split(args.data, "train"), args.seed)
+    else:
+        data = base
+    t0 = time.perf_counter()
+    student = recover(
+        teacher, prune(teacher, amount), data, config=cfg, seed=args.seed, progress=False
+    )
+    seconds = time.perf_counter() - t0
+    rec = {
+        "spec": spec,
+        "top1": evaluate(student, test, progress=False).top1,
+        "seconds": seconds,
+        "config": key_cfg,
+        **_machine(),
+    }
+    if check is not None:
+        rec.update(quality(teacher, student, check))
+    hist = getattr(student, "recovery_history", [])
+    rec["prep"] = {k: v for k, v in (hist[0] if hist else {}).items() if k.endswith("_s")}
+    results["cells"][key] = rec
+    print(
+        json.dumps({k: rec.get(k) for k in ("spec", "top1", "seconds", "check_agreement")}),
+        flush=True,
+    )
+    return rec
+
+
+def synthesis_seconds(data: SyntheticImages) -> float | None:
+    stats = data.meta.get("stats") or []
+    return sum(s.get("seconds", 0.0) for s in stats) or None
+
+
+def to_markdown(results: dict[str, Any], specs: list[str]) -> str:
+    cells = {c["spec"]: c for c in results["cells"].values()}
+    lines = [
+        "| cell | top-1 | recovery s | check agreement % | check KL |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in specs:
+        c = cells.get(spec)
+        if c is None:
+            continue
+        lines.append(
+            f"| {spec} | {c['top1']:.2f} | {c['seconds']:.0f} | "
+            f"{c.get('check_agreement', float('nan')):.1f} | {c.get('check_kl', float('nan')):.3f} |"
+        )
+    m = next(iter(results["cells"].values()), {})
+    lines.append("")
+    lines.append(
+        f"Top-1 (%) on the CIFAR-10 (JPEG q75 copy) test split. Machine: {m.get('machine')}, "
+        f"{m.get('threads')} thread(s) per cell, torch {m.get('torch')}. "
+        f"Synthesis seconds per set: {results.get('synthesis_seconds')}. "
+        "Generated by benchmarks/recipe_ablation.py."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", nargs="*", default=[], help="NAME=DIR synthetic sets")
+    p.add_argument("--check", default=None, help="independent synthetic check set (DIR)")
+    p.add_argument("--cells", nargs="*", default=[], help="arch@amount/recipe/source[xE]")
+    p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/abl")
+    p.add_argument("--worker", default="0", help="results-WORKER.json: parallel runs each own one")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {k: SyntheticImages.load(v) for k, v in (s.split("=", 1) for s in args.sets)}
+    check = SyntheticImages.load(args.check) if args.check else None
+    test = load_split(args.data, "test")
+    if args.tiny:
+        test = type(test)(test.images[:200], test.labels[:200], test.classes, test.mean, test.std)
+    print(json.dumps({"settings": vars(args), **_machine()}), flush=True)
+    path = out / f"results-{args.worker}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    results["synthesis_seconds"] = {k: synthesis_seconds(v) for k, v in sets.items()}
+    for spec in args.cells:
+        run_cell(spec, args, sets, test, check, results)
+        write_json_atomic(results, path)
+    for other in sorted(out.glob("results-*.json")):  # cells other workers measured
+        results["cells"] = {**json.loads(other.read_text())["cells"], **results["cells"]}
+    md = to_markdown(results, args.cells)
+    (out / "ablation.md").write_text(md)
+    print(md)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Data-aware repairs of a pruned student on synthetic images, before distillation.
+
+* :func:`recalibrate_bn` re-estimates every BatchNorm layer's running statistics on the
+  synthetic images (seconds): pruning shifts the statistics a layer sees, and the ones
+  inherited from the teacher no longer fit.
+* :func:`reconstruct` refits the weights a pruned layer kept so that, on synthetic
+  activations, the layer reproduces the dense teacher layer's output (layer-wise least
+  squares, as in AdaPrune / Optimal Brain Compression); masks are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recoverprune._prune import _is_masked, refresh_pruned
+from recoverprune._runtime import Runtime, resolve
+
+__all__ = ["recalibrate_bn", "reconstruct"]
+
+
+def _batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+@contextmanager
+def _bn_train(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
+    """Every module in eval mode but BatchNorm, which averages the statistics it sees."""
+    flags = [(m, m.training) for m in model.modules()]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    try:
+        model.eval()
+        for bn in bns:
+            if bn.track_running_stats:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over every batch
+                bn.train()
+        yield bns
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        for m, flag in flags:
+            m.training = flag
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, images: Tensor, *, batch_size: int = 256, rt: Runtime | None = None
+) -> None:
+    """Re-estimate ``model``'s BatchNorm running statistics on ``images`` (in place).
+
+    Weights are not touched; the statistics become the exact average over ``images``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+        >>> recalibrate_bn(net, torch.randn(64, 3, 8, 8) + 5)
+        >>> bool(net[1].running_mean.abs().sum() > 0), net.training
+        (True, False)
+    """
+    rt = rt or resolve("cpu")
+    with _bn_train(model):
+        for x in _batches(images, batch_size):
+            model(rt.prepare_input(x))
+    refresh_pruned(model)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once the layer of interest has seen its input."""
+
+
+def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    captured: list[Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        captured.append(inputs[0])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _patches(layer: nn.Module, x: Tensor) -> Tensor:
+    """The layer's input as rows of a matrix its weight multiplies: ``(positions, d)``."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _reconstructable(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and isinstance(layer.padding, tuple)
+        and layer.padding_mode == "zeros"
+    )
+
+
+def _solve_rows(h: Tensor, c: Tensor, w_t: Tensor, mask: Tensor, damp: float) -> Tensor:
+    """Per output row: ``argmin_w ‖X_s w − X_t w_t‖²`` with ``w`` zero outside the mask."""
+    h = h + damp * h.diagonal().mean() * torch.eye(len(h), dtype=h.dtype)
+    rhs = w_t @ c.T  # (rows, d): X_sᵀ X_t w_t for every row
+    out = torch.zeros_like(w_t)
+    for r in range(len(w_t)):
+        keep = mask[r].nonzero().squeeze(1)
+        if len(keep):
+            sub = h.index_select(0, keep).index_select(1, keep)
+            out[r, keep] = torch.linalg.solve(sub, rhs[r, keep])
+    return out
+
+
+@torch.no_grad()
+def reconstruct(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: Tensor,
+    *,
+    batch_size: int = 128,
+    damp: float = 0.01,
+    rt: Runtime | None = None,
+) -> list[str]:
+    """Refit each pruned layer's kept weights to reproduce the teacher layer's output.
+
+    Layers are visited in module order; each sees the student's own activations (with
+    the layers before it already refitted) and is fitted by least squares to the output
+    the dense teacher layer gives on the teacher's activations, over every image and
+    position of ``images``. Masks are unchanged: pruned weights stay exactly zero.
+    Grouped convolutions are left as they are. Both models are used in eval mode.
+
+    Returns:
+        The names of the refitted layers.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from recoverprune import prune
+        >>> teacher = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> student = prune(teacher, 0.5)
+        >>> reconstruct(teacher, student, torch.randn(64, 8))
+        ['0', '2']
+    """
+    rt = rt or resolve("cpu")
+    t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
+    names = [n for n, m in s_mods.items() if _is_masked(m) and _reconstructable(m)]
+    flags = [(m, m.training) for m in (*teacher.modules(), *student.modules())]
+    try:
+        teacher.eval()
+        student.eval()
+        for name in names:
+            _refit(teacher, student, t_mods[name], s_mods[name], images, batch_size, damp, rt)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    refresh_pruned(student)
+    return names
+
+
+def _refit(
+    teacher: nn.Module,
+    student: nn.Module,
+    t_layer: nn.Module,
+    s_layer: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    damp: float,
+    rt: Runtime,
+) -> None:
+    h = c = None
+    for x in _batches(images, batch_size):
+        x = rt.prepare_input(x)
+        xs = _patches(s_layer, _layer_input(student, s_layer, x)).double()
+        xt = _patches(t_layer, _layer_input(teacher, t_layer, x)).double()
+        h = xs.T @ xs if h is None else h + xs.T @ xs
+        c = xs.T @ xt if c is None else c + xs.T @ xt
+    assert h is not None and c is not None
+    w_t = t_layer.weight.detach().reshape(len(t_layer.weight), -1).double().cpu()
+    mask = s_layer.weight_mask.reshape(len(w_t), -1).cpu() != 0
+    w = _solve_rows(h.cpu(), c.cpu(), w_t, mask, damp)
+    s_layer.weight_orig.copy_(w.reshape(s_layer.weight_orig.shape).to(s_layer.weight_orig))
