@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 from run import _key, _machine, noise_set, real_set
 
 from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
+from recoverprune._calibrate import recalibrate_bn, reconstruct
+from recoverprune._distill import RECONSTRUCT_IMAGES
 from recoverprune._io import write_json_atomic
 from recoverprune.data import load_split
 from recoverprune.models import default_teacher, load_model
@@ -40,7 +42,10 @@ from recoverprune.models import default_teacher, load_model
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
-OLD = DistillConfig()  # the recipe before this ablation (logit KD, 5 % held out)
+#: the recipe before this ablation: logit KD only, 5 % of the images held out
+OLD = DistillConfig(
+    feature_weight=0.0, reconstruct=False, recalibrate=False, mix="none", holdout=0.05
+)
 BASE = replace(OLD, holdout=0.0)
 #: name → (DistillConfig, transfer-set name, epochs multiplier)
 RECIPES: dict[str, DistillConfig] = {
@@ -50,7 +55,15 @@ RECIPES: dict[str, DistillConfig] = {
     "feat-blocks": replace(BASE, feature_weight=1.0, feature_layers="blocks"),
     "feat-bn": replace(BASE, feature_weight=1.0, feature_layers="bn"),
     "feat-blocks-w10": replace(BASE, feature_weight=10.0, feature_layers="blocks"),
-    "reconstruct": replace(BASE, reconstruct=True, recalibrate=True),
+    "reconstruct": replace(BASE, reconstruct=True),
+    "recon-feat": replace(BASE, reconstruct=True, feature_weight=1.0),
+    "recon-feat-w10": replace(BASE, reconstruct=True, feature_weight=10.0),
+    "recon-feat-frozen": replace(
+        BASE, reconstruct=True, feature_weight=1.0, bn_mode="frozen", lr=0.005
+    ),
+    "recon-feat-cutmix": replace(BASE, reconstruct=True, feature_weight=1.0, mix="cutmix"),
+    "combo": replace(BASE, reconstruct=True, feature_weight=10.0, mix="cutmix"),
+    "combo-t2": replace(BASE, reconstruct=True, feature_weight=10.0, mix="cutmix", temperature=2.0),
     "gradual": replace(BASE, gradual=0.3),
     "cutmix": replace(BASE, mix="cutmix"),
     "mixup": replace(BASE, mix="mixup"),
@@ -60,9 +73,11 @@ RECIPES: dict[str, DistillConfig] = {
 def teacher_for(arch: str) -> torch.nn.Module:
     if arch == "resnet20":
         return default_teacher()
-    path = ROOT / "runs" / "cifar10" / "teachers" / f"{arch}-jpeg.pt"
+    path = ROOT / "runs" / "teachers" / f"{arch}-jpeg.pt"
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: make it with benchmarks/cifar10/run.py first")
+        raise SystemExit(
+            f"{path} is missing: make it with benchmarks/train_teacher.py (see benchmarks/cifar10/run.py)"
+        )
     return load_model(arch, path)
 
 
@@ -99,7 +114,7 @@ def run_cell(
     results: dict[str, Any],
 ) -> dict[str, Any]:
     arch, amount, recipe, source, mult = parse_cell(spec)
-    cfg = RECIPES[recipe]
+    cfg = RECIPES.get(recipe, BASE)  # prep:* cells train nothing
     cfg = replace(cfg, epochs=max(1, round(args.epochs * mult)))
     synth_name = source.split(":")[-1]
     base = sets[synth_name]
@@ -116,6 +131,8 @@ def run_cell(
     if key in results["cells"]:
         return results["cells"][key]
     teacher = teacher_for(arch)
+    if recipe.startswith("prep:"):
+        return prep_cell(spec, key, key_cfg, teacher, amount, base, recipe[5:], test, results)
     if source.startswith("noise:"):
         data = noise_set(len(base), base, args.seed)
     elif source.startswith("real:"):
@@ -136,6 +153,10 @@ def run_cell(
     }
     if check is not None:
         rec.update(quality(teacher, student, check))
+    students = Path(args.out) / "students"
+    students.mkdir(exist_ok=True)
+    torch.save(student.state_dict(), students / f"{_key(key_cfg)}.pt")
+    rec["student_file"] = f"students/{_key(key_cfg)}.pt"
     hist = getattr(student, "recovery_history", [])
     rec["prep"] = {k: v for k, v in (hist[0] if hist else {}).items() if k.endswith("_s")}
     results["cells"][key] = rec
@@ -144,6 +165,49 @@ def run_cell(
         flush=True,
     )
     return rec
+
+
+def prep_cell(
+    spec: str,
+    key: str,
+    key_cfg: dict[str, Any],
+    teacher: Any,
+    amount: float,
+    data: SyntheticImages,
+    what: str,
+    test: Any,
+    results: dict[str, Any],
+) -> Any:
+    """Top-1 of the pruned student after a repair alone (``none``, ``recal``, ``recon``)."""
+    student = prune(teacher, amount)
+    images = data.get_batch(torch.arange(len(data)))[0]
+    t0 = time.perf_counter()
+    if what == "recon":
+        reconstruct(teacher, student, images[:RECONSTRUCT_IMAGES])
+    elif what == "recal":
+        recalibrate_bn(student, images)
+    rec = {
+        "spec": spec,
+        "top1": evaluate(student, test, progress=False).top1,
+        "seconds": time.perf_counter() - t0,
+        "config": key_cfg,
+        **_machine(),
+    }
+    results["cells"][key] = rec
+    print(json.dumps({k: rec[k] for k in ("spec", "top1", "seconds")}), flush=True)
+    return rec
+
+
+def rescore(results: dict[str, Any], check: SyntheticImages, out: Path) -> None:
+    """Check-set quality for cells measured before the check set existed."""
+    for rec in results["cells"].values():
+        if "check_agreement" in rec or "student_file" not in rec:
+            continue
+        arch, amount = rec["config"]["arch"], rec["config"]["amount"]
+        teacher = teacher_for(arch)
+        student = prune(teacher, amount)
+        student.load_state_dict(torch.load(out / rec["student_file"], weights_only=True))
+        rec.update(quality(teacher, student, check))
 
 
 def synthesis_seconds(data: SyntheticImages) -> float | None:
@@ -203,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["synthesis_seconds"] = {k: synthesis_seconds(v) for k, v in sets.items()}
     for spec in args.cells:
         run_cell(spec, args, sets, test, check, results)
+        write_json_atomic(results, path)
+    if check is not None:
+        rescore(results, check, out)
         write_json_atomic(results, path)
     for other in sorted(out.glob("results-*.json")):  # cells other workers measured
         results["cells"] = {**json.loads(other.read_text())["cells"], **results["cells"]}

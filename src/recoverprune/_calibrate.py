@@ -101,6 +101,13 @@ def _patches(layer: nn.Module, x: Tensor) -> Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+def _chunk(layer: nn.Module, images: Tensor, batch_size: int, budget: float = 6.4e7) -> int:
+    """Images per batch so that one batch's patch matrix stays under ``budget`` numbers."""
+    d = layer.weight_orig[0].numel()
+    positions = images[0].numel() // max(images.shape[1], 1)  # an upper bound: H × W
+    return max(1, min(batch_size, int(budget // (positions * d))))
+
+
 def _reconstructable(layer: nn.Module) -> bool:
     if isinstance(layer, nn.Linear):
         return True
@@ -141,7 +148,9 @@ def reconstruct(
     the layers before it already refitted) and is fitted by least squares to the output
     the dense teacher layer gives on the teacher's activations, over every image and
     position of ``images``. Masks are unchanged: pruned weights stay exactly zero.
-    Grouped convolutions are left as they are. Both models are used in eval mode.
+    Grouped convolutions, and layers whose shape differs from the teacher's (channel
+    pruning), are left as they are. Both models are used in eval mode; batches are sized
+    so that one layer's patch matrix stays under about 256 MB.
 
     Returns:
         The names of the refitted layers.
@@ -157,7 +166,14 @@ def reconstruct(
     """
     rt = rt or resolve("cpu")
     t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
-    names = [n for n, m in s_mods.items() if _is_masked(m) and _reconstructable(m)]
+    names = [
+        n
+        for n, m in s_mods.items()
+        if _is_masked(m)
+        and _reconstructable(m)
+        and n in t_mods
+        and t_mods[n].weight.shape == m.weight_orig.shape  # same layer, not channel-pruned
+    ]
     flags = [(m, m.training) for m in (*teacher.modules(), *student.modules())]
     try:
         teacher.eval()
@@ -182,14 +198,18 @@ def _refit(
     rt: Runtime,
 ) -> None:
     h = c = None
-    for x in _batches(images, batch_size):
+    for x in _batches(images, _chunk(s_layer, images, batch_size)):
         x = rt.prepare_input(x)
-        xs = _patches(s_layer, _layer_input(student, s_layer, x)).double()
-        xt = _patches(t_layer, _layer_input(teacher, t_layer, x)).double()
+        xs = _patches(s_layer, _layer_input(student, s_layer, x)).float()
+        xt = _patches(t_layer, _layer_input(teacher, t_layer, x)).float()
         h = xs.T @ xs if h is None else h + xs.T @ xs
         c = xs.T @ xt if c is None else c + xs.T @ xt
     assert h is not None and c is not None
     w_t = t_layer.weight.detach().reshape(len(t_layer.weight), -1).double().cpu()
     mask = s_layer.weight_mask.reshape(len(w_t), -1).cpu() != 0
-    w = _solve_rows(h.cpu(), c.cpu(), w_t, mask, damp)
-    s_layer.weight_orig.copy_(w.reshape(s_layer.weight_orig.shape).to(s_layer.weight_orig))
+    w = _solve_rows(h.double().cpu(), c.double().cpu(), w_t, mask, damp)
+    # only the kept weights change: masked ones keep their value (gradual pruning may
+    # bring them back, by magnitude)
+    orig = s_layer.weight_orig
+    fitted = w.reshape(orig.shape).to(orig)
+    orig.copy_(torch.where(s_layer.weight_mask != 0, fitted, orig))

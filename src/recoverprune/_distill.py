@@ -56,6 +56,8 @@ __all__ = [
 
 CHECKPOINT = "recover-checkpoint.pt"
 FINAL = "student.pt"
+#: synthetic images the layer-wise reconstruction fits on (every spatial position counts)
+RECONSTRUCT_IMAGES = 256
 BNMode = Literal["train", "frozen"]
 MixMode = Literal["none", "mixup", "cutmix"]
 
@@ -94,7 +96,12 @@ class DistillConfig:
             synthetic batches; ``"frozen"`` keeps the statistics it starts with
             (the affine parameters still learn).
         holdout: fraction of the synthetic set held out to report teacher–student
-            agreement when no ``val_data`` is given (0 turns it off).
+            agreement when no ``val_data`` is given (0, the default, trains on every
+            image; :func:`~recoverprune.compress` measures agreement on an independently
+            seeded check set instead, see ``check_quality``).
+
+    The defaults (reconstruction, feature distillation with weight 10, CutMix) are the
+    best combination of ``benchmarks/recipe_ablation.py``.
 
     Example:
         >>> DistillConfig(epochs=10).temperature
@@ -110,17 +117,17 @@ class DistillConfig:
     warmup_fraction: float = 0.03
     temperature: float = 4.0
     ce_weight: float = 0.0
-    feature_weight: float = 0.0
+    feature_weight: float = 10.0
     feature_layers: Literal["auto", "blocks", "bn"] = "auto"
     recalibrate: bool = False
-    reconstruct: bool = False
+    reconstruct: bool = True
     gradual: float = 0.0
-    mix: MixMode = "none"
+    mix: MixMode = "cutmix"
     augment: bool = True
     crop_padding: int = 4
     flip: bool = True
     bn_mode: BNMode = "train"
-    holdout: float = 0.05
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -148,8 +155,10 @@ def default_objective(cfg: DistillConfig) -> list[LossTerm]:
     """The loss terms ``cfg`` asks for: logit KD, plus feature KD and CE when weighted.
 
     Example:
-        >>> [t.name for t in default_objective(DistillConfig(feature_weight=1.0))]
+        >>> [t.name for t in default_objective(DistillConfig())]
         ['kd', 'feature']
+        >>> [t.name for t in default_objective(DistillConfig(feature_weight=0, ce_weight=1))]
+        ['kd', 'ce']
     """
     terms: list[LossTerm] = [LogitKD(temperature=cfg.temperature)]
     if cfg.feature_weight > 0:
@@ -317,7 +326,7 @@ def _prepare_student(
     images = data.get_batch(torch.arange(len(data)))[0]
     if cfg.reconstruct:
         t0 = time.perf_counter()
-        reconstruct(teacher, student, images[:512], rt=rt)
+        reconstruct(teacher, student, images[:RECONSTRUCT_IMAGES], rt=rt)
         seconds["reconstruct_s"] = time.perf_counter() - t0
     if cfg.recalibrate:
         t0 = time.perf_counter()

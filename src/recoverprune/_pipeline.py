@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -12,8 +13,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from recoverprune._dataset import SyntheticImages
 from recoverprune._distill import DistillConfig, recover
-from recoverprune._inversion import InversionConfig, synthesize
+from recoverprune._inversion import InversionConfig, borrowed, synthesize
 from recoverprune._io import (
     extract_state_dict,
     fingerprint,
@@ -24,10 +26,17 @@ from recoverprune._io import (
 )
 from recoverprune._progress import console
 from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
-from recoverprune._runtime import Accel, resolve
+from recoverprune._runtime import Accel, Runtime, resolve
 from recoverprune._version import __version__
 
-__all__ = ["PRESETS", "CompressResult", "Preset", "compress", "sparse_size_bytes"]
+__all__ = [
+    "PRESETS",
+    "CompressResult",
+    "Preset",
+    "check_quality",
+    "compress",
+    "sparse_size_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class Preset:
         iterations: DeepInversion steps per batch.
         batch_size: synthesis batch size.
         epochs: distillation epochs.
+        check_n: images of the independently seeded check set (the data-free quality
+            signal in the report).
 
     Example:
         >>> PRESETS["quick"].n, PRESETS["quick"].iterations
@@ -51,14 +62,22 @@ class Preset:
     iterations: int
     batch_size: int
     epochs: int
+    check_n: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("n", "iterations", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Preset.{name} must be >= 1, got {getattr(self, name)}")
+        if self.check_n < 2:
+            raise ValueError(f"Preset.check_n must be >= 2, got {self.check_n}")
 
 
 #: ``quick``: ResNet-20 on a 2-core CPU in about 15 minutes. ``paper``: the reference
 #: budget (2,000 iterations per batch of 256), meant for a GPU. ``tiny``: seconds, for tests.
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(n=32, iterations=4, batch_size=16, epochs=2),
+    "tiny": Preset(n=32, iterations=4, batch_size=16, epochs=2, check_n=16),
     "quick": Preset(n=1024, iterations=200, batch_size=256, epochs=60),
-    "paper": Preset(n=20_480, iterations=2000, batch_size=256, epochs=100),
+    "paper": Preset(n=20_480, iterations=2000, batch_size=256, epochs=100, check_n=1024),
 }
 
 
@@ -144,8 +163,13 @@ def compress(
     """Prune ``teacher``, synthesise a transfer set from it and distil it back, resumably.
 
     Every stage writes its result into ``out_dir`` (``pruned.pt``, ``synthetic/``,
-    ``recover/``, ``student.pt``, ``report.json``); running the same call again after a
-    crash or Ctrl-C resumes at the stage and step where it stopped.
+    ``check/``, ``recover/``, ``student.pt``, ``report.json``); running the same call again
+    after a crash or Ctrl-C resumes at the stage and step where it stopped.
+
+    Besides the transfer set, a small *check* set (``preset.check_n`` images, seeded
+    independently) is synthesised; the student never trains on it, and the report's
+    ``check`` entry (teacher–student agreement and KL on it) is the data-free estimate of
+    how well the recovery worked.
 
     Args:
         teacher: the trained network (left unchanged). ``None`` uses the embedded default
@@ -153,13 +177,20 @@ def compress(
         amount: global sparsity to reach.
         out_dir: where every stage is persisted.
         preset: budget (``"tiny"``, ``"quick"``, ``"paper"`` or a :class:`Preset`).
-        n, iterations, epochs: override the preset.
-        scope, exclude: as in :func:`~recoverprune.prune`.
-        inversion, distill: full hyper-parameter control.
+        n: number of synthetic images (overrides the preset).
+        iterations: DeepInversion steps per batch (overrides the preset).
+        epochs: distillation epochs (overrides the preset).
+        scope: as in :func:`~recoverprune.prune`.
+        exclude: as in :func:`~recoverprune.prune`.
+        inversion: full DeepInversion hyper-parameter control.
+        distill: full recovery hyper-parameter control.
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
         image_size: input size if the teacher carries no ``pretrained_cfg`` hint.
-        seed, device, accel, progress: as in the stage functions.
+        seed: as in the stage functions.
+        device: as in the stage functions.
+        accel: as in the stage functions.
+        progress: as in the stage functions.
 
     Returns:
         A :class:`CompressResult` with the student and the report.
@@ -174,91 +205,138 @@ def compress(
         from recoverprune.models import default_teacher
 
         teacher = default_teacher()
-    p = PRESETS[preset] if isinstance(preset, str) else preset
-    p = replace(
-        p,
-        **{
-            k: v
-            for k, v in {"n": n, "iterations": iterations, "epochs": epochs}.items()
-            if v is not None
-        },
-    )
+    p = _budget(preset, n=n, iterations=iterations, epochs=epochs)
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
     dcfg = replace(distill or DistillConfig(), epochs=p.epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
-    # wall time per stage, accumulated over interrupted and resumed runs
-    timing_path = out / "timing.json"
-    times: dict[str, float] = read_json(timing_path) if timing_path.is_file() else {}
+    clock = _StageClock(out / "timing.json", rt.is_main)
+    stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
 
-    def spent(stage: str, t0: float) -> None:
-        times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
-        if rt.is_main:
-            write_json_atomic(times, timing_path)
-
-    # 1. prune
-    t0 = time.perf_counter()
-    pruned_path = out / "pruned.pt"
-    if pruned_path.is_file():
-        student = _load_pruned(pruned_path, teacher)
-    else:
-        student = prune(teacher, amount, scope=scope, exclude=exclude)
-        if rt.is_main:
-            save_atomic(
-                {
-                    "state_dict": student.state_dict(),
-                    "amount": amount,
-                    "scope": scope,
-                    "teacher": fingerprint(teacher),
-                },
-                pruned_path,
-            )
-    spent("prune", t0)
-    pruned_snapshot = None
+    with clock("prune"):
+        student = _prune_stage(teacher, amount, scope, exclude, out / "pruned.pt", rt)
+    pruned_snapshot = copy_model(student) if eval_data is not None else None
+    with clock("synthesize"):
+        synth = {"config": inv, "batch_size": p.batch_size, "image_size": image_size, **stage}
+        synthetic = synthesize(teacher, p.n, out_dir=out / "synthetic", **synth)
+        check = synthesize(
+            teacher, p.check_n, out_dir=out / "check", **{**synth, "seed": seed + CHECK_SEED}
+        )
+    if rt.is_main and not (out / "synthetic-grid.png").exists():
+        synthetic.save_grid(out / "synthetic-grid.png")
+    with clock("recover"):
+        student = recover(
+            teacher, student, synthetic, config=dcfg, out_dir=out / "recover", **stage
+        )
+    report = _report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
     if eval_data is not None:
-        pruned_snapshot = copy_model(student)
-
-    # 2. synthesize
-    t0 = time.perf_counter()
-    synthetic = synthesize(
-        teacher,
-        p.n,
-        config=inv,
-        batch_size=p.batch_size,
-        image_size=image_size,
-        out_dir=out / "synthetic",
-        seed=seed,
-        device=device,
-        accel=accel,
-        progress=progress,
-    )
-    spent("synthesize", t0)
+        with clock("evaluate"):
+            report["top1"] = _top1(teacher, pruned_snapshot, student, eval_data, device)
+    report["seconds"] = clock.times
     if rt.is_main:
-        grid = out / "synthetic-grid.png"
-        if not grid.exists():
-            synthetic.save_grid(grid)
+        save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
+        write_json_atomic(report, out / "report.json")
+        if progress:
+            _print_report(report)
+    return CompressResult(student, report)
 
-    # 3. recover
-    t0 = time.perf_counter()
-    student = recover(
-        teacher,
-        student,
-        synthetic,
-        config=dcfg,
-        out_dir=out / "recover",
-        seed=seed,
-        device=device,
-        accel=accel,
-        progress=progress,
-    )
-    spent("recover", t0)
 
-    # 4. report
-    sp = sparsity(student)
+#: the check set's seed is this far from the transfer set's, so no batch is shared
+CHECK_SEED = 1_000_003
+
+
+def _budget(preset: str | Preset, **overrides: int | None) -> Preset:
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    return replace(p, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class _StageClock:
+    """Wall time per stage, accumulated over interrupted and resumed runs (timing.json)."""
+
+    def __init__(self, path: Path, write: bool) -> None:
+        self.path, self.write = path, write
+        self.times: dict[str, float] = read_json(path) if path.is_file() else {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+            if self.write:
+                write_json_atomic(self.times, self.path)
+
+
+def _prune_stage(
+    teacher: nn.Module,
+    amount: float,
+    scope: Literal["global", "layerwise"],
+    exclude: Sequence[str],
+    path: Path,
+    rt: Runtime,
+) -> nn.Module:
+    if path.is_file():
+        return _load_pruned(path, teacher)
+    student = prune(teacher, amount, scope=scope, exclude=exclude)
+    if rt.is_main:
+        state = {
+            "state_dict": student.state_dict(),
+            "amount": amount,
+            "scope": scope,
+            "teacher": fingerprint(teacher),
+        }
+        save_atomic(state, path)
+    return student
+
+
+@torch.no_grad()
+def check_quality(
+    teacher: nn.Module, student: nn.Module, check: SyntheticImages, batch_size: int = 256
+) -> dict[str, float]:
+    """Teacher–student agreement (%) and ``KL(teacher ‖ student)`` on a check set.
+
+    The data-free signal of how well a recovery worked: ``check`` should be synthetic
+    images the student never trained on (``compress`` seeds them independently).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+        >>> data = SyntheticImages(torch.randn(8, 3, 2, 2), torch.zeros(8, dtype=torch.long))
+        >>> check_quality(net, net, data)
+        {'images': 8, 'agreement': 100.0, 'kl': 0.0}
+    """
+    agree, kl = 0, 0.0
+    with borrowed(teacher, student):
+        for start in range(0, len(check), batch_size):
+            x, _ = check.get_batch(torch.arange(start, min(start + batch_size, len(check))))
+            t, s = teacher(x), student(x)
+            agree += int((t.argmax(1) == s.argmax(1)).sum())
+            kl += float(
+                torch.nn.functional.kl_div(
+                    s.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True
+                )
+            )
+    n = max(len(check), 1)
+    return {"images": len(check), "agreement": 100.0 * agree / n, "kl": round(kl / n, 6) + 0.0}
+
+
+def _report(
+    teacher: nn.Module,
+    student: nn.Module,
+    check: SyntheticImages,
+    amount: float,
+    scope: str,
+    p: Preset,
+    inv: InversionConfig,
+    dcfg: DistillConfig,
+    seed: int,
+    rt: Runtime,
+) -> dict[str, Any]:
     dense_b, sparse_b = sparse_size_bytes(student)
-    history = getattr(student, "recovery_history", [])
-    report: dict[str, Any] = {
+    return {
         "library": __version__,
         "amount": amount,
         "scope": scope,
@@ -267,33 +345,25 @@ def compress(
         "distill": asdict(dcfg),
         "seed": seed,
         "runtime": rt.describe(),
-        "sparsity": sp.overall,
+        "sparsity": sparsity(student).overall,
         "size_bytes": {"dense": dense_b, "sparse": sparse_b},
-        "seconds": times,
         "teacher": fingerprint(teacher),
-        "agreement": history[-1].get("agreement") if history else None,
+        "check": check_quality(teacher, student, check),
     }
-    if eval_data is not None:
-        from recoverprune._evaluate import evaluate, resolve_data
 
-        data = resolve_data(teacher, eval_data)
-        t0 = time.perf_counter()
-        report["top1"] = {
-            name: evaluate(model, data, device=device, progress=False).top1
-            for name, model in (
-                ("teacher", teacher),
-                ("pruned", pruned_snapshot),
-                ("recovered", student),
-            )
-            if model is not None
-        }
-        spent("evaluate", t0)
-    if rt.is_main:
-        save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
-        write_json_atomic(report, out / "report.json")
-        if progress:
-            _print_report(report)
-    return CompressResult(student, report)
+
+def _top1(
+    teacher: nn.Module, pruned: nn.Module | None, student: nn.Module, data: Any, device: Any
+) -> dict[str, float]:
+    from recoverprune._evaluate import evaluate, resolve_data
+
+    data = resolve_data(teacher, data)
+    models = {"teacher": teacher, "pruned": pruned, "recovered": student}
+    return {
+        name: evaluate(model, data, device=device, progress=False).top1
+        for name, model in models.items()
+        if model is not None
+    }
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -304,8 +374,11 @@ def _print_report(report: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     for name, acc in report.get("top1", {}).items():
         t.add_row(f"top-1 {name}", f"{acc:.2f} %")
-    if report.get("agreement") is not None:
-        t.add_row("teacher-student agreement (held-out synthetic)", f"{report['agreement']:.2f} %")
+    check = report.get("check")
+    if check:
+        where = f"{check['images']} independent synthetic images"
+        t.add_row(f"teacher-student agreement ({where})", f"{check['agreement']:.2f} %")
+        t.add_row(f"KL(teacher ‖ student) ({where})", f"{check['kl']:.4f}")
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
     size = report["size_bytes"]
     t.add_row(
