@@ -497,11 +497,13 @@ def recover(
         >>> import torch
         >>> from torch import nn
         >>> from recoverprune import SyntheticImages, prune, recover
-        >>> teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+        >>> teacher = nn.Sequential(
+        ...     nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+        ... ).eval()
         >>> data = SyntheticImages(torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,)))
         >>> student = recover(teacher, prune(teacher, 0.5), data, epochs=2, progress=False)
-        >>> int((student[1].weight == 0).sum())
-        18
+        >>> int((student[1].weight == 0).sum() + (student[3].weight == 0).sum())
+        45
     """
     cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
     if len(synthetic) == 0:
