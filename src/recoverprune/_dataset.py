@@ -36,7 +36,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         >>> import torch
         >>> from recoverprune import SyntheticImages
         >>> ds = SyntheticImages(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
-        >>> len(ds), ds[1][1], ds.image_shape
+        >>> len(ds), int(ds.labels[1]), ds.image_shape
         (4, 1, (3, 8, 8))
     """
 

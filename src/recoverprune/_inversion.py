@@ -507,8 +507,9 @@ def synthesize(
         iterations: shortcut overriding ``config.iterations``.
         labels: target class of each image (length ``n``); default balanced over classes.
         image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
-        mean, std: the teacher's input normalisation (for clipping and PNG grids);
+        mean: the teacher's per-channel input mean (for clipping and PNG grids);
             default from ``pretrained_cfg`` or the ImageNet/CIFAR values.
+        std: the teacher's per-channel input standard deviation, as ``mean``.
         student: for Adaptive DeepInversion (with ``config.competition_weight > 0``).
         out_dir: stream each finished batch there as a shard (atomic) and resume from
             it; a directory made with other settings is refused.

@@ -153,13 +153,20 @@ def compress(
         amount: global sparsity to reach.
         out_dir: where every stage is persisted.
         preset: budget (``"tiny"``, ``"quick"``, ``"paper"`` or a :class:`Preset`).
-        n, iterations, epochs: override the preset.
-        scope, exclude: as in :func:`~recoverprune.prune`.
-        inversion, distill: full hyper-parameter control.
+        n: synthetic images (overrides the preset).
+        iterations: DeepInversion steps per batch (overrides the preset).
+        epochs: distillation epochs (overrides the preset).
+        scope: as in :func:`~recoverprune.prune`.
+        exclude: as in :func:`~recoverprune.prune`.
+        inversion: DeepInversion hyper-parameters (:class:`InversionConfig`).
+        distill: distillation hyper-parameters (:class:`DistillConfig`).
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
         image_size: input size if the teacher carries no ``pretrained_cfg`` hint.
-        seed, device, accel, progress: as in the stage functions.
+        seed: as in the stage functions.
+        device: as in the stage functions.
+        accel: as in the stage functions.
+        progress: as in the stage functions.
 
     Returns:
         A :class:`CompressResult` with the student and the report.
