@@ -185,7 +185,11 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as exc:
-                raise CheckpointError(f"{path} is not a readable shard: {exc}") from exc
+                raise CheckpointError(
+                    f"{path} is not a readable shard ({type(exc).__name__}); it is corrupt or "
+                    "truncated. Rerun the synthesize call (or CLI command) that made this "
+                    "directory: it makes unreadable shards again."
+                ) from exc
             images.append(shard["images"])
             labels.append(shard["labels"])
             stats.append(shard.get("stats"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from recoverprune._checks import architecture, check_key, clean_stale, data_fingerprint
 from recoverprune._dataset import SyntheticImages
 from recoverprune._evaluate import evaluate, resolve_data
 from recoverprune._inversion import borrowed
@@ -281,6 +281,9 @@ def recover(
     meta = {
         "config": asdict(cfg),
         "teacher": fingerprint(teacher),
+        "student": fingerprint(student),  # masks included: another amount is another student
+        "student_arch": architecture(student),
+        "synthetic": data_fingerprint(synthetic),
         "n_synthetic": len(synthetic),
         "seed": seed,
     }
@@ -432,19 +435,17 @@ def recover(
 
 
 def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` if it was made from exactly these inputs, else ``None``.
+
+    Raises:
+        StageMismatch: ``out`` holds a recovery of another student, teacher, data or config.
+    """
     path = out / CHECKPOINT
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
         return None
     state = load_checkpoint(path)
-    old = state.get("meta", {})
-
-    new = json.loads(json.dumps(meta, default=str))
-    diff = [k for k in new if old.get(k) != new[k]]
-    if diff:
-        raise ValueError(
-            f"{path} was made with different settings ({', '.join(diff)} differ); use a new "
-            "out_dir or delete it to start over"
-        )
+    check_key(state.get("meta", {}), meta, path)
     student.load_state_dict(state["student"])
     return state

@@ -6,12 +6,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from recoverprune._checks import preflight, reuse_pruned, run_stage, stage_key
 from recoverprune._distill import DistillConfig, recover
 from recoverprune._inversion import InversionConfig, synthesize
 from recoverprune._io import (
@@ -140,6 +142,7 @@ def compress(
     device: str | torch.device | None = None,
     accel: Accel | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> CompressResult:
     """Prune ``teacher``, synthesise a transfer set from it and distil it back, resumably.
 
@@ -167,6 +170,8 @@ def compress(
         device: as in the stage functions.
         accel: as in the stage functions.
         progress: as in the stage functions.
+        overwrite: recompute every stage whose recorded settings differ from this call's
+            (and the stages after it) instead of refusing the directory.
 
     Returns:
         A :class:`CompressResult` with the student and the report.
@@ -195,6 +200,7 @@ def compress(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
+    preflight(teacher, out, p.n, p.batch_size, image_size, eval_data, clean=rt.is_main)
     # wall time per stage, accumulated over interrupted and resumed runs
     timing_path = out / "timing.json"
     times: dict[str, float] = read_json(timing_path) if timing_path.is_file() else {}
@@ -207,7 +213,8 @@ def compress(
     # 1. prune
     t0 = time.perf_counter()
     pruned_path = out / "pruned.pt"
-    if pruned_path.is_file():
+    prune_key = stage_key(teacher=fingerprint(teacher), amount=amount, scope=scope, exclude=exclude)
+    if reuse_pruned(pruned_path, prune_key, overwrite):
         student = _load_pruned(pruned_path, teacher)
     else:
         student = prune(teacher, amount, scope=scope, exclude=exclude)
@@ -218,6 +225,7 @@ def compress(
                     "amount": amount,
                     "scope": scope,
                     "teacher": fingerprint(teacher),
+                    "key": prune_key,
                 },
                 pruned_path,
             )
@@ -239,6 +247,7 @@ def compress(
         device=device,
         accel=accel,
         progress=progress,
+        overwrite=overwrite,
     )
     spent("synthesize", t0)
     if rt.is_main:
@@ -248,16 +257,21 @@ def compress(
 
     # 3. recover
     t0 = time.perf_counter()
-    student = recover(
-        teacher,
-        student,
-        synthetic,
-        config=dcfg,
-        out_dir=out / "recover",
-        seed=seed,
-        device=device,
-        accel=accel,
-        progress=progress,
+    student = run_stage(
+        partial(
+            recover,
+            teacher,
+            student,
+            synthetic,
+            config=dcfg,
+            out_dir=out / "recover",
+            seed=seed,
+            device=device,
+            accel=accel,
+            progress=progress,
+        ),
+        [out / "recover", out / "student.pt", out / "report.json"],
+        overwrite,
     )
     spent("recover", t0)
 
