@@ -108,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
         detail = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc)).strip()  # no ANSI colours
+        if detail.startswith("Weights only load failed"):
+            detail = "it holds Python objects besides tensors, which are never unpickled"
         raise CheckpointError(
             f"{p} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
             f"{detail.splitlines()[0] if detail else 'no detail'}). Pass a file written by "
