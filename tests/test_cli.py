@@ -552,3 +552,46 @@ def test_half_extracted_archive_is_cleaned(ckpt, folder, tmp_path):
     assert main([*argv, "--cache-dir", str(cache), "--no-progress"]) == 0
     assert not leftover.exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+
+
+def test_corrupt_resume_state_says_delete_it(ckpt, tmp_path, capsys):
+    synth = _synth_and_prune(ckpt, tmp_path, "0.5")
+    rec = tmp_path / "rec"
+    (rec / "recover-checkpoint.pt").parent.mkdir()
+    (rec / "recover-checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert _recover(ckpt, tmp_path / "p0.5.pt", synth, rec) == 2
+    err = _error(capsys)
+    assert "recover-checkpoint.pt is corrupt or truncated" in err and "delete it" in err, err
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pruned.pt").write_bytes(b"garbage")
+    assert _compress(ckpt, out) == 2
+    assert f"{out / 'pruned.pt'} is corrupt or truncated" in _error(capsys)
+
+
+def test_synthesize_checks_free_space_before_compute(ckpt, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1000))
+    argv = ["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "8"]
+    out = tmp_path / "synth"
+    assert main([*argv, "--iterations", "1", "--out", str(out), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert "no space left" in err and "MB are needed" in err, err
+    assert not list(out.glob("shard-*"))
+
+
+def test_full_disk_while_extracting_is_not_called_a_corrupt_archive(
+    ckpt, folder, tmp_path, capsys, monkeypatch
+):
+    tar = tmp_path / "data.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(folder / "test", arcname="test")
+    monkeypatch.setattr(
+        tarfile.TarFile, "extract", _raise(OSError(errno.ENOSPC, "No space left on device"))
+    )
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(tar)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert "no space left" in err and "corrupt" not in err, err
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]

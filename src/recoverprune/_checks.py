@@ -42,6 +42,7 @@ __all__ = [
     "clean_stale",
     "data_fingerprint",
     "explain",
+    "load_own",
     "preflight",
     "remove_outputs",
     "reuse_pruned",
@@ -317,8 +318,8 @@ def explain(exc: BaseException) -> str | None:
         )
     if isinstance(exc, (pickle.UnpicklingError, zipfile.BadZipFile, EOFError)):
         return (
-            f"a file could not be read, it is corrupt or truncated ({_clean(exc)}). Delete the "
-            "file named above (or the output directory) and rerun."
+            f"a file could not be read: it is corrupt or truncated ({_clean(exc)}). Rerun with "
+            "--debug to see which file, delete it, and rerun."
         )
     if isinstance(exc, (DataError, ValueError, FileNotFoundError, FloatingPointError)):
         return _clean(exc)
@@ -401,11 +402,9 @@ def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:
         >>> reuse_pruned(Path(tempfile.mkdtemp()) / "pruned.pt", {"amount": 0.5}, False)
         False
     """
-    from recoverprune._io import load_checkpoint
-
     if not path.is_file():
         return False
-    state = load_checkpoint(path)
+    state = load_own(path)
     old = state.get("key") or {k: state.get(k) for k in ("teacher", "amount", "scope")}
     try:
         check_key(old, key, path)
@@ -416,3 +415,30 @@ def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:
     out = path.parent
     remove_outputs([path, out / "recover", out / "student.pt", out / "report.json"])
     return False
+
+
+def load_own(path: Path) -> Any:
+    """Load a checkpoint this library wrote into an output directory (resume state).
+
+    Raises:
+        CheckpointError: it is corrupt; the message says to delete it and rerun.
+
+    Example:
+        >>> import tempfile, torch
+        >>> p = Path(tempfile.mkdtemp()) / "pruned.pt"
+        >>> _ = p.write_bytes(b"half a file")
+        >>> load_own(p)
+        Traceback (most recent call last):
+        ...
+        recoverprune._io.CheckpointError: ...pruned.pt is corrupt or truncated (...); delete it and rerun the same command: only the stage it belongs to is redone.
+    """
+    from recoverprune._io import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unreadable"
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({cause}); delete it and rerun the same command: "
+            "only the stage it belongs to is redone."
+        ) from exc

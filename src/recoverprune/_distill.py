@@ -18,11 +18,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from recoverprune._checks import architecture, check_key, clean_stale, data_fingerprint
+from recoverprune._checks import (
+    architecture,
+    check_key,
+    clean_stale,
+    data_fingerprint,
+    load_own,
+)
 from recoverprune._dataset import SyntheticImages
 from recoverprune._evaluate import evaluate, resolve_data
 from recoverprune._inversion import borrowed
-from recoverprune._io import fingerprint, load_checkpoint, save_atomic, write_json_atomic
+from recoverprune._io import fingerprint, save_atomic, write_json_atomic
 from recoverprune._progress import console
 from recoverprune._progress import progress as progress_bar
 from recoverprune._prune import refresh_pruned
@@ -445,7 +451,7 @@ def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, An
     clean_stale(out)
     if not path.is_file():
         return None
-    state = load_checkpoint(path)
+    state = load_own(path)
     check_key(state.get("meta", {}), meta, path)
     student.load_state_dict(state["student"])
     return state

@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recoverprune._checks import StageMismatch, check_key, clean_stale, remove_outputs
+from recoverprune._checks import (
+    StageMismatch,
+    check_free_space,
+    check_key,
+    clean_stale,
+    remove_outputs,
+)
 from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._dataset import MANIFEST, SyntheticImages, shard_name
 from recoverprune._io import fingerprint, read_json, save_atomic, write_json_atomic
@@ -476,14 +482,21 @@ def _check_or_write_manifest(
     if path.exists():
         try:
             check_key(read_json(path), {k: manifest[k] for k in _IDENTITY_KEYS}, out)
-            return
+            return _check_room(out, manifest)
         except StageMismatch:
             if not overwrite:
                 raise
         if is_main:
             remove_outputs([path, *sorted(out.glob("shard-*.pt"))])
+    _check_room(out, manifest)
     if is_main:
         write_json_atomic({**manifest, "library": __version__}, path)
+
+
+def _check_room(out: Path, manifest: dict[str, Any]) -> None:
+    """Raise ``OSError(ENOSPC)`` when the shards still to write clearly do not fit on disk."""
+    left = [b for i, b in enumerate(manifest["batch_sizes"]) if not (out / shard_name(i)).exists()]
+    check_free_space(out, sum(left) * math.prod(manifest["image_shape"]) * 4)
 
 
 def _unreadable_shards(out: Path, indices: list[int]) -> list[int]:

@@ -108,9 +108,11 @@ def extract(
     target = cache / f"{_archive_stem(src)}-{digest[:12]}"
     marker = target / _MARKER
     if marker.is_file():
-        info = read_json(marker)
-        if info.get("sha256") == digest:
-            return target
+        try:
+            if read_json(marker).get("sha256") == digest:
+                return target
+        except ValueError:  # a corrupt marker: extract again below
+            pass
     cache.mkdir(parents=True, exist_ok=True)
     clean_stale(cache)  # half-extracted folders of killed runs
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=cache))
@@ -126,6 +128,8 @@ def extract(
         os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # full disk, read-only cache, ...: not the archive's fault
         raise DataError(
             f"{src} is corrupt or truncated ({type(exc).__name__}: {exc}); get a complete copy "
             "of the archive (its README gives the SHA-256)"
