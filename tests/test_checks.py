@@ -206,3 +206,19 @@ def test_atomic_path_names_carry_the_pid(tmp_path):
     with atomic_path(tmp_path / "f.txt") as tmp:
         assert f".f.txt.{os.getpid()}." in tmp.name
         tmp.write_text("x")
+
+
+def test_recover_checks_its_out_dir_is_writable_before_training(tmp_path, monkeypatch):
+    import tempfile
+
+    import recoverprune._distill as distill
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".probe.1.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(distill, "kd_loss", lambda *a: pytest.fail("trained"))
+    teacher = _teacher()
+    with pytest.raises(OSError) as info:
+        recover(teacher, prune(teacher, 0.5), _data(), epochs=1, out_dir=tmp_path, progress=False)
+    assert f"cannot write {tmp_path} (Read-only file system)" in explain(info.value)

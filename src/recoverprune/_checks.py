@@ -264,7 +264,10 @@ def check_writable(directory: str | os.PathLike[str]) -> Path:
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=d)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=d)
+    except OSError as exc:  # name the directory, not the probe file
+        raise OSError(exc.errno, exc.strerror, str(d)) from exc
     os.close(fd)
     os.unlink(name)
     return d

@@ -20,7 +20,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from recoverprune._checks import (
     architecture,
+    check_free_space,
     check_key,
+    check_writable,
     clean_stale,
     data_fingerprint,
     load_own,
@@ -447,8 +449,10 @@ def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, An
         StageMismatch: ``out`` holds a recovery of another student, teacher, data or config.
     """
     path = out / CHECKPOINT
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before any compute, not at the end of the first epoch
     clean_stale(out)
+    size = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+    check_free_space(out, 6 * size)  # checkpoint with optimizer state, student.pt, temps
     if not path.is_file():
         return None
     state = load_own(path)
