@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -298,3 +302,296 @@ def test_bad_input_gives_clear_error(argv, message, ckpt, folder, tmp_path, caps
     assert message in err, err
     assert not list((tmp_path / "cache").glob(".*tmp*")) if (tmp_path / "cache").exists() else True
     assert not (tmp_path / "p.pt").exists()
+
+
+# -- never a stale or silent result (issue 17) ---------------------------------------------
+
+
+def _compress(ckpt: Path, out: Path, *extra: str) -> int:
+    argv = ["compress", "--arch", "resnet20", "--checkpoint", str(ckpt), "--preset", "tiny"]
+    return main([*argv, "--out", str(out), "--no-progress", *extra])
+
+
+def _hidden(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*")]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "\x1b" not in err, err
+    return err
+
+
+def test_compress_refuses_another_amount_then_overwrites(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _compress(ckpt, out, "--amount", "0.75") == 0
+    before = (out / "student.pt").read_bytes()
+    capsys.readouterr()
+    assert _compress(ckpt, out, "--amount", "0.5") == 2
+    err = _error(capsys)
+    assert "amount (0.75 there, 0.5 now)" in err and "--overwrite" in err, err
+    assert (out / "student.pt").read_bytes() == before
+    assert json.loads((out / "report.json").read_text())["amount"] == 0.75
+    assert _compress(ckpt, out, "--amount", "0.5", "--overwrite") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["amount"] == 0.5 and round(report["sparsity"], 2) == 0.5
+    assert round(sparsity(load_model("resnet20", out / "student.pt")).overall, 2) == 0.5
+    assert not _hidden(out)
+
+
+@pytest.mark.parametrize("flag", [["--scope", "layerwise"], ["--exclude", "conv1"]])
+def test_compress_refuses_another_scope_or_exclude(ckpt, tmp_path, capsys, flag):
+    assert _compress(ckpt, tmp_path / "out") == 0
+    assert _compress(ckpt, tmp_path / "out", *flag) == 2
+    assert f"{flag[0][2:]} (" in _error(capsys)
+
+
+def _synth_and_prune(ckpt: Path, tmp_path: Path, *amounts: str) -> Path:
+    synth = tmp_path / "synth"
+    argv = ["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "8"]
+    argv += ["--batch-size", "4", "--iterations", "2", "--no-progress"]
+    assert main([*argv, "--out", str(synth)]) == 0
+    for amount in amounts:
+        argv = ["prune", "--arch", "resnet20", "--checkpoint", str(ckpt), "--amount", amount]
+        assert main([*argv, "--out", str(tmp_path / f"p{amount}.pt")]) == 0
+    return synth
+
+
+def _recover(ckpt: Path, student: Path, synth: Path, out: Path, *extra: str) -> int:
+    argv = ["recover", "--arch", "resnet20", "--teacher", str(ckpt), "--student", str(student)]
+    argv += ["--synthetic", str(synth), "--out", str(out), "--epochs", "1", "--no-progress"]
+    return main([*argv, "--kd-batch-size", "4", *extra])
+
+
+def test_recover_refuses_a_finished_recovery_of_another_student(ckpt, tmp_path, capsys):
+    synth = _synth_and_prune(ckpt, tmp_path, "0.5", "0.9")
+    rec = tmp_path / "rec"
+    assert _recover(ckpt, tmp_path / "p0.5.pt", synth, rec) == 0
+    before = (rec / "student.pt").read_bytes()
+    capsys.readouterr()
+    assert _recover(ckpt, tmp_path / "p0.9.pt", synth, rec) == 2
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out
+    assert "student (" in captured.err and "--overwrite" in captured.err, captured.err
+    assert (rec / "student.pt").read_bytes() == before
+    assert _recover(ckpt, tmp_path / "p0.9.pt", synth, rec, "--overwrite") == 0
+    assert round(sparsity(load_model("resnet20", rec / "student.pt")).overall, 2) == 0.9
+    assert not _hidden(rec)
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated"])
+def test_compress_checks_eval_data_before_any_compute(ckpt, folder, tmp_path, capsys, kind):
+    data = tmp_path / "nope"
+    if kind == "truncated":
+        good = tmp_path / "good.tar.gz"
+        with tarfile.open(good, "w:gz") as t:
+            t.add(folder / "test", arcname="test")
+        data = tmp_path / "bad.tar.gz"
+        data.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out = tmp_path / "out"
+    os.environ["RECOVERPRUNE_CACHE"] = str(tmp_path / "cache")
+    try:
+        assert _compress(ckpt, out, "--eval-data", str(data)) == 2
+    finally:
+        del os.environ["RECOVERPRUNE_CACHE"]
+    assert ("not found" if kind == "missing" else "corrupt or truncated") in _error(capsys)
+    assert not (out / "pruned.pt").exists() and not (out / "synthetic").exists()
+
+
+def test_nan_weights_are_named_before_any_compute(ckpt, folder, tmp_path, capsys):
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    state["linear.bias"][1] = float("inf")
+    bad = tmp_path / "nan.pt"
+    torch.save({"state_dict": state}, bad)
+    argvs = [
+        ["evaluate", "--arch", "resnet20", "--checkpoint", str(bad), "--data", str(folder)],
+        ["prune", "--arch", "resnet20", "--checkpoint", str(bad), "--amount", "0.5", "--out", "x"],
+    ]
+    for argv in argvs:
+        assert main(argv) == 2
+        err = _error(capsys)
+        assert "NaN/Inf" in err and "conv1.weight" in err and "linear.bias" in err, err
+    assert _compress(bad, tmp_path / "out") == 2
+    assert "conv1.weight" in _error(capsys)
+    assert not (tmp_path / "out" / "pruned.pt").exists()
+
+
+def _raise(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+def test_read_only_output_directory(ckpt, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    monkeypatch.setattr(
+        tempfile,
+        "mkstemp",
+        _raise(OSError(errno.EROFS, "Read-only file system", f"{ro}/.p.pt.12.ab12.tmp")),
+    )
+    argv = ["prune", "--arch", "resnet20", "--checkpoint", str(ckpt), "--amount", "0.5"]
+    assert main([*argv, "--out", str(ro / "p.pt")]) == 2
+    err = _error(capsys)
+    assert f"cannot write {ro / 'p.pt'} (Read-only file system)" in err and "--out" in err, err
+    assert _compress(ckpt, ro) == 2
+    assert "cannot write" in _error(capsys)
+    assert not (ro / "pruned.pt").exists() and not (ro / "synthetic").exists()
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1234"), "full"),
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left"),
+    ],
+)
+def test_full_disk(ckpt, tmp_path, capsys, monkeypatch, exc, message):
+    monkeypatch.setattr(torch, "save", _raise(exc))
+    argv = ["prune", "--arch", "resnet20", "--checkpoint", str(ckpt), "--amount", "0.5"]
+    assert main([*argv, "--out", str(tmp_path / "p.pt")]) == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "p.pt").exists() and not _hidden(tmp_path)
+
+
+def test_undecodable_image_is_named(ckpt, folder, tmp_path, capsys):
+    (folder / "test" / "a" / "bad.png").write_bytes(b"not an image")
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(folder)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert f"{folder / 'test' / 'a' / 'bad.png'} cannot be decoded" in err, err
+    assert "delete or replace" in err
+
+
+def test_corrupt_decoded_cache_is_rebuilt(ckpt, folder, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(folder)]
+    argv += ["--cache-dir", str(cache), "--no-progress"]
+    assert main(argv) == 0
+    (cached,) = (cache / "decoded").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert main(argv) == 0
+    assert "6 images" in capsys.readouterr().out
+    assert len(torch.load(cached, weights_only=True)["labels"]) == 6
+
+
+def test_corrupt_json_is_named(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "timing.json").write_bytes(b"\xcf\x80\xff{")
+    assert _compress(ckpt, out) == 2
+    err = _error(capsys)
+    assert f"{out / 'timing.json'} is corrupt" in err and "delete it" in err, err
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    (synth / "manifest.json").write_bytes(b"\xcf\x80")
+    argv = ["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "4"]
+    assert main([*argv, "--iterations", "1", "--out", str(synth), "--no-progress"]) == 2
+    assert f"{synth / 'manifest.json'} is corrupt" in _error(capsys)
+
+
+def test_evaluate_batch_size_zero(ckpt, folder, capsys):
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(folder)]
+    assert main([*argv, "--batch-size", "0", "--no-progress"]) == 2
+    assert "batch_size must be a positive number" in _error(capsys)
+
+
+def test_corrupt_shard_is_explained_then_regenerated(ckpt, tmp_path, capsys):
+    synth = _synth_and_prune(ckpt, tmp_path, "0.5")
+    shard = synth / "shard-000001.pt"
+    original = torch.load(shard, weights_only=True)["images"]
+    shard.write_bytes(shard.read_bytes()[:200])
+    assert _recover(ckpt, tmp_path / "p0.5.pt", synth, tmp_path / "rec") == 2
+    err = _error(capsys)
+    assert f"{shard} is not a readable shard" in err and "Rerun the synthesize" in err, err
+    argv = ["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "8"]
+    argv += ["--batch-size", "4", "--iterations", "2", "--no-progress"]
+    assert main([*argv, "--out", str(synth)]) == 0
+    assert torch.equal(torch.load(shard, weights_only=True)["images"], original)
+
+
+def test_split_message_names_the_flag(ckpt, tmp_path, capsys):
+    (tmp_path / "flat" / "x").mkdir(parents=True)
+    (tmp_path / "flat" / "x" / "a.txt").write_text("hi")
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt)]
+    assert main([*argv, "--data", str(tmp_path / "flat"), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert "--split" in err and "split=" in err, err
+
+
+def test_checkpoint_errors_carry_no_ansi_codes(folder, tmp_path, capsys):
+    torch.save({"state_dict": {}, "obj": tarfile.TarInfo("x")}, tmp_path / "evil.pt")
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(tmp_path / "evil.pt")]
+    assert main([*argv, "--data", str(folder), "--no-progress"]) == 2
+    assert "never unpickled" in _error(capsys)
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(ckpt, folder, tmp_path, monkeypatch):
+    from recoverprune._io import CheckpointError
+
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(tmp_path / "none.pt")]
+    with pytest.raises(CheckpointError):
+        main([*argv, "--data", str(folder), "--debug"])
+    import recoverprune._evaluate as ev
+
+    monkeypatch.setattr(ev, "evaluate", _raise(KeyError("a bug")))
+    with pytest.raises(KeyError):
+        main(["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(folder)])
+
+
+def test_half_extracted_archive_is_cleaned(ckpt, folder, tmp_path):
+    cache = tmp_path / "cache"
+    leftover = cache / ".data-0123456789ab.999999999.x1y2"
+    (leftover / "test" / "a").mkdir(parents=True)
+    os.utime(leftover, (0, 0))
+    tar = tmp_path / "data.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(folder / "test", arcname="test")
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(tar)]
+    assert main([*argv, "--cache-dir", str(cache), "--no-progress"]) == 0
+    assert not leftover.exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+
+
+def test_corrupt_resume_state_says_delete_it(ckpt, tmp_path, capsys):
+    synth = _synth_and_prune(ckpt, tmp_path, "0.5")
+    rec = tmp_path / "rec"
+    (rec / "recover-checkpoint.pt").parent.mkdir()
+    (rec / "recover-checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert _recover(ckpt, tmp_path / "p0.5.pt", synth, rec) == 2
+    err = _error(capsys)
+    assert "recover-checkpoint.pt is corrupt or truncated" in err and "delete it" in err, err
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pruned.pt").write_bytes(b"garbage")
+    assert _compress(ckpt, out) == 2
+    assert f"{out / 'pruned.pt'} is corrupt or truncated" in _error(capsys)
+
+
+def test_synthesize_checks_free_space_before_compute(ckpt, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1000))
+    argv = ["synthesize", "--arch", "resnet20", "--checkpoint", str(ckpt), "--n", "8"]
+    out = tmp_path / "synth"
+    assert main([*argv, "--iterations", "1", "--out", str(out), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert "no space left" in err and "MB are needed" in err, err
+    assert not list(out.glob("shard-*"))
+
+
+def test_full_disk_while_extracting_is_not_called_a_corrupt_archive(
+    ckpt, folder, tmp_path, capsys, monkeypatch
+):
+    tar = tmp_path / "data.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(folder / "test", arcname="test")
+    monkeypatch.setattr(
+        tarfile.TarFile, "extract", _raise(OSError(errno.ENOSPC, "No space left on device"))
+    )
+    argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(tar)]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 2
+    err = _error(capsys)
+    assert "no space left" in err and "corrupt" not in err, err
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]

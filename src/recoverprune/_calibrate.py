@@ -120,9 +120,14 @@ def _reconstructable(layer: nn.Module) -> bool:
 
 
 def _solve_rows(h: Tensor, c: Tensor, w_t: Tensor, mask: Tensor, damp: float) -> Tensor:
-    """Per output row: ``argmin_w ‖X_s w − X_t w_t‖²`` with ``w`` zero outside the mask."""
-    h = h + damp * h.diagonal().mean() * torch.eye(len(h), dtype=h.dtype)
-    rhs = w_t @ c.T  # (rows, d): X_sᵀ X_t w_t for every row
+    """Per output row: ``argmin_w ‖X_s w − X_t w_t‖² + λ‖w − w_t‖²``, zero outside the mask.
+
+    The ridge term pulls towards the teacher's weights (not towards zero), so an input
+    that never fires on the synthetic images keeps its weight instead of losing it.
+    """
+    lam = damp * h.diagonal().mean().clamp_min(1e-12)
+    h = h + lam * torch.eye(len(h), dtype=h.dtype)
+    rhs = w_t @ c.T + lam * w_t  # (rows, d): X_sᵀ X_t w_t + λ w_t for every row
     out = torch.zeros_like(w_t)
     for r in range(len(w_t)):
         keep = mask[r].nonzero().squeeze(1)

@@ -36,7 +36,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         >>> import torch
         >>> from recoverprune import SyntheticImages
         >>> ds = SyntheticImages(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
-        >>> len(ds), ds[1][1], ds.image_shape
+        >>> len(ds), int(ds.labels[1]), ds.image_shape
         (4, 1, (3, 8, 8))
     """
 
@@ -185,7 +185,11 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as exc:
-                raise CheckpointError(f"{path} is not a readable shard: {exc}") from exc
+                raise CheckpointError(
+                    f"{path} is not a readable shard ({type(exc).__name__}); it is corrupt or "
+                    "truncated. Rerun the synthesize call (or CLI command) that made this "
+                    "directory: it makes unreadable shards again."
+                ) from exc
             images.append(shard["images"])
             labels.append(shard["labels"])
             stats.append(shard.get("stats"))

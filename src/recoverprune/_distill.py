@@ -8,7 +8,6 @@ epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,10 +25,19 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from recoverprune._calibrate import recalibrate_bn, reconstruct
+from recoverprune._checks import (
+    architecture,
+    check_free_space,
+    check_key,
+    check_writable,
+    clean_stale,
+    data_fingerprint,
+    load_own,
+)
 from recoverprune._dataset import SyntheticImages
 from recoverprune._evaluate import evaluate, resolve_data
 from recoverprune._inversion import borrowed
-from recoverprune._io import fingerprint, load_checkpoint, save_atomic, write_json_atomic
+from recoverprune._io import fingerprint, save_atomic, write_json_atomic
 from recoverprune._objectives import (
     CrossEntropy,
     FeatureKD,
@@ -516,6 +524,9 @@ def recover(
         "config": asdict(cfg),
         "objective": [repr(t) for t in terms],
         "teacher": fingerprint(teacher),
+        "student": fingerprint(student),  # masks included: another amount is another student
+        "student_arch": architecture(student),
+        "synthetic": data_fingerprint(synthetic),
         "n_synthetic": len(synthetic),
         "seed": seed,
     }
@@ -665,19 +676,19 @@ def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:
 
 
 def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, Any] | None:
-    path = out / CHECKPOINT
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        return None
-    state = load_checkpoint(path)
-    old = state.get("meta", {})
+    """The checkpoint in ``out`` if it was made from exactly these inputs, else ``None``.
 
-    new = json.loads(json.dumps(meta, default=str))
-    diff = [k for k in new if old.get(k) != new[k]]
-    if diff:
-        raise ValueError(
-            f"{path} was made with different settings ({', '.join(diff)} differ); use a new "
-            "out_dir or delete it to start over"
-        )
+    Raises:
+        StageMismatch: ``out`` holds a recovery of another student, teacher, data or config.
+    """
+    path = out / CHECKPOINT
+    check_writable(out)  # before any compute, not at the end of the first epoch
+    clean_stale(out)
+    size = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+    check_free_space(out, 6 * size)  # checkpoint with optimizer state, student.pt, temps
+    if not path.is_file():
+        return None
+    state = load_own(path)
+    check_key(state.get("meta", {}), meta, path)
     student.load_state_dict(state["student"])
     return state

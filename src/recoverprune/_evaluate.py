@@ -114,6 +114,8 @@ def evaluate(
         >>> evaluate(model, data, progress=False).top1
         100.0
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of images, got {batch_size!r}")
     rt = resolve(device)
     data = resolve_data(model, data, split=split, cache_dir=cache_dir)
     modes = [(m, m.training) for m in model.modules()]

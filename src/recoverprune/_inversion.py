@@ -16,7 +16,6 @@ many processes made it, and resuming an interrupted run gives the same images.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -31,6 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recoverprune._checks import (
+    StageMismatch,
+    check_free_space,
+    check_key,
+    clean_stale,
+    remove_outputs,
+)
 from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._dataset import MANIFEST, SyntheticImages, shard_name
 from recoverprune._io import fingerprint, read_json, save_atomic, write_json_atomic
@@ -463,20 +469,52 @@ _IDENTITY_KEYS = (
 )
 
 
-def _check_or_write_manifest(out: Path, manifest: dict[str, Any], is_main: bool) -> None:
+def _check_or_write_manifest(
+    out: Path, manifest: dict[str, Any], is_main: bool, overwrite: bool = False
+) -> None:
+    """Refuse (or, with ``overwrite``, empty) an ``out`` made with other settings; clean leftovers.
+
+    Shards and the manifest of another synthesis are never mixed with this one's.
+    """
     path = out / MANIFEST
+    if is_main:
+        clean_stale(out)
     if path.exists():
-        old = read_json(path)
-        new = json.loads(json.dumps({k: manifest[k] for k in _IDENTITY_KEYS}, default=str))
-        diff = [k for k in _IDENTITY_KEYS if old.get(k) != new.get(k)]
-        if diff:
-            raise ValueError(
-                f"{out} already holds a synthesis made with different settings ({', '.join(diff)} "
-                "differ). Use a new out_dir, or delete this one to start over; sets are never mixed."
-            )
-        return
+        try:
+            check_key(read_json(path), {k: manifest[k] for k in _IDENTITY_KEYS}, out)
+            return _check_room(out, manifest)
+        except StageMismatch:
+            if not overwrite:
+                raise
+        if is_main:
+            remove_outputs([path, *sorted(out.glob("shard-*.pt"))])
+    _check_room(out, manifest)
     if is_main:
         write_json_atomic({**manifest, "library": __version__}, path)
+
+
+def _check_room(out: Path, manifest: dict[str, Any]) -> None:
+    """Raise ``OSError(ENOSPC)`` when the shards still to write clearly do not fit on disk."""
+    left = [b for i, b in enumerate(manifest["batch_sizes"]) if not (out / shard_name(i)).exists()]
+    check_free_space(out, sum(left) * math.prod(manifest["image_shape"]) * 4)
+
+
+def _unreadable_shards(out: Path, indices: list[int]) -> list[int]:
+    """Finished-looking shards among ``indices`` that cannot be read; they are deleted."""
+    bad = []
+    for i in indices:
+        path = out / shard_name(i)
+        if not path.is_file():
+            continue
+        try:
+            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            ok = isinstance(shard, dict) and {"images", "labels"} <= shard.keys()
+        except Exception:  # any unreadable file: regenerate it (batch i depends on (seed, i))
+            ok = False
+        if not ok:
+            path.unlink()
+            bad.append(i)
+    return bad
 
 
 def synthesize(
@@ -496,6 +534,7 @@ def synthesize(
     device: str | torch.device | None = None,
     accel: Accel | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SyntheticImages:
     """Synthesise ``n`` images from ``teacher`` alone with DeepInversion.
 
@@ -507,22 +546,27 @@ def synthesize(
         iterations: shortcut overriding ``config.iterations``.
         labels: target class of each image (length ``n``); default balanced over classes.
         image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
-        mean, std: the teacher's input normalisation (for clipping and PNG grids);
+        mean: the teacher's per-channel input mean (for clipping and PNG grids);
             default from ``pretrained_cfg`` or the ImageNet/CIFAR values.
+        std: the teacher's per-channel input standard deviation, as ``mean``.
         student: for Adaptive DeepInversion (with ``config.competition_weight > 0``).
         out_dir: stream each finished batch there as a shard (atomic) and resume from
-            it; a directory made with other settings is refused.
+            it (unreadable shards are made again); a directory made with other settings
+            is refused.
         seed: batch ``i`` depends only on ``(seed, i)``.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         accel: GPU fast-path switches (default automatic).
         progress: show a rich progress bar.
+        overwrite: empty an ``out_dir`` made with other settings and synthesise anew,
+            instead of refusing it.
 
     Returns:
         A :class:`SyntheticImages` dataset of ``(image, label)``.
 
     Raises:
         ValueError: no BatchNorm layer, ``n < 1``, ``batch_size < 2``, bad labels,
-            unknown image size, or an ``out_dir`` made with other settings.
+            unknown image size, or (:class:`~recoverprune._checks.StageMismatch`) an
+            ``out_dir`` made with other settings.
         FloatingPointError: the loss became non-finite (finished shards are kept).
 
     Example:
@@ -605,7 +649,11 @@ def synthesize(
         )
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            _check_or_write_manifest(out, manifest, rt.is_main)
+            _check_or_write_manifest(out, manifest, rt.is_main, overwrite)
+            if rt.world_size > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # rank 0 has emptied an overwritten out_dir
         mean_t = torch.tensor(mean).view(1, -1, 1, 1)
         std_t = torch.tensor(std).view(1, -1, 1, 1)
         lo, hi = ((0 - mean_t) / std_t).to(rt.device), ((1 - mean_t) / std_t).to(rt.device)
@@ -614,6 +662,8 @@ def synthesize(
 
         starts = [0, *torch.tensor(batch_sizes).cumsum(0).tolist()]
         mine = [i for i in range(len(batch_sizes)) if i % rt.world_size == rt.rank]
+        if out is not None:
+            _unreadable_shards(out, mine)
         todo = [i for i in mine if out is None or not (out / shard_name(i)).is_file()]
         kept_images: dict[int, Tensor] = {}
         kept_stats: dict[int, dict[str, float]] = {}

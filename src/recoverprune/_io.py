@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,7 +47,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # the pid in the name lets a later run tell a killed writer's leftover from a live one's
+    prefix = f".{target.name}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -75,8 +78,19 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file written by :func:`write_json_atomic`."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file written by :func:`write_json_atomic`.
+
+    Raises:
+        CheckpointError: the file is not valid UTF-8 JSON (the message names it).
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{p} is corrupt ({type(exc).__name__}: {exc}); delete it and rerun the same "
+            "command (the stage it belongs to is redone)"
+        ) from exc
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
@@ -93,9 +107,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
+        detail = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc)).strip()  # no ANSI colours
+        if detail.startswith("Weights only load failed"):
+            detail = "it holds Python objects besides tensors, which are never unpickled"
         raise CheckpointError(
             f"{p} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Pass a file written by "
+            f"{detail.splitlines()[0] if detail else 'no detail'}). Pass a file written by "
             "torch.save (a state_dict, or a dict holding 'state_dict' or 'model')."
         ) from exc
 
@@ -124,6 +141,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
             while key.startswith(prefix):
                 key = key[len(prefix) :]
         out[key] = value
+    bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN/Inf values in {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; it cannot be pruned, "
+            "inverted or distilled. Use a checkpoint saved before the values diverged."
+        )
     return out
 
 

@@ -7,12 +7,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from recoverprune._checks import preflight, reuse_pruned, run_stage, stage_key
 from recoverprune._dataset import SyntheticImages
 from recoverprune._distill import DistillConfig, recover
 from recoverprune._inversion import InversionConfig, borrowed, synthesize
@@ -159,6 +161,7 @@ def compress(
     device: str | torch.device | None = None,
     accel: Accel | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> CompressResult:
     """Prune ``teacher``, synthesise a transfer set from it and distil it back, resumably.
 
@@ -182,8 +185,8 @@ def compress(
         epochs: distillation epochs (overrides the preset).
         scope: as in :func:`~recoverprune.prune`.
         exclude: as in :func:`~recoverprune.prune`.
-        inversion: full DeepInversion hyper-parameter control.
-        distill: full recovery hyper-parameter control.
+        inversion: DeepInversion hyper-parameters (:class:`InversionConfig`).
+        distill: distillation hyper-parameters (:class:`DistillConfig`).
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
         image_size: input size if the teacher carries no ``pretrained_cfg`` hint.
@@ -191,6 +194,8 @@ def compress(
         device: as in the stage functions.
         accel: as in the stage functions.
         progress: as in the stage functions.
+        overwrite: recompute every stage whose recorded settings differ from this call's
+            (and the stages after it) instead of refusing the directory.
 
     Returns:
         A :class:`CompressResult` with the student and the report.
@@ -211,23 +216,29 @@ def compress(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
+    preflight(teacher, out, p.n, p.batch_size, image_size, eval_data, clean=rt.is_main)
     clock = _StageClock(out / "timing.json", rt.is_main)
     stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
 
     with clock("prune"):
-        student = _prune_stage(teacher, amount, scope, exclude, out / "pruned.pt", rt)
+        student = _prune_stage(teacher, amount, scope, exclude, out / "pruned.pt", rt, overwrite)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
         synth = {"config": inv, "batch_size": p.batch_size, "image_size": image_size, **stage}
+        synth["overwrite"] = overwrite
         synthetic = synthesize(teacher, p.n, out_dir=out / "synthetic", **synth)
         check = synthesize(
             teacher, p.check_n, out_dir=out / "check", **{**synth, "seed": seed + CHECK_SEED}
         )
-    if rt.is_main and not (out / "synthetic-grid.png").exists():
+    if rt.is_main and (overwrite or not (out / "synthetic-grid.png").exists()):
         synthetic.save_grid(out / "synthetic-grid.png")
     with clock("recover"):
-        student = recover(
-            teacher, student, synthetic, config=dcfg, out_dir=out / "recover", **stage
+        student = run_stage(
+            partial(
+                recover, teacher, student, synthetic, config=dcfg, out_dir=out / "recover", **stage
+            ),
+            [out / "recover", out / "student.pt", out / "report.json"],
+            overwrite,
         )
     report = _report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
     if eval_data is not None:
@@ -276,8 +287,10 @@ def _prune_stage(
     exclude: Sequence[str],
     path: Path,
     rt: Runtime,
+    overwrite: bool,
 ) -> nn.Module:
-    if path.is_file():
+    key = stage_key(teacher=fingerprint(teacher), amount=amount, scope=scope, exclude=exclude)
+    if reuse_pruned(path, key, overwrite):
         return _load_pruned(path, teacher)
     student = prune(teacher, amount, scope=scope, exclude=exclude)
     if rt.is_main:
@@ -286,6 +299,7 @@ def _prune_stage(
             "amount": amount,
             "scope": scope,
             "teacher": fingerprint(teacher),
+            "key": key,
         }
         save_atomic(state, path)
     return student

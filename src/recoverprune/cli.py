@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ def _add_model(
     p.add_argument(flag, required=required, help="checkpoint file (state_dict or dict holding one)")
     p.add_argument(
         "--num-classes", type=int, default=None, help="default: read from the checkpoint"
+    )
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute what --out holds from other settings instead of refusing it",
     )
 
 
@@ -174,6 +183,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         device=args.device,
         accel=_accel(args),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     grid = Path(args.out) / "grid.png"
     ds.save_grid(grid)
@@ -183,23 +193,32 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from recoverprune import DistillConfig, SyntheticImages, recover
+    from recoverprune._checks import run_stage
 
     teacher = _load(args.arch, args.teacher, args.num_classes)
     student = _load(args.arch, args.student, args.num_classes)
     synthetic = SyntheticImages.load(args.synthetic)
     cfg = _apply_overrides(DistillConfig(), args, "kd-")
-    student = recover(
-        teacher,
-        student,
-        synthetic,
-        config=cfg,
-        epochs=args.epochs,
-        val_data=args.val_data,
-        out_dir=args.out,
-        seed=args.seed,
-        device=args.device,
-        accel=_accel(args),
-        progress=not args.no_progress,
+    student = run_stage(
+        partial(
+            recover,
+            teacher,
+            student,
+            synthetic,
+            config=cfg,
+            epochs=args.epochs,
+            val_data=args.val_data,
+            out_dir=args.out,
+            seed=args.seed,
+            device=args.device,
+            accel=_accel(args),
+            progress=not args.no_progress,
+        ),
+        [
+            Path(args.out) / f
+            for f in ("recover-checkpoint.pt", "student.pt", "recover-history.json")
+        ],
+        args.overwrite,
     )
     print(f"wrote {Path(args.out) / 'student.pt'}")
     return 0
@@ -230,6 +249,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         device=args.device,
         accel=_accel(args),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
     return 0 if res.student is not None else 1
@@ -244,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune a trained image classifier and recover its accuracy without real data.",
     )
     parser.add_argument("--version", action="version", version=f"recoverprune {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="also show the traceback of an expected error"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the zoo architectures")
@@ -293,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
     _add_runtime(p)
+    _add_overwrite(p)
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser(
@@ -310,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
     _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
     _add_runtime(p)
+    _add_overwrite(p)
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("compress", help="prune -> synthesize -> recover in one resumable run")
@@ -333,25 +358,35 @@ def build_parser() -> argparse.ArgumentParser:
     _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
     _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
     _add_runtime(p)
+    _add_overwrite(p)
     p.set_defaults(func=cmd_compress)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``recoverprune`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from recoverprune._io import CheckpointError
+    """Entry point of the ``recoverprune`` console script.
+
+    Expected failures (bad input, a corrupt or unwritable file, a full disk, a directory
+    made with other settings) print one paragraph and return 2; ``--debug`` shows their
+    traceback too. Anything else is a bug and keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, also after the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    from recoverprune._checks import explain
 
     try:
         _init_distributed()
         return int(args.func(args))
-    except (CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"recoverprune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = explain(exc)
+        if message is None or debug:
+            raise
+        print(f"recoverprune {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from recoverprune._checks import clean_stale
 from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._io import read_json, save_atomic, write_json_atomic
 
@@ -106,11 +108,14 @@ def extract(
     target = cache / f"{_archive_stem(src)}-{digest[:12]}"
     marker = target / _MARKER
     if marker.is_file():
-        info = read_json(marker)
-        if info.get("sha256") == digest:
-            return target
+        try:
+            if read_json(marker).get("sha256") == digest:
+                return target
+        except ValueError:  # a corrupt marker: extract again below
+            pass
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    clean_stale(cache)  # half-extracted folders of killed runs
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=cache))
     try:
         count = 0
         with tarfile.open(src) as tar:
@@ -123,6 +128,8 @@ def extract(
         os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # full disk, read-only cache, ...: not the archive's fault
         raise DataError(
             f"{src} is corrupt or truncated ({type(exc).__name__}: {exc}); get a complete copy "
             "of the archive (its README gives the SHA-256)"
@@ -200,15 +207,15 @@ def _split_root(root: Path, split: str | None) -> Path:
     if has_images and split in (None, ""):
         return root
     raise DataError(
-        f"{root} has no '{split}' folder (found: {', '.join(entries[:10])}). Pass split= one of "
-        "those, or a directory laid out as <split>/<class>/<image>"
+        f"{root} has no '{split}' folder (found: {', '.join(entries[:10])}). Pass one of those "
+        "as the split (--split on the command line, split= in Python), or a directory laid "
+        "out as <split>/<class>/<image>"
     )
 
 
 def _decode_folder(
     folder: Path, image_size: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from PIL import Image
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -219,11 +226,7 @@ def _decode_folder(
     for label, cls in enumerate(classes):
         files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for f in files:
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-                if image_size is not None and im.size != (image_size, image_size):
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                arrays.append(np.asarray(im))
+            arrays.append(_decode(f, image_size))
             labels.append(label)
     if not arrays:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -234,6 +237,38 @@ def _decode_folder(
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(labels, dtype=torch.long), classes
+
+
+def _decode(path: Path, image_size: int | None) -> Any:
+    """One image as an ``(H, W, 3)`` uint8 array; a file that does not decode is named."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if image_size is not None and im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{path} cannot be decoded as an image ({type(exc).__name__}: {exc}); delete or "
+            "replace that file and rerun"
+        ) from exc
+
+
+def _load_cached(cached: Path) -> dict[str, Any] | None:
+    """The decoded-image cache at ``cached``, or ``None`` (a corrupt one is deleted)."""
+    if not cached.is_file():
+        return None
+    try:
+        state = torch.load(cached, weights_only=True)
+        if isinstance(state, dict) and {"images", "labels", "classes"} <= state.keys():
+            return state
+    except Exception:  # truncated or corrupt: decode again below
+        pass
+    cached.unlink(missing_ok=True)
+    return None
 
 
 def load_split(
@@ -279,8 +314,9 @@ def load_split(
     stamp = [(d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()) if d.is_dir()]
     key = hashlib.sha256(f"{folder.resolve()}|{image_size}|{stamp}".encode()).hexdigest()[:12]
     cached = cache / "decoded" / f"{folder.name}-{key}.pt"
-    if cached.is_file():
-        state = torch.load(cached, weights_only=True)
+    clean_stale(cached.parent)
+    state = _load_cached(cached)
+    if state is not None:
         images, labels, classes = state["images"], state["labels"], state["classes"]
     else:
         images, labels, classes = _decode_folder(folder, image_size)

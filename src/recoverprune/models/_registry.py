@@ -72,8 +72,8 @@ def list_models() -> list[str]:
     """Names accepted by :func:`create_model` and :func:`load_model`, sorted.
 
     Example:
-        >>> list_models()[:3]
-        ['mobilenet_v2', 'resnet18', 'resnet20']
+        >>> ", ".join(list_models()[:3])
+        'mobilenet_v2, resnet18, resnet20'
     """
     return sorted(_entries())
 
