@@ -15,7 +15,7 @@ from recoverprune import Preset, compress, sparsity
 from recoverprune._io import fingerprint
 from recoverprune._pipeline import sparse_size_bytes
 
-TINY = Preset(n=16, iterations=3, batch_size=8, epochs=3)
+TINY = Preset(n=16, iterations=3, batch_size=8, epochs=3, check_n=8)
 
 
 def _teacher() -> nn.Module:
@@ -95,3 +95,20 @@ def test_sparse_size_is_smaller_for_sparse_models():
 
     d2, s2 = sparse_size_bytes(prune(nn.Linear(512, 512), 0.9))
     assert s2 < 0.3 * d2
+
+
+def test_check_set_is_independent_and_its_signal_separates_good_from_useless(tmp_path):
+    from recoverprune import SyntheticImages
+    from recoverprune._pipeline import check_quality
+
+    res = _run(tmp_path)
+    train = SyntheticImages.load(tmp_path / "synthetic")
+    check = SyntheticImages.load(tmp_path / "check")
+    assert len(check) == TINY.check_n == res.report["check"]["images"]
+    # seeded apart: no image of the check set is in the transfer set
+    assert not any(torch.equal(c, t) for c in check.images for t in train.images)
+    teacher = _teacher()
+    same = check_quality(teacher, teacher, check)
+    assert same["agreement"] == 100.0 and same["kl"] == 0.0
+    useless = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    assert check_quality(teacher, useless, check)["kl"] > res.report["check"]["kl"]
