@@ -27,6 +27,7 @@ from recoverprune._progress import console
 from recoverprune._progress import progress as progress_bar
 from recoverprune._prune import refresh_pruned
 from recoverprune._runtime import Accel, Runtime, generator, resolve
+from recoverprune._transfer import as_transfer_set
 
 __all__ = ["CHECKPOINT", "DistillConfig", "augment", "kd_loss", "recover"]
 
@@ -211,7 +212,7 @@ def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt
 def recover(
     teacher: nn.Module,
     student: nn.Module,
-    synthetic: SyntheticImages,
+    synthetic: SyntheticImages | Dataset[Any] | tuple[Tensor, Tensor],
     *,
     config: DistillConfig | None = None,
     epochs: int | None = None,
@@ -231,7 +232,9 @@ def recover(
     Args:
         teacher: the trained (dense) network.
         student: the network to train, usually ``prune(teacher, ...)``.
-        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`.
+        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
+            labelled data: a Dataset of ``(image, label)``, a ``TensorDataset`` or
+            ``(images, labels)`` tensors (images in the models' normalised input space).
         config: hyper-parameters (:class:`DistillConfig`).
         epochs: shortcut overriding ``config.epochs``.
         val_data: optional labelled data (Dataset or ImageFolder/tar.gz path) to report
@@ -263,6 +266,7 @@ def recover(
     cfg = config or DistillConfig()
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
+    synthetic = as_transfer_set(synthetic)
     if len(synthetic) == 0:
         raise ValueError("the synthetic set is empty: synthesize some images first")
     rt = resolve(device, accel)

@@ -25,6 +25,7 @@ from recoverprune._io import (
 from recoverprune._progress import console
 from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
 from recoverprune._runtime import Accel, resolve
+from recoverprune._spec import InputSpec
 from recoverprune._version import __version__
 
 __all__ = ["PRESETS", "CompressResult", "Preset", "compress", "sparse_size_bytes"]
@@ -39,6 +40,8 @@ class Preset:
         iterations: DeepInversion steps per batch.
         batch_size: synthesis batch size.
         epochs: distillation epochs.
+        distill: the preset's own distillation settings (``None``: the library's
+            :class:`DistillConfig` defaults); an explicit ``compress(distill=...)`` wins.
 
     Example:
         >>> PRESETS["quick"].n, PRESETS["quick"].iterations
@@ -51,14 +54,33 @@ class Preset:
     iterations: int
     batch_size: int
     epochs: int
+    distill: DistillConfig | None = None
 
 
 #: ``quick``: ResNet-20 on a 2-core CPU in about 15 minutes. ``paper``: the reference
 #: budget (2,000 iterations per batch of 256), meant for a GPU. ``tiny``: seconds, for tests.
+#: ``seed``: the recipe of the work this project started from (1,024 images, 200 iterations,
+#: synthesis batch 32, 15 epochs of SGD lr 1e-3 momentum 0.9, T = 3, student BN frozen).
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n=32, iterations=4, batch_size=16, epochs=2),
     "quick": Preset(n=1024, iterations=200, batch_size=256, epochs=60),
     "paper": Preset(n=20_480, iterations=2000, batch_size=256, epochs=100),
+    "seed": Preset(
+        n=1024,
+        iterations=200,
+        batch_size=32,
+        epochs=15,
+        distill=DistillConfig(
+            epochs=15,
+            batch_size=32,
+            optimizer="sgd",
+            lr=1e-3,
+            momentum=0.9,
+            weight_decay=0.0,
+            temperature=3.0,
+            bn_mode="frozen",
+        ),
+    ),
 }
 
 
@@ -126,7 +148,7 @@ def compress(
     amount: float = 0.75,
     *,
     out_dir: str | os.PathLike[str] = "recoverprune-out",
-    preset: Literal["tiny", "quick", "paper"] | Preset = "quick",
+    preset: Literal["tiny", "quick", "paper", "seed"] | Preset = "quick",
     n: int | None = None,
     iterations: int | None = None,
     epochs: int | None = None,
@@ -135,7 +157,10 @@ def compress(
     inversion: InversionConfig | None = None,
     distill: DistillConfig | None = None,
     eval_data: Any = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    channels: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     accel: Accel | None = None,
@@ -152,13 +177,15 @@ def compress(
             CIFAR-10 ResNet-20 (see :func:`recoverprune.models.default_teacher`).
         amount: global sparsity to reach.
         out_dir: where every stage is persisted.
-        preset: budget (``"tiny"``, ``"quick"``, ``"paper"`` or a :class:`Preset`).
+        preset: budget (``"tiny"``, ``"quick"``, ``"paper"``, ``"seed"`` or a :class:`Preset`).
         n, iterations, epochs: override the preset.
         scope, exclude: as in :func:`~recoverprune.prune`.
         inversion, distill: full hyper-parameter control.
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
-        image_size: input size if the teacher carries no ``pretrained_cfg`` hint.
+        image_size, mean, std, channels: the teacher's input (mean/std: one value or one
+            per channel), when its ``pretrained_cfg`` hint does not say or says otherwise;
+            stored in the report (``"input"``) and in ``student.pt``.
         seed, device, accel, progress: as in the stage functions.
 
     Returns:
@@ -184,7 +211,8 @@ def compress(
         },
     )
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
-    dcfg = replace(distill or DistillConfig(), epochs=p.epochs)
+    dcfg = replace(distill or p.distill or DistillConfig(), epochs=p.epochs)
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
@@ -226,7 +254,10 @@ def compress(
         p.n,
         config=inv,
         batch_size=p.batch_size,
-        image_size=image_size,
+        image_size=spec.size,
+        mean=spec.mean,
+        std=spec.std,
+        channels=spec.channels,
         out_dir=out / "synthetic",
         seed=seed,
         device=device,
@@ -272,11 +303,19 @@ def compress(
         "seconds": times,
         "teacher": fingerprint(teacher),
         "agreement": history[-1].get("agreement") if history else None,
+        "input": spec.to_dict(),
     }
     if eval_data is not None:
         from recoverprune._evaluate import evaluate, resolve_data
 
-        data = resolve_data(teacher, eval_data)
+        data = resolve_data(
+            teacher,
+            eval_data,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+            resize=spec.size,
+        )
         t0 = time.perf_counter()
         report["top1"] = {
             name: evaluate(model, data, device=device, progress=False).top1
@@ -289,11 +328,14 @@ def compress(
         }
         spent("evaluate", t0)
     if rt.is_main:
-        save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
+        save_atomic(
+            {"state_dict": student.state_dict(), "amount": amount, "input": spec.to_dict()},
+            out / "student.pt",
+        )
         write_json_atomic(report, out / "report.json")
         if progress:
             _print_report(report)
-    return CompressResult(student, report)
+    return CompressResult(spec.attach(student), report)
 
 
 def _print_report(report: dict[str, Any]) -> None:
