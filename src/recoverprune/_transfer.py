@@ -8,6 +8,7 @@ gives them to ``(images, labels)`` tensors, a ``TensorDataset`` and any map-styl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -148,6 +149,11 @@ def as_transfer_set(data: Any) -> Any:
 
     if isinstance(data, SyntheticImages):
         return data
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"got the path {data!r}: load it first (SyntheticImages.load(dir) for a synthesis "
+            "directory, recoverprune.data.load_split(path) for an ImageFolder)"
+        )
     if isinstance(data, DataLoader):
         data = data.dataset
     if (
