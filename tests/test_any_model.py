@@ -335,3 +335,32 @@ def test_seed_preset_is_the_original_recipe():
         3.0,
         "frozen",
     )
+
+
+@pytest.mark.slow
+def test_train_teacher_takes_a_torchvision_arch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in range(10):
+            (tmp_path / "d" / split / str(c)).mkdir(parents=True)
+            px = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(px).save(tmp_path / "d" / split / str(c) / "0.png")
+    args = ["--arch", "torchvision:shufflenet_v2_x1_0", "--image-size", "32", "--epochs", "1"]
+    args += ["--batch-size", "8", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "t.pt")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECOVERPRUNE_CACHE": str(tmp_path / "c")}
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "train_teacher.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert ck["arch"] == "torchvision:shufflenet_v2_x1_0" and ck["input"]["size"] == [32, 32]
+    assert ck["state_dict"]["fc.weight"].shape == (10, 1024)
