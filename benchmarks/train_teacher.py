@@ -1,4 +1,14 @@
-"""Train or fine-tune a zoo model on the CIFAR-10 (JPEG q75 copy) training split.
+"""Train or fine-tune a model on the CIFAR-10 (JPEG q75 copy) training split.
+
+``--arch`` takes any model spec: a zoo name, or ``torchvision:NAME`` (a torchvision
+architecture with a 10-class head, randomly initialised: weights are never downloaded), as
+the original work's teachers (resnet18, mobilenet_v2, shufflenet_v2_x1_0, ...)::
+
+    python benchmarks/train_teacher.py --arch torchvision:resnet18 --image-size 32 \
+        --epochs 30 --lr 0.1 --out runs/tv-resnet18-jpeg.pt
+
+``--image-size`` defaults to the model's own input size (32 for the zoo, 224 for
+torchvision); images are resized to it. 32 keeps a CPU run affordable.
 
 This is how the embedded default teacher and the benchmark teachers were made; anyone
 can rerun it. Real images are used here only because this script *makes teachers*:
@@ -26,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recoverprune import evaluate
+from recoverprune import InputSpec, evaluate
 from recoverprune._distill import augment
 from recoverprune._io import save_atomic
 from recoverprune._runtime import generator, resolve
@@ -43,9 +53,12 @@ def train(args: argparse.Namespace) -> dict:
         model = load_model(args.arch, args.init, num_classes=args.num_classes)
     else:
         model = create_model(args.arch, num_classes=args.num_classes)
-    cfg = model.pretrained_cfg
-    train_set = load_split(args.data, "train", mean=cfg["mean"], std=cfg["std"])
-    test_set = load_split(args.data, "test", mean=cfg["mean"], std=cfg["std"])
+    spec = InputSpec.of(model, image_size=args.image_size)
+    spec.attach(model)
+    size = None if spec.size == (32, 32) else spec.size  # CIFAR is stored at 32: no resize
+    read = {"mean": spec.mean, "std": spec.std, "image_size": size, "channels": spec.channels}
+    train_set = load_split(args.data, "train", **read)
+    test_set = load_split(args.data, "test", **read)
     if args.limit:
         keep = torch.randperm(len(train_set), generator=generator(args.seed, "limit"))[: args.limit]
     else:
@@ -88,6 +101,7 @@ def train(args: argparse.Namespace) -> dict:
     res = evaluate(model.eval(), test_set, device=rt.device, progress=False)
     report = {
         "arch": args.arch,
+        "input": spec.to_dict(),
         "top1": res.top1,
         "test_loss": res.loss,
         "init": args.init,
@@ -120,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--arch", default="resnet20", help="zoo name or torchvision:NAME")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="train/test size (default: the model's)"
+    )
     p.add_argument("--init", default=None, help="checkpoint to fine-tune (default: from scratch)")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--num-classes", type=int, default=10)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import recoverprune._objectives as distill_mod
 import recoverprune._inversion as inversion_mod
+import recoverprune._objectives as distill_mod
 from _nets import calibrated, tiny_bn_net
 from recoverprune import Preset, compress, sparsity
 from recoverprune._io import fingerprint

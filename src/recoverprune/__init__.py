@@ -26,6 +26,7 @@ from recoverprune._prune import (
     sparsity,
 )
 from recoverprune._runtime import Accel
+from recoverprune._spec import InputSpec
 from recoverprune._version import __version__
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "CompressResult",
     "DistillConfig",
     "EvalResult",
+    "InputSpec",
     "InversionConfig",
     "LayerSparsity",
     "Preset",

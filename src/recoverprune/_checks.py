@@ -362,12 +362,14 @@ def preflight(
     eval_data: Any,
     *,
     clean: bool = True,
+    read_as: Mapping[str, Any] | None = None,
 ) -> None:
     """Check every input of :func:`~recoverprune.compress` before any compute.
 
     Finite teacher weights, a writable ``out`` (its stale temporaries removed when
     ``clean``), free space for the shards still to make plus checkpoints, and an
-    ``eval_data`` path whose layout and every image decode (the result is cached).
+    ``eval_data`` path whose layout and every image decode (the result is cached), read
+    as ``read_as`` says (``channels``, ``mean``, ``std``, ``resize``).
 
     Example:
         >>> import tempfile
@@ -388,7 +390,7 @@ def preflight(
     if isinstance(eval_data, (str, os.PathLike)):
         from recoverprune._evaluate import resolve_data
 
-        resolve_data(teacher, eval_data)
+        resolve_data(teacher, eval_data, **(read_as or {}))
 
 
 def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:

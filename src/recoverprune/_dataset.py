@@ -24,11 +24,33 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.pt"
 
 
+def _normalisation(
+    mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)``; the ImageNet values by default for RGB only."""
+    from recoverprune._spec import per_channel
+
+    if mean is None and std is None:
+        if channels != 3:
+            raise ValueError(
+                f"the images have {channels} channel(s): pass mean= and std= (one value or one "
+                "per channel), the normalisation of the model's input"
+            )
+        return DEFAULT_MEAN, DEFAULT_STD
+    if mean is None or std is None:
+        raise ValueError("give both mean and std, or neither")
+    try:
+        return per_channel(mean, channels, "mean"), per_channel(std, channels, "std")  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ValueError(f"SyntheticImages: {exc} (the images are {channels}-channel)") from exc
+
+
 class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
     """Synthetic images (in the teacher's normalised input space) and their target labels.
 
     A ``torch.utils.data.Dataset`` of ``(image, label)``. Images are float32 tensors of
-    shape ``(C, H, W)``; ``mean``/``std`` say how to turn them back into pixels.
+    shape ``(C, H, W)``; ``mean``/``std`` say how to turn them back into pixels (one value
+    or one per channel; default the ImageNet values, for RGB images only).
     Backed either by tensors in memory or by the shards of a synthesis directory
     (memory-mapped, so a large set does not need to fit in RAM).
 
@@ -45,8 +67,8 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         images: torch.Tensor | Sequence[torch.Tensor],
         labels: torch.Tensor | Sequence[torch.Tensor],
         *,
-        mean: Sequence[float] = DEFAULT_MEAN,
-        std: Sequence[float] = DEFAULT_STD,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
         self._images = [images] if isinstance(images, torch.Tensor) else list(images)
@@ -66,8 +88,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"every chunk must hold images of one shape, got {sorted(shapes)}")
         sizes = [im.shape[0] for im in self._images]
         self._offsets = torch.tensor([0, *sizes]).cumsum(0)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = _normalisation(mean, std, int(self._images[0].shape[1]))
         self.meta: dict[str, Any] = dict(meta or {})
 
     # -- Dataset protocol -------------------------------------------------------------

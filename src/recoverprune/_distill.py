@@ -51,6 +51,7 @@ from recoverprune._progress import Bar, console
 from recoverprune._progress import progress as progress_bar
 from recoverprune._prune import refresh_pruned, reselect_masks, sparsity
 from recoverprune._runtime import Accel, Runtime, generator, resolve
+from recoverprune._transfer import as_transfer_set
 
 __all__ = [
     "CHECKPOINT",
@@ -459,7 +460,7 @@ def _split(
 def recover(
     teacher: nn.Module,
     student: nn.Module,
-    synthetic: SyntheticImages,
+    synthetic: SyntheticImages | Dataset[Any] | tuple[Tensor, Tensor],
     *,
     config: DistillConfig | None = None,
     objective: Sequence[LossTerm] | None = None,
@@ -480,7 +481,9 @@ def recover(
     Args:
         teacher: the trained (dense) network.
         student: the network to train, usually ``prune(teacher, ...)``.
-        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`.
+        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
+            labelled data: a Dataset of ``(image, label)``, a ``TensorDataset`` or
+            ``(images, labels)`` tensors (images in the models' normalised input space).
         config: hyper-parameters (:class:`DistillConfig`).
         objective: the loss terms (default :func:`default_objective` of ``config``:
             logit KD, plus feature KD / CE when ``config`` weights them).
@@ -514,6 +517,7 @@ def recover(
         45
     """
     cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
+    synthetic = as_transfer_set(synthetic)
     if len(synthetic) == 0:
         raise ValueError("the synthetic set is empty: synthesize some images first")
     rt = resolve(device, accel)
@@ -600,7 +604,6 @@ def _build_loop(
         drop_last=False,
     )
     steps = math.ceil(len(sampler) / cfg.batch_size)
-    fill = tuple(-m / s for m, s in zip(data.mean, data.std, strict=True))
     loop = _Loop(
         teacher_fwd=rt.maybe_compile(teacher),
         student_fwd=rt.maybe_compile(model),
@@ -614,10 +617,18 @@ def _build_loop(
         steps_per_epoch=steps,
         total_steps=steps * cfg.epochs,
         target_sparsity=sparsity(student).overall if cfg.gradual > 0 else 0.0,
-        fill=fill if len(fill) == data.image_shape[0] else None,
+        fill=_black(data),
         out=None,
     )
     return loop, sampler
+
+
+def _black(data: Any) -> tuple[float, ...] | None:
+    """Black in the data's normalised space (``-mean / std``), if the data says its mean/std."""
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if mean is None or std is None or len(mean) != data.image_shape[0]:
+        return None
+    return tuple(-m / s for m, s in zip(mean, std, strict=True))
 
 
 def _checkpoint(

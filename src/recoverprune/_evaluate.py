@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from recoverprune._progress import progress as progress_bar
 from recoverprune._runtime import resolve
+from recoverprune._transfer import as_transfer_set
 
 __all__ = ["EvalResult", "evaluate", "resolve_data"]
 
@@ -46,36 +47,47 @@ def resolve_data(
     *,
     split: str = "test",
     cache_dir: str | os.PathLike[str] | None = None,
+    channels: int | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    resize: int | Sequence[int] | None = None,
 ) -> Any:
-    """Turn a path into a dataset normalised as ``model`` expects; pass datasets through.
+    """Turn a path into a dataset read as ``model`` expects; pass datasets through.
 
-    Mean/std (and image size) come from the model's ``pretrained_cfg`` hint when present,
-    else the CIFAR/ImageNet defaults.
+    Channels, mean/std and size come from the arguments, else the model's
+    :class:`~recoverprune.InputSpec` (its ``pretrained_cfg`` hint, channels from its first
+    convolution): a 1-channel model reads images as grayscale. Images are resized to
+    ``resize``, else to the model's input size when known.
     """
     if not isinstance(data, (str, os.PathLike)):
         return data
-    from recoverprune.data import DEFAULT_MEAN, DEFAULT_STD, load_split
+    from recoverprune._spec import InputSpec
+    from recoverprune.data import load_split
 
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size")
+    spec = InputSpec.of(model, image_size=resize, channels=channels, mean=mean, std=std)
+    mean_, std_ = spec.normalisation()
     return load_split(
         data,
         split,
-        mean=cfg.get("mean", DEFAULT_MEAN),
-        std=cfg.get("std", DEFAULT_STD),
+        mean=mean_,
+        std=std_,
         cache_dir=cache_dir,
-        image_size=int(size[-1]) if size else None,
+        image_size=spec.size,
+        channels=spec.channels,
     )
 
 
 def _batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
-    fast = getattr(data, "batch", None) or getattr(data, "get_batch", None)
-    if isinstance(data, Dataset) and callable(fast):
-        n = len(data)  # type: ignore[arg-type]
-        return (fast(torch.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)), n
-    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
-    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else 0  # type: ignore[arg-type]
-    return ((x, torch.as_tensor(y)) for x, y in loader), total
+    if isinstance(data, IterableDataset):  # no random access: stream it
+        data = DataLoader(data, batch_size=batch_size)
+    if isinstance(data, DataLoader):
+        total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
+        return ((x, torch.as_tensor(y)) for x, y in data), total
+    view = as_transfer_set(data)
+    n = len(view)
+    return (
+        view.get_batch(torch.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)
+    ), n
 
 
 def evaluate(
@@ -86,6 +98,10 @@ def evaluate(
     device: str | torch.device | None = None,
     split: str = "test",
     cache_dir: str | os.PathLike[str] | None = None,
+    channels: int | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    resize: int | Sequence[int] | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on labelled images.
@@ -95,12 +111,18 @@ def evaluate(
 
     Args:
         model: the classifier.
-        data: a Dataset of ``(image, label)``, a DataLoader, or a path to an ImageFolder
-            directory or ``.tar.gz`` (normalised per the model's ``pretrained_cfg``).
+        data: a Dataset of ``(image, label)``, a ``TensorDataset``, ``(images, labels)``
+            tensors, a DataLoader, or a path to an ImageFolder directory or ``.tar.gz``
+            (read in the model's channel mode and normalised per its
+            :class:`~recoverprune.InputSpec`).
         batch_size: images per forward pass.
         device: ``"cpu"``, ``"cuda"``... (default: CUDA if available).
         split: sub-folder of a path to read (``"test"``).
         cache_dir: where archives are extracted.
+        channels, mean, std: how to read a path, when the model carries no hint (one
+            value, or one per channel); the defaults come from the model.
+        resize: size to resize a path's images to (default: the model's input size when
+            known, else as stored), e.g. 224 to evaluate a 224x224 model on CIFAR-10.
         progress: show a rich progress bar.
 
     Example:
@@ -117,7 +139,16 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images, got {batch_size!r}")
     rt = resolve(device)
-    data = resolve_data(model, data, split=split, cache_dir=cache_dir)
+    data = resolve_data(
+        model,
+        data,
+        split=split,
+        cache_dir=cache_dir,
+        channels=channels,
+        mean=mean,
+        std=std,
+        resize=resize,
+    )
     modes = [(m, m.training) for m in model.modules()]
     first = next(model.parameters(), None)
     old_device = first.device if first is not None else None

@@ -37,11 +37,11 @@ from recoverprune._checks import (
     clean_stale,
     remove_outputs,
 )
-from recoverprune._constants import DEFAULT_MEAN, DEFAULT_STD
 from recoverprune._dataset import MANIFEST, SyntheticImages, shard_name
 from recoverprune._io import fingerprint, read_json, save_atomic, write_json_atomic
 from recoverprune._progress import progress as progress_bar
 from recoverprune._runtime import Accel, Runtime, generator, resolve
+from recoverprune._spec import InputSpec
 from recoverprune._version import __version__
 
 __all__ = [
@@ -59,8 +59,9 @@ class InversionConfig:
     """Hyper-parameters of DeepInversion. Defaults work for CIFAR-scale BN classifiers.
 
     Attributes:
-        iterations: Adam steps per batch (the paper uses 2,000; 200 already gives
-            images the teacher classifies as their targets).
+        iterations: Adam steps per batch. 200, as every preset but ``paper`` uses: it
+            already gives images the teacher classifies as their targets (the
+            DeepInversion paper uses 2,000, the ``paper`` preset's budget).
         lr: Adam learning rate on the pixels (normalised space).
         lr_schedule: ``"cosine"`` (decay to 0) or ``"constant"``.
         betas: Adam betas.
@@ -83,11 +84,11 @@ class InversionConfig:
 
     Example:
         >>> from dataclasses import replace
-        >>> replace(InversionConfig(), iterations=200).iterations
-        200
+        >>> InversionConfig().iterations, replace(InversionConfig(), iterations=2000).iterations
+        (200, 2000)
     """
 
-    iterations: int = 2000
+    iterations: int = 200
     lr: float = 0.2
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     betas: tuple[float, float] = (0.5, 0.9)
@@ -526,8 +527,9 @@ def synthesize(
     iterations: int | None = None,
     labels: Sequence[int] | Tensor | None = None,
     image_size: int | Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    channels: int | None = None,
     student: nn.Module | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -546,9 +548,11 @@ def synthesize(
         iterations: shortcut overriding ``config.iterations``.
         labels: target class of each image (length ``n``); default balanced over classes.
         image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
-        mean: the teacher's per-channel input mean (for clipping and PNG grids);
-            default from ``pretrained_cfg`` or the ImageNet/CIFAR values.
-        std: the teacher's per-channel input standard deviation, as ``mean``.
+        mean: the teacher's input mean (for clipping and PNG grids), one value or one per
+            channel; default from ``pretrained_cfg``, else the ImageNet/CIFAR values for an
+            RGB input (required for other channel counts).
+        std: the teacher's input standard deviation, as ``mean``.
+        channels: input channels, when the first ``Conv2d`` does not tell them.
         student: for Adaptive DeepInversion (with ``config.competition_weight > 0``).
         out_dir: stream each finished batch there as a shard (atomic) and resume from
             it (unreadable shards are made again); a directory made with other settings
@@ -601,12 +605,9 @@ def synthesize(
     if cfg.competition_weight > 0 and student is None:
         raise ValueError("competition_weight > 0 (Adaptive DeepInversion) needs student=")
     rt = resolve(device, accel)
-    shape = infer_input_shape(teacher, image_size)
-    cfg_hint = _model_cfg(teacher)
-    mean = tuple(mean or cfg_hint.get("mean") or DEFAULT_MEAN)
-    std = tuple(std or cfg_hint.get("std") or DEFAULT_STD)
-    if len(mean) != shape[0] or len(std) != shape[0]:
-        raise ValueError(f"mean/std need {shape[0]} values (one per input channel)")
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
+    shape = spec.shape
+    mean, std = spec.normalisation()
 
     batch_sizes = _batch_sizes(n, batch_size)
     out = Path(out_dir) if out_dir is not None else None

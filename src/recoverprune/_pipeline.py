@@ -29,6 +29,7 @@ from recoverprune._io import (
 from recoverprune._progress import console
 from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
 from recoverprune._runtime import Accel, Runtime, resolve
+from recoverprune._spec import InputSpec
 from recoverprune._version import __version__
 
 __all__ = [
@@ -52,6 +53,8 @@ class Preset:
         epochs: distillation epochs.
         check_n: images of the independently seeded check set (the data-free quality
             signal in the report).
+        distill: the preset's own distillation settings (``None``: the library's
+            :class:`DistillConfig` defaults); an explicit ``compress(distill=...)`` wins.
 
     Example:
         >>> PRESETS["quick"].n, PRESETS["quick"].iterations
@@ -65,6 +68,7 @@ class Preset:
     batch_size: int
     epochs: int
     check_n: int = 128
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("n", "iterations", "batch_size", "epochs"):
@@ -76,10 +80,31 @@ class Preset:
 
 #: ``quick``: ResNet-20 on a 2-core CPU in about 15 minutes. ``paper``: the reference
 #: budget (2,000 iterations per batch of 256), meant for a GPU. ``tiny``: seconds, for tests.
+#: ``seed``: the recipe of the work this project started from (1,024 images, 200 iterations,
+#: synthesis batch 32, 15 epochs of SGD lr 1e-3 momentum 0.9, T = 3, student BN frozen).
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n=32, iterations=4, batch_size=16, epochs=2, check_n=16),
     "quick": Preset(n=1024, iterations=200, batch_size=256, epochs=60),
     "paper": Preset(n=20_480, iterations=2000, batch_size=256, epochs=100, check_n=1024),
+    "seed": Preset(
+        n=1024,
+        iterations=200,
+        batch_size=32,
+        epochs=15,
+        distill=DistillConfig(
+            epochs=15,
+            batch_size=32,
+            optimizer="sgd",
+            lr=1e-3,
+            momentum=0.9,
+            weight_decay=0.0,
+            temperature=3.0,
+            bn_mode="frozen",
+            feature_weight=0.0,
+            reconstruct=False,
+            mix="none",
+        ),
+    ),
 }
 
 
@@ -147,7 +172,7 @@ def compress(
     amount: float = 0.75,
     *,
     out_dir: str | os.PathLike[str] = "recoverprune-out",
-    preset: Literal["tiny", "quick", "paper"] | Preset = "quick",
+    preset: Literal["tiny", "quick", "paper", "seed"] | Preset = "quick",
     n: int | None = None,
     iterations: int | None = None,
     epochs: int | None = None,
@@ -156,7 +181,10 @@ def compress(
     inversion: InversionConfig | None = None,
     distill: DistillConfig | None = None,
     eval_data: Any = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    channels: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     accel: Accel | None = None,
@@ -179,7 +207,8 @@ def compress(
             CIFAR-10 ResNet-20 (see :func:`recoverprune.models.default_teacher`).
         amount: global sparsity to reach.
         out_dir: where every stage is persisted.
-        preset: budget (``"tiny"``, ``"quick"``, ``"paper"`` or a :class:`Preset`).
+        preset: budget (``"tiny"``, ``"quick"``, ``"paper"``, ``"seed"`` or a
+            :class:`Preset`).
         n: number of synthetic images (overrides the preset).
         iterations: DeepInversion steps per batch (overrides the preset).
         epochs: distillation epochs (overrides the preset).
@@ -189,7 +218,11 @@ def compress(
         distill: distillation hyper-parameters (:class:`DistillConfig`).
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
-        image_size: input size if the teacher carries no ``pretrained_cfg`` hint.
+        image_size: the teacher's input size, when its ``pretrained_cfg`` hint does not say
+            or says otherwise; stored in the report (``"input"``) and in ``student.pt``.
+        mean: the teacher's input mean, one value or one per channel (as ``image_size``).
+        std: the teacher's input standard deviation (as ``mean``).
+        channels: the teacher's input channels (as ``image_size``).
         seed: as in the stage functions.
         device: as in the stage functions.
         accel: as in the stage functions.
@@ -212,11 +245,21 @@ def compress(
         teacher = default_teacher()
     p = _budget(preset, n=n, iterations=iterations, epochs=epochs)
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
-    dcfg = replace(distill or DistillConfig(), epochs=p.epochs)
+    dcfg = replace(distill or p.distill or DistillConfig(), epochs=p.epochs)
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
-    preflight(teacher, out, p.n, p.batch_size, image_size, eval_data, clean=rt.is_main)
+    preflight(
+        teacher,
+        out,
+        p.n,
+        p.batch_size,
+        spec.size,
+        eval_data,
+        clean=rt.is_main,
+        read_as=_read_as(spec),
+    )
     clock = _StageClock(out / "timing.json", rt.is_main)
     stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
 
@@ -224,7 +267,7 @@ def compress(
         student = _prune_stage(teacher, amount, scope, exclude, out / "pruned.pt", rt, overwrite)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
-        synth = {"config": inv, "batch_size": p.batch_size, "image_size": image_size, **stage}
+        synth = {"config": inv, "batch_size": p.batch_size, **_input_kwargs(spec), **stage}
         synth["overwrite"] = overwrite
         synthetic = synthesize(teacher, p.n, out_dir=out / "synthetic", **synth)
         check = synthesize(
@@ -241,20 +284,31 @@ def compress(
             overwrite,
         )
     report = _report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
+    report["input"] = spec.to_dict()
     if eval_data is not None:
         with clock("evaluate"):
-            report["top1"] = _top1(teacher, pruned_snapshot, student, eval_data, device)
+            report["top1"] = _top1(teacher, pruned_snapshot, student, eval_data, device, spec)
     report["seconds"] = clock.times
     if rt.is_main:
-        save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
+        final = {"state_dict": student.state_dict(), "amount": amount, "input": spec.to_dict()}
+        save_atomic(final, out / "student.pt")
         write_json_atomic(report, out / "report.json")
         if progress:
             _print_report(report)
-    return CompressResult(student, report)
+    return CompressResult(spec.attach(student), report)
 
 
 #: the check set's seed is this far from the transfer set's, so no batch is shared
 CHECK_SEED = 1_000_003
+
+
+def _input_kwargs(spec: InputSpec) -> dict[str, Any]:
+    return {"image_size": spec.size, "mean": spec.mean, "std": spec.std, "channels": spec.channels}
+
+
+def _read_as(spec: InputSpec) -> dict[str, Any]:
+    """How labelled images are read for this teacher (channel mode, size, normalisation)."""
+    return {"channels": spec.channels, "mean": spec.mean, "std": spec.std, "resize": spec.size}
 
 
 def _budget(preset: str | Preset, **overrides: int | None) -> Preset:
@@ -367,11 +421,16 @@ def _report(
 
 
 def _top1(
-    teacher: nn.Module, pruned: nn.Module | None, student: nn.Module, data: Any, device: Any
+    teacher: nn.Module,
+    pruned: nn.Module | None,
+    student: nn.Module,
+    data: Any,
+    device: Any,
+    spec: InputSpec,
 ) -> dict[str, float]:
     from recoverprune._evaluate import evaluate, resolve_data
 
-    data = resolve_data(teacher, data)
+    data = resolve_data(teacher, data, **_read_as(spec))
     models = {"teacher": teacher, "pruned": pruned, "recovered": student}
     return {
         name: evaluate(model, data, device=device, progress=False).top1

@@ -35,13 +35,54 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model(
-    p: argparse.ArgumentParser, required: bool = True, flag: str = "--checkpoint"
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    flag: str = "--checkpoint",
+    resize: bool = False,
 ) -> None:
-    p.add_argument("--arch", required=required, help="zoo architecture (see `recoverprune models`)")
+    p.add_argument("--arch", required=required, help=_ARCH_HELP)
     p.add_argument(flag, required=required, help="checkpoint file (state_dict or dict holding one)")
     p.add_argument(
         "--num-classes", type=int, default=None, help="default: read from the checkpoint"
     )
+    _add_input(p, resize)
+
+
+_ARCH_HELP = (
+    "model spec: a zoo name (see `recoverprune models`), torchvision:NAME, timm:NAME or "
+    "module:pkg.mod:factory (weights come from the checkpoint, never downloaded)"
+)
+
+
+def _add_input(p: argparse.ArgumentParser, resize: bool = False) -> None:
+    """The model's input description; defaults come from the checkpoint or the model."""
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size (default: from the model)"
+    )
+    p.add_argument(
+        "--channels", type=int, default=None, help="input channels (default: first conv)"
+    )
+    p.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        default=None,
+        help="normalisation mean, one value or one per channel",
+    )
+    p.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        default=None,
+        help="normalisation std, one value or one per channel",
+    )
+    if resize:
+        p.add_argument(
+            "--resize",
+            type=int,
+            default=None,
+            help="resize labelled images to this size (default: the input size)",
+        )
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -93,10 +134,31 @@ def _apply_overrides(cfg: Any, args: argparse.Namespace, prefix: str) -> Any:
     return replace(cfg, **changes)
 
 
-def _load(arch: str, path: str, num_classes: int | None) -> Any:
+def _load(args: argparse.Namespace, path: str) -> Any:
+    """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint)."""
+    from recoverprune._spec import InputSpec
     from recoverprune.models import load_model
 
-    return load_model(arch, path, num_classes=num_classes)
+    model = load_model(args.arch, path, num_classes=args.num_classes)
+    spec = InputSpec.of(
+        model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
+    )
+    return spec.attach(model)
+
+
+def _input(model: Any) -> dict[str, Any]:
+    from recoverprune._spec import InputSpec
+
+    return InputSpec.of(model).to_dict()
+
+
+def _labelled(model: Any, data: str | None, resize: int | None) -> Any:
+    """``data`` as given, or read now at ``--resize`` when that is set."""
+    if data is None or resize is None:
+        return data
+    from recoverprune._evaluate import resolve_data
+
+    return resolve_data(model, data, resize=resize)
 
 
 def _save_model(model: Any, path: str, **extra: Any) -> None:
@@ -134,7 +196,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from recoverprune._evaluate import evaluate
 
-    model = _load(args.arch, args.checkpoint, args.num_classes)
+    model = _load(args, args.checkpoint)
     res = evaluate(
         model,
         args.data,
@@ -142,6 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_dir=args.cache_dir,
+        resize=args.resize,
         progress=not args.no_progress,
     )
     print(
@@ -156,11 +219,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from recoverprune import prune, sparsity
 
-    model = _load(args.arch, args.checkpoint, args.num_classes)
+    model = _load(args, args.checkpoint)
     pruned = prune(
         model, args.amount, scope=args.scope, exclude=args.exclude or (), include=args.include
     )
-    _save_model(pruned, args.out, arch=args.arch, amount=args.amount, scope=args.scope)
+    _save_model(
+        pruned, args.out, arch=args.arch, amount=args.amount, scope=args.scope, input=_input(model)
+    )
     rprint(sparsity(pruned).table(title=f"{args.arch} pruned ({args.scope}, amount {args.amount})"))
     print(f"wrote {args.out}")
     return 0
@@ -169,7 +234,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from recoverprune import InversionConfig, synthesize
 
-    teacher = _load(args.arch, args.checkpoint, args.num_classes)
+    teacher = _load(args, args.checkpoint)
     cfg = _apply_overrides(InversionConfig(), args, "di-")
     ds = synthesize(
         teacher,
@@ -195,8 +260,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from recoverprune import DistillConfig, SyntheticImages, recover
     from recoverprune._checks import run_stage
 
-    teacher = _load(args.arch, args.teacher, args.num_classes)
-    student = _load(args.arch, args.student, args.num_classes)
+    teacher = _load(args, args.teacher)
+    student = _load(args, args.student)
     synthetic = SyntheticImages.load(args.synthetic)
     cfg = _apply_overrides(DistillConfig(), args, "kd-")
     student = run_stage(
@@ -207,7 +272,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
             synthetic,
             config=cfg,
             epochs=args.epochs,
-            val_data=args.val_data,
+            val_data=_labelled(student, args.val_data, args.resize),
             out_dir=args.out,
             seed=args.seed,
             device=args.device,
@@ -220,18 +285,26 @@ def cmd_recover(args: argparse.Namespace) -> int:
         ],
         args.overwrite,
     )
+    if int(os.environ.get("RANK", "0")) == 0:  # with the input description, for `evaluate`
+        _save_model(
+            student, str(Path(args.out) / "student.pt"), arch=args.arch, input=_input(student)
+        )
     print(f"wrote {Path(args.out) / 'student.pt'}")
     return 0
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from recoverprune import DistillConfig, InversionConfig, compress
+    from recoverprune import PRESETS, DistillConfig, InversionConfig, compress
 
     teacher = None
     if args.checkpoint is not None:
         if args.arch is None:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
-        teacher = _load(args.arch, args.checkpoint, args.num_classes)
+        teacher = _load(args, args.checkpoint)
+    else:
+        from recoverprune.models import default_teacher
+
+        teacher = default_teacher()
     res = compress(
         teacher,
         args.amount,
@@ -243,8 +316,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         scope=args.scope,
         exclude=args.exclude or (),
         inversion=_apply_overrides(InversionConfig(), args, "di-"),
-        distill=_apply_overrides(DistillConfig(), args, "kd-"),
-        eval_data=args.eval_data,
+        distill=_apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
+        eval_data=_labelled(teacher, args.eval_data, args.resize),
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        channels=args.channels,
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
@@ -273,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("evaluate", help="top-1 of a (pruned) checkpoint on labelled images")
-    _add_model(p)
+    _add_model(p, resize=True)
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
     p.add_argument("--batch-size", type=int, default=512)
@@ -310,10 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 2000)")
-    p.add_argument(
-        "--image-size", type=int, default=None, help="input size if the model has no hint"
-    )
+    p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 200)")
     _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
     _add_runtime(p)
     _add_overwrite(p)
@@ -322,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recover", help="distil the teacher into a pruned student on synthetic images"
     )
-    p.add_argument("--arch", required=True)
+    p.add_argument("--arch", required=True, help=_ARCH_HELP)
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="pruned student checkpoint (from `prune`)")
     p.add_argument("--num-classes", type=int, default=None)
@@ -332,15 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
+    _add_input(p, resize=True)
     _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
     _add_runtime(p)
     _add_overwrite(p)
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("compress", help="prune -> synthesize -> recover in one resumable run")
-    _add_model(p, required=False)
+    _add_model(p, required=False, resize=True)
     p.add_argument("--amount", type=float, default=0.75)
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "seed"])
     p.add_argument(
         "--n",
         "--num-images",

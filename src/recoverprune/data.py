@@ -166,8 +166,11 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
             )
         if labels.shape != (images.shape[0],):
             raise ValueError("labels must have one entry per image")
+        from recoverprune._spec import per_channel
+
         self.images, self.labels, self.classes = images, labels.long(), list(classes)
-        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.mean = per_channel(mean, images.shape[1], "mean")
+        self.std = per_channel(std, images.shape[1], "std")
         self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std).view(1, -1, 1, 1)
 
@@ -213,20 +216,39 @@ def _split_root(root: Path, split: str | None) -> Path:
     )
 
 
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _image_mode(channels: int) -> str:
+    if channels not in _MODES:
+        raise DataError(f"cannot read images with {channels} channels (1, 3 or 4 are supported)")
+    return _MODES[channels]
+
+
+def _hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = (int(s) for s in image_size)
+    return h, w
+
+
 def _decode_folder(
-    folder: Path, image_size: int | None
+    folder: Path, image_size: int | Sequence[int] | None, channels: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
     arrays, labels = [], []
+    hw = _hw(image_size)
     import numpy as np
 
     for label, cls in enumerate(classes):
         files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for f in files:
-            arrays.append(_decode(f, image_size))
+            arrays.append(_decode(f, hw, channels))
             labels.append(label)
     if not arrays:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -239,17 +261,18 @@ def _decode_folder(
     return images, torch.tensor(labels, dtype=torch.long), classes
 
 
-def _decode(path: Path, image_size: int | None) -> Any:
-    """One image as an ``(H, W, 3)`` uint8 array; a file that does not decode is named."""
+def _decode(path: Path, hw: tuple[int, int] | None, channels: int) -> Any:
+    """One image as an ``(H, W, C)`` uint8 array; a file that does not decode is named."""
     import numpy as np
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if image_size is not None and im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im)
+            im = im.convert(_image_mode(channels))
+            if hw is not None and im.size != (hw[1], hw[0]):
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            arr = np.asarray(im)
+            return arr[:, :, None] if arr.ndim == 2 else arr
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise DataError(
             f"{path} cannot be decoded as an image ({type(exc).__name__}: {exc}); delete or "
@@ -278,13 +301,15 @@ def load_split(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
     cache_dir: str | os.PathLike[str] | None = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    channels: int = 3,
 ) -> ImageTensorDataset:
     """Load one split of an ImageFolder tree (directory or archive) as a tensor dataset.
 
     ``path`` is a directory holding ``<split>/<class>/<image>`` (or, with ``split=""``, a
     directory of class folders), or a ``.tar``/``.tar.gz`` of such a tree. Images are
-    decoded once; the decoded tensor is cached (``<cache>/decoded/...``) and read back with
+    decoded once, in ``channels``' mode (1: grayscale, 3: RGB, 4: RGBA) and resized to
+    ``image_size`` (an int or ``(H, W)``) when given; the decoded tensor is cached (``<cache>/decoded/...``) and read back with
     ``torch.load(weights_only=True)`` next time.
 
     Raises:
@@ -312,13 +337,18 @@ def load_split(
     folder = _split_root(root, split)
     # the key changes when the folder's class directories change (files added/removed)
     stamp = [(d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()) if d.is_dir()]
-    key = hashlib.sha256(f"{folder.resolve()}|{image_size}|{stamp}".encode()).hexdigest()[:12]
+    mode = _image_mode(channels)
+    size = _hw(image_size)
+    # the key of an RGB square (the original layout) is unchanged, so old caches stay valid
+    square = size[0] if size is not None and size[0] == size[1] else size
+    tag = f"{folder.resolve()}|{square}|{stamp}" + ("" if mode == "RGB" else f"|{mode}")
+    key = hashlib.sha256(tag.encode()).hexdigest()[:12]
     cached = cache / "decoded" / f"{folder.name}-{key}.pt"
     clean_stale(cached.parent)
     state = _load_cached(cached)
     if state is not None:
         images, labels, classes = state["images"], state["labels"], state["classes"]
     else:
-        images, labels, classes = _decode_folder(folder, image_size)
+        images, labels, classes = _decode_folder(folder, size, channels)
         save_atomic({"images": images, "labels": labels, "classes": classes}, cached)
     return ImageTensorDataset(images, labels, classes, mean, std)

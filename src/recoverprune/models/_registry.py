@@ -86,10 +86,11 @@ def _entry(name: str) -> tuple[Callable[[int], nn.Module], str]:
 
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
-    """Build a randomly initialised zoo model by name.
+    """Build a randomly initialised model from a zoo name or any model spec.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
+            ``module:pkg.mod:factory`` (pretrained weights are never downloaded).
         num_classes: outputs of the classifier.
 
     Raises:
@@ -101,7 +102,12 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return _entry(name)[0](num_classes)
+    from recoverprune._spec import build_model, parse_spec
+
+    kind, target = parse_spec(name)
+    if kind != "zoo":
+        return build_model(name, num_classes)
+    return _entry(target)[0](num_classes)
 
 
 def _infer_num_classes(state_dict: Mapping[str, torch.Tensor], classifier: str) -> int | None:
@@ -138,21 +144,11 @@ def _matching_archs(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
 
 def _fit_report(arch: str, model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
     """Describe how ``state_dict`` fails to fit ``model``; empty if it fits."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if not (missing or unexpected or shapes):
+    from recoverprune._spec import key_report
+
+    keys = key_report(model.state_dict(), state_dict)
+    if not keys:
         return ""
-
-    def listing(label: str, items: list[str]) -> str:
-        more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
-        return f"\n  {label} ({len(items)}): {', '.join(items[:8])}{more}" if items else ""
-
     guess = _matching_archs(state_dict)
     if arch in guess:
         n = _infer_num_classes(state_dict, _entry(arch)[1])
@@ -163,13 +159,7 @@ def _fit_report(arch: str, model: nn.Module, state_dict: Mapping[str, torch.Tens
             f"\nIs the architecture right? Pass the arch the checkpoint was trained with "
             f"({looks}valid names: {', '.join(list_models())})."
         )
-    return (
-        f"checkpoint does not fit {arch!r}:"
-        f"{listing('missing keys', missing)}"
-        f"{listing('unexpected keys', unexpected)}"
-        f"{listing('shape mismatches', shapes)}"
-        f"{hint}"
-    )
+    return f"checkpoint does not fit {arch!r}:{keys}{hint}"
 
 
 def load_model(
@@ -179,7 +169,7 @@ def load_model(
     num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Build ``arch`` and load a checkpoint into it strictly; return it in eval mode.
+    """Build ``arch`` (a zoo name or any model spec) and load a checkpoint into it strictly.
 
     The checkpoint may be a plain state dict or a dict holding one under ``state_dict``,
     ``model``, ``student`` or ``model_state_dict``; ``module.``/``_orig_mod.`` prefixes are
@@ -187,7 +177,9 @@ def load_model(
     back pruned, masks intact.
 
     Args:
-        arch: one of :func:`list_models`.
+        arch: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
+            ``module:pkg.mod:factory`` (a head replaced for N classes: ``num_classes=None``
+            reads N from the checkpoint).
         checkpoint: path of a file written by ``torch.save``; loaded with ``weights_only=True``.
         num_classes: outputs of the classifier; ``None`` infers it from the checkpoint's
             classifier weight (10 if there is none).
@@ -195,7 +187,8 @@ def load_model(
             built on the CPU; move it with ``.to()``.
 
     Returns:
-        The model, in eval mode, with ``pretrained_cfg`` set.
+        The model, in eval mode, with ``pretrained_cfg`` set (from the checkpoint's
+        ``"input"`` entry when it has one).
 
     Raises:
         ValueError: unknown ``arch``.
@@ -213,9 +206,16 @@ def load_model(
     """
     from recoverprune._io import CheckpointError, extract_state_dict, load_checkpoint
     from recoverprune._prune import refresh_pruned, restore_pruning
+    from recoverprune._spec import attach_saved_input, load_any, parse_spec
 
+    kind, arch = parse_spec(arch)
+    if kind != "zoo":
+        return load_any(
+            f"{kind}:{arch}", checkpoint, num_classes=num_classes, map_location=map_location
+        )
     classifier = _entry(arch)[1]
-    state_dict = extract_state_dict(load_checkpoint(checkpoint, map_location), str(checkpoint))
+    raw = load_checkpoint(checkpoint, map_location)
+    state_dict = extract_state_dict(raw, str(checkpoint))
     if num_classes is None:
         num_classes = _infer_num_classes(state_dict, classifier) or 10
     model = create_model(arch, num_classes)
@@ -228,4 +228,5 @@ def load_model(
     except RuntimeError as exc:  # anything _fit_report did not foresee
         raise CheckpointError(f"{checkpoint}: checkpoint does not fit {arch!r}: {exc}") from exc
     refresh_pruned(model)
+    attach_saved_input(model, raw)
     return model.eval()
