@@ -29,8 +29,27 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-compile", action="store_true", help="disable torch.compile on CUDA")
     p.add_argument("--no-channels-last", action="store_true", help="disable channels_last on CUDA")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_output(p)
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this "
+        "process may use less those other jobs keep busy; printed at the start)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or lines (the start-up summary and results are still shown)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only errors and the final 'wrote' line"
+    )
 
 
 def _add_model(
@@ -133,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=_bars(args),
     )
     print(
         f"top-1 {res.top1:.2f} %  loss {res.loss:.4f}  ({res.n} images, {args.split} split, "
@@ -173,7 +192,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
-        progress=not args.no_progress,
+        progress=_bars(args),
     )
     grid = Path(args.out) / "grid.png"
     ds.save_grid(grid)
@@ -199,7 +218,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
-        progress=not args.no_progress,
+        progress=_bars(args),
     )
     print(f"wrote {Path(args.out) / 'student.pt'}")
     return 0
@@ -207,12 +226,16 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from recoverprune import DistillConfig, InversionConfig, compress
+    from recoverprune.models import default_teacher
 
-    teacher = None
     if args.checkpoint is not None:
         if args.arch is None:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
         teacher = _load(args.arch, args.checkpoint, args.num_classes)
+    else:
+        teacher = default_teacher()
+    if not args.quiet:
+        _startup(args, teacher)
     res = compress(
         teacher,
         args.amount,
@@ -229,15 +252,110 @@ def cmd_compress(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
-        progress=not args.no_progress,
+        progress=_bars(args),
     )
+    if args.no_progress and not args.quiet:
+        from recoverprune._pipeline import _print_report
+
+        _print_report(res.report)
     print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
     return 0 if res.student is not None else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for the docs' CLI reference)."""
-    from recoverprune import DistillConfig, InversionConfig, __version__
+def _startup(args: argparse.Namespace, teacher: Any) -> None:
+    """The start-up summary of ``compress``: teacher, stages, budgets, output, threads, time."""
+    from recoverprune import PRESETS
+    from recoverprune._estimate import rough_seconds
+    from recoverprune._inversion import infer_input_shape
+    from recoverprune._progress import console, duration, plan
+    from recoverprune._runtime import threads
+
+    p = PRESETS[args.preset]
+    n, iterations = args.n or p.n, args.iterations or p.iterations
+    epochs = args.epochs or p.epochs
+    who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
+    lines = [
+        f"recoverprune compress: teacher {who}; prune {args.amount:.0%} ({args.scope}); "
+        f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
+        f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
+        threads().line(),
+    ]
+    try:
+        shape = infer_input_shape(teacher, getattr(args, "image_size", None))
+        est = rough_seconds(
+            teacher,
+            shape,
+            n=n,
+            iterations=iterations,
+            epochs=epochs,
+            batch_size=p.batch_size,
+            device=args.device,
+        )
+    except (ValueError, RuntimeError) as exc:  # the stages will say what is wrong
+        lines.append(f"time estimate unavailable ({exc})")
+    else:
+        plan(est)
+        again = "; a resumed run skips finished work" if Path(args.out).is_dir() else ""
+        lines.append(
+            f"rough time: synthesis {duration(est['DeepInversion'])}, recovery "
+            f"{duration(est['Recovery'])}, about {duration(sum(est.values()))} in all "
+            f"(from one timed pass of the teacher{again})"
+        )
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+_COMPRESS_DESCRIPTION = """\
+Prune a teacher, synthesise DeepInversion images from it and distil it back into the
+pruned student, every stage saved in --out and resumed after an interruption.
+
+Without --arch/--checkpoint the teacher is the bundled CIFAR-10 ResNet-20
+(recoverprune.models.default_teacher).
+"""
+
+
+def _configs() -> tuple[type, type]:
+    from recoverprune import DistillConfig, InversionConfig
+
+    return InversionConfig, DistillConfig
+
+
+def _presets_text() -> str:
+    from recoverprune import PRESETS
+    from recoverprune.models import default_teacher_info
+
+    info = default_teacher_info()
+    teacher = (
+        f"The bundled teacher: {info['arch']}, {info['top1']:.2f} % top-1 on the "
+        f"{info['data']} test split.\n"
+    )
+
+    meant = {"tiny": "a smoke test, seconds", "quick": "a CPU", "paper": "a GPU, the reference"}
+    lines = ["", "presets (images x DeepInversion iterations per batch, distillation epochs):"]
+    for name, p in PRESETS.items():
+        lines.append(
+            f"  {name:6} {p.n:>6,} images x {p.iterations:>5,} iterations (batch {p.batch_size}), "
+            f"{p.epochs:>3} epochs: {meant.get(name, '')}"
+        )
+    return teacher + "\n".join(lines)
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs' CLI reference).
+
+    Args:
+        command: the sub-command whose options need torch (the ``--di-*``/``--kd-*``
+            overrides come from the config classes): ``"*"`` for all of them, ``None`` for
+            none (what ``recoverprune --help`` needs, without importing torch).
+
+    Example:
+        >>> build_parser(None).parse_args(["models"]).command
+        'models'
+    """
+    from recoverprune._version import __version__
+
+    def full(name: str) -> bool:
+        return command in ("*", name)
 
     parser = argparse.ArgumentParser(
         prog="recoverprune",
@@ -259,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where archives are extracted (default ~/.cache/recoverprune)",
     )
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
+    )
+    _add_output(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="magnitude-prune a checkpoint")
@@ -291,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size", type=int, default=None, help="input size if the model has no hint"
     )
-    _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
+    if full("synthesize"):
+        _config_overrides(p, _configs()[0], "di-", skip=("iterations",))
     _add_runtime(p)
     p.set_defaults(func=cmd_synthesize)
 
@@ -308,43 +429,100 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
-    _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
+    if full("recover"):
+        _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))
     _add_runtime(p)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("compress", help="prune -> synthesize -> recover in one resumable run")
+    p = sub.add_parser(
+        "compress",
+        help="prune -> synthesize -> recover in one resumable run",
+        description=_COMPRESS_DESCRIPTION + (_presets_text() if full("compress") else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model(p, required=False)
-    p.add_argument("--amount", type=float, default=0.75)
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper"])
+    p.add_argument(
+        "--amount",
+        type=float,
+        default=0.75,
+        help="fraction of the prunable weights to set to zero (default 0.75)",
+    )
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "paper"],
+        help="compute budget, see above (default quick)",
+    )
     p.add_argument(
         "--n",
         "--num-images",
         dest="n",
         type=int,
         default=None,
-        help="synthetic images (overrides the preset; --num-images under torchrun)",
+        help="synthetic images (default: the preset's; --num-images under torchrun)",
     )
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--scope", default="global", choices=["global", "layerwise"])
-    p.add_argument("--exclude", nargs="*")
-    p.add_argument("--eval-data", default=None, help="labelled data to measure top-1 (optional)")
-    p.add_argument("--out", default="recoverprune-out", help="output directory (resumable)")
-    _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
-    _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="DeepInversion steps per batch (default: the preset's)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="distillation epochs (default: the preset's)"
+    )
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=["global", "layerwise"],
+        help="one magnitude threshold for all layers, or the same fraction in each "
+        "(default global)",
+    )
+    p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense (default: none)")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        help="labelled ImageFolder directory or .tar.gz to measure top-1 of teacher, pruned "
+        "and recovered (default: none; then only teacher-student agreement is reported)",
+    )
+    p.add_argument(
+        "--out",
+        default="recoverprune-out",
+        help="output directory; rerun the same command to resume (default recoverprune-out)",
+    )
+    if full("compress"):
+        _config_overrides(p, _configs()[0], "di-", skip=("iterations",))
+        _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))
     _add_runtime(p)
     p.set_defaults(func=cmd_compress)
     return parser
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    return not (args.no_progress or args.quiet)
+
+
+def _settle_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (else the automatic policy) and say what was chosen."""
+    from recoverprune._progress import console
+    from recoverprune._runtime import set_threads, threads
+
+    chosen = set_threads(args.threads) if args.threads is not None else threads()
+    if not args.quiet and (args.command != "compress"):
+        console.print(chosen.line(), markup=False, highlight=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recoverprune`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    import recoverprune._runtime  # noqa: F401  (torch._dynamo before any process group)
     from recoverprune._io import CheckpointError
 
     try:
         _init_distributed()
+        if hasattr(args, "threads"):
+            _settle_threads(args)
         return int(args.func(args))
     except (CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"recoverprune {args.command}: error: {exc}", file=sys.stderr)
