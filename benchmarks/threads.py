@@ -6,9 +6,10 @@ found and once with one extra CPU-bound competitor (``python -c "while True: pas
 - ``tiny``: ``recoverprune compress --preset tiny`` (stage seconds from its report.json);
 - ``di``: ``--di-steps`` DeepInversion steps of the quick preset (batch of 256, ResNet-20).
 
-Settings: ``auto`` (nothing set: recoverprune's policy, see ``_runtime.threads``), ``1``
-and ``2`` (``OMP_NUM_THREADS``), ``2-passive`` (2 threads, ``OMP_WAIT_POLICY=PASSIVE``),
-``2-forced`` (``--threads 2``, which overrides the policy like torch's old default did).
+Settings: ``auto`` (nothing set: recoverprune's policy, see ``_runtime.threads``, and for
+the CLI ``OMP_WAIT_POLICY=PASSIVE``), ``1`` and ``2`` (``OMP_NUM_THREADS``; ``2`` with
+OpenMP's default spin-waiting: torch's own default here), ``2-passive`` (2 threads,
+``OMP_WAIT_POLICY=PASSIVE``), ``2-forced`` (``--threads 2`` over the policy).
 Each cell is one run (noisy where other jobs share the machine); a run longer than
 ``--timeout`` seconds is reported as ``>timeout``.
 
@@ -34,7 +35,8 @@ from recoverprune._runtime import available_cpus, machine
 SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {
     "auto": ({}, []),
     "1": ({"OMP_NUM_THREADS": "1"}, []),
-    "2": ({"OMP_NUM_THREADS": "2"}, []),
+    # "" keeps libgomp's default wait policy (the CLI otherwise sets PASSIVE)
+    "2": ({"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": ""}, []),
     "2-passive": ({"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}, []),
     "2-forced": ({}, ["--threads", "2"]),
 }
@@ -78,9 +80,18 @@ def run_one(workload: str, setting: str, steps: int, timeout: float) -> tuple[fl
         return float(seconds), int(used)
 
 
-def measure(settings: list[str], steps: int, timeout: float) -> dict[str, dict[str, list]]:
+def measure(
+    condition: str, settings: list[str], steps: int, timeout: float
+) -> dict[str, dict[str, list]]:
     """``{workload: {setting: [seconds, threads]}}`` on the machine as it is now."""
-    return {w: {s: list(run_one(w, s, steps, timeout)) for s in settings} for w in ("tiny", "di")}
+    out: dict[str, dict[str, list]] = {}
+    for w in ("tiny", "di"):
+        for s in settings:
+            sec, used = run_one(w, s, steps, timeout)
+            out.setdefault(w, {})[s] = [sec, used]
+            load = os.getloadavg()[0]
+            print(f"  {condition}, {w}, {s}: {sec} s, {used} threads, load {load:.1f}", flush=True)
+    return out
 
 
 def table(results: dict[str, dict[str, dict[str, list]]], settings: list[str]) -> str:
@@ -117,12 +128,14 @@ def main() -> None:
     )
     results: dict[str, dict[str, dict[str, list]]] = {}
     t0 = time.perf_counter()
-    results["as found"] = measure(args.settings, args.di_steps, args.timeout)
+    results["as found"] = measure("as found", args.settings, args.di_steps, args.timeout)
     if not args.no_competitor:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             time.sleep(2)
-            results["+1 CPU-bound job"] = measure(args.settings, args.di_steps, args.timeout)
+            results["+1 CPU-bound job"] = measure(
+                "+1 job", args.settings, args.di_steps, args.timeout
+            )
         finally:
             hog.kill()
             hog.wait()

@@ -388,6 +388,7 @@ def recover(
                 if held is not None:
                     student.eval()
                     record["agreement"] = _agreement(teacher, student, held, rt)
+                    record["agreement_images"] = len(held)
                 history.append(record)
                 bar.update(
                     epoch=f"{epoch + 1}/{cfg.epochs}",

@@ -53,7 +53,7 @@ class Preset:
     epochs: int
 
 
-#: ``quick``: ResNet-20 on a 2-core CPU in about 15 minutes. ``paper``: the reference
+#: ``quick``: meant for a CPU (its measured time: the README). ``paper``: the reference
 #: budget (2,000 iterations per batch of 256), meant for a GPU. ``tiny``: seconds, for tests.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n=32, iterations=4, batch_size=16, epochs=2),
@@ -272,6 +272,7 @@ def compress(
         "seconds": times,
         "teacher": fingerprint(teacher),
         "agreement": history[-1].get("agreement") if history else None,
+        "agreement_images": history[-1].get("agreement_images") if history else None,
     }
     if eval_data is not None:
         from recoverprune._evaluate import evaluate, resolve_data
@@ -305,7 +306,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for name, acc in report.get("top1", {}).items():
         t.add_row(f"top-1 {name}", f"{acc:.2f} %")
     if report.get("agreement") is not None:
-        t.add_row("teacher-student agreement (held-out synthetic)", f"{report['agreement']:.2f} %")
+        held = f"{report.get('agreement_images') or '?'} held-out synthetic images"
+        t.add_row(f"teacher-student agreement ({held})", f"{report['agreement']:.2f} %")
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
     size = report["size_bytes"]
     t.add_row(

@@ -182,6 +182,7 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
 #: torch's own thread count when recoverprune was imported; a different value later means
 #: the user called ``torch.set_num_threads`` (respected).
 _TORCH_DEFAULT = torch.get_num_threads()
+_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 _chosen: Threads | None = None
 
 
@@ -196,6 +197,7 @@ class Threads:
             ``"torch.set_num_threads"``.
         available: CPUs this process may use (affinity and cgroup quota).
         load: the 1-minute load average when the choice was made (``None`` if unknown).
+        wait_policy: ``OMP_WAIT_POLICY`` as torch loaded it (the CLI sets ``PASSIVE``).
 
     Example:
         >>> Threads(1, 1, "auto", 2, 1.0).line()
@@ -207,6 +209,7 @@ class Threads:
     source: str
     available: int
     load: float | None = None
+    wait_policy: str | None = None
 
     def line(self) -> str:
         """One line for the log: how many threads, and how the number came about."""
@@ -276,7 +279,9 @@ def _set(n: int, source: str) -> Threads:
     # torch allows this once, before any inter-op work; otherwise keep what is there
     with suppress(RuntimeError):
         torch.set_num_interop_threads(n)
-    _chosen = Threads(n, torch.get_num_interop_threads(), source, available_cpus(), _load())
+    _chosen = Threads(
+        n, torch.get_num_interop_threads(), source, available_cpus(), _load(), _WAIT_POLICY
+    )
     return _chosen
 
 
@@ -318,7 +323,9 @@ def threads() -> Threads:
         source = "torch.set_num_threads"
     else:
         return _set(_auto_threads(available_cpus(), _load()), "auto")
-    _chosen = Threads(current, torch.get_num_interop_threads(), source, available_cpus(), _load())
+    _chosen = Threads(
+        current, torch.get_num_interop_threads(), source, available_cpus(), _load(), _WAIT_POLICY
+    )
     return _chosen
 
 

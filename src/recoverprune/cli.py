@@ -55,8 +55,13 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 def _add_model(
     p: argparse.ArgumentParser, required: bool = True, flag: str = "--checkpoint"
 ) -> None:
-    p.add_argument("--arch", required=required, help="zoo architecture (see `recoverprune models`)")
-    p.add_argument(flag, required=required, help="checkpoint file (state_dict or dict holding one)")
+    default = "" if required else " (default: none, the bundled ResNet-20 teacher)"
+    p.add_argument(
+        "--arch", required=required, help=f"zoo architecture (see `recoverprune models`){default}"
+    )
+    p.add_argument(
+        flag, required=required, help=f"checkpoint file (state_dict or dict holding one){default}"
+    )
     p.add_argument(
         "--num-classes", type=int, default=None, help="default: read from the checkpoint"
     )
@@ -325,10 +330,7 @@ def _presets_text() -> str:
     from recoverprune.models import default_teacher_info
 
     info = default_teacher_info()
-    teacher = (
-        f"The bundled teacher: {info['arch']}, {info['top1']:.2f} % top-1 on the "
-        f"{info['data']} test split.\n"
-    )
+    teacher = f"It scores {info['top1']:.2f} % top-1 on the {info['data']} test split.\n"
 
     meant = {"tiny": "a smoke test, seconds", "quick": "a CPU", "paper": "a GPU, the reference"}
     lines = ["", "presets (images x DeepInversion iterations per batch, distillation epochs):"]
@@ -514,6 +516,9 @@ def _settle_threads(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recoverprune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Idle OpenMP threads sleep instead of spinning, so that a job starting beside this one
+    # slows it gently (benchmarks/threads.py); read when torch loads, so before any import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     import recoverprune._runtime  # noqa: F401  (torch._dynamo before any process group)
