@@ -325,6 +325,11 @@ def _configs() -> tuple[type, type]:
     return InversionConfig, DistillConfig
 
 
+def _default(known: bool, which: int, name: str) -> str:
+    """A config field's default for a help text (only needed when that help is shown)."""
+    return str(getattr(_configs()[which], name)) if known else "from the config"
+
+
 def _presets_text() -> str:
     from recoverprune import PRESETS
     from recoverprune.models import default_teacher_info
@@ -373,7 +378,7 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="images per batch (default 512)")
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -390,7 +395,12 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     p.add_argument(
         "--amount", type=float, required=True, help="fraction of weights to remove, e.g. 0.75"
     )
-    p.add_argument("--scope", default="global", choices=["global", "layerwise"])
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=["global", "layerwise"],
+        help="one threshold for all layers, or the same fraction in each (default global)",
+    )
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense, e.g. conv1 linear")
     p.add_argument("--include", nargs="*", default=None, help="layer-name globs that take part")
     p.add_argument("--out", required=True, help="pruned checkpoint to write")
@@ -408,8 +418,15 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         "options would otherwise claim --n)",
     )
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 2000)")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images optimised together (default 256)"
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help=f"steps per batch (default {_default(full('synthesize'), 0, 'iterations')})",
+    )
     p.add_argument(
         "--image-size", type=int, default=None, help="input size if the model has no hint"
     )
@@ -421,16 +438,23 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recover", help="distil the teacher into a pruned student on synthetic images"
     )
-    p.add_argument("--arch", required=True)
+    p.add_argument("--arch", required=True, help="zoo architecture (see `recoverprune models`)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="pruned student checkpoint (from `prune`)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
+    )
     p.add_argument("--synthetic", required=True, help="directory written by `synthesize`")
     p.add_argument(
         "--out", required=True, help="directory for checkpoints and student.pt (resumable)"
     )
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"distillation epochs (default {_default(full('recover'), 1, 'epochs')})",
+    )
+    p.add_argument("--val-data", default=None, help="labelled data to track top-1 (default: none)")
     if full("recover"):
         _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))
     _add_runtime(p)
@@ -499,6 +523,12 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int:
+    from recoverprune._runtime import dist_info
+
+    return dist_info()[0]
+
+
 def _bars(args: argparse.Namespace) -> bool:
     return not (args.no_progress or args.quiet)
 
@@ -516,9 +546,10 @@ def _settle_threads(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recoverprune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Idle OpenMP threads sleep instead of spinning, so that a job starting beside this one
-    # slows it gently (benchmarks/threads.py); read when torch loads, so before any import.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" not in sys.modules:  # read once, when torch loads
+        # Idle OpenMP threads sleep instead of spinning, so that a job starting beside this
+        # one slows it gently (benchmarks/threads.py).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     import recoverprune._runtime  # noqa: F401  (torch._dynamo before any process group)
@@ -527,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _init_distributed()
         if hasattr(args, "threads"):
+            if _rank() > 0:  # one start-up summary and threads line, from rank 0
+                args.quiet = True
             _settle_threads(args)
         return int(args.func(args))
     except (CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
