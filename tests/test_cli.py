@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -595,3 +599,66 @@ def test_full_disk_while_extracting_is_not_called_a_corrupt_archive(
     err = _error(capsys)
     assert "no space left" in err and "corrupt" not in err, err
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+
+
+def test_compress_piped_prints_startup_progress_lines_and_records_threads(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("RECOVERPRUNE_PROGRESS_INTERVAL", "0.01")
+    out = tmp_path / "run"
+    argv = ["compress", "--preset", "tiny", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert (
+        first.startswith("recoverprune compress: teacher bundled ResNet-20") and str(out) in first
+    )
+    assert "threads: 1 (from --threads" in err and "rough time:" in err
+    for stage in ("DeepInversion", "Recovery"):
+        lines = [line for line in err.splitlines() if line.startswith(f"{stage}: ")]
+        assert len(lines) >= 3 and "steps/s" in lines[-1] and "ETA" in lines[-1]
+    assert "independent synthetic images" in err  # the final table, with the check-set size
+    report = json.loads((out / "report.json").read_text())
+    assert report["runtime"]["threads"]["intra"] == 1
+    assert report["runtime"]["threads"]["source"] == "--threads"
+    assert report["runtime"]["machine"]["cpus_available"] >= 1
+    assert report["check"]["images"] == 16  # the tiny preset's independent check set
+
+    assert main([*argv, "--no-progress"]) == 0  # resumes: every stage is done
+    err = capsys.readouterr().err
+    assert "DeepInversion:" not in err and "Recovery:" not in err
+    assert "recoverprune compress:" in err and "sparsity" in err  # summary and table stay
+
+    assert main([*argv, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "wrote" in captured.out
+
+
+def test_compress_help_documents_every_option_with_its_default():
+    from recoverprune.cli import build_parser
+
+    parser = build_parser("compress")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    compress = sub.choices["compress"]
+    text = compress.format_help()
+    assert "bundled" in text and all(p in text for p in ("tiny", "quick", "paper"))
+    for action in compress._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
+            assert action.help, action.option_strings
+            continue
+        assert action.help and "default" in action.help, action.option_strings
+
+
+def test_top_level_help_is_fast_and_does_not_import_torch():
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "recoverprune", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - t0
+    assert "COMMAND" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "torch" not in imported
+    assert seconds < 10  # about 0.3 s alone; generous for a busy machine

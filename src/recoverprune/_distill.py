@@ -434,6 +434,7 @@ def _measure_epoch(
     if held is not None:
         student.eval()
         record["agreement"] = _agreement(teacher, student, held, rt)
+        record["agreement_images"] = len(held)
     return record
 
 

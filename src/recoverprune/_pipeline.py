@@ -78,7 +78,7 @@ class Preset:
             raise ValueError(f"Preset.check_n must be >= 2, got {self.check_n}")
 
 
-#: ``quick``: ResNet-20 on a 2-core CPU in about 15 minutes. ``paper``: the reference
+#: ``quick``: meant for a CPU (its measured time: the README). ``paper``: the reference
 #: budget (2,000 iterations per batch of 256), meant for a GPU. ``tiny``: seconds, for tests.
 #: ``seed``: the recipe of the work this project started from (1,024 images, 200 iterations,
 #: synthesis batch 32, 15 epochs of SGD lr 1e-3 momentum 0.9, T = 3, student BN frozen).

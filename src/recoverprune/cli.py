@@ -30,8 +30,27 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-compile", action="store_true", help="disable torch.compile on CUDA")
     p.add_argument("--no-channels-last", action="store_true", help="disable channels_last on CUDA")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_output(p)
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this "
+        "process may use less those other jobs keep busy; printed at the start)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or lines (the start-up summary and results are still shown)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only errors and the final 'wrote' line"
+    )
 
 
 def _add_model(
@@ -40,8 +59,11 @@ def _add_model(
     flag: str = "--checkpoint",
     resize: bool = False,
 ) -> None:
-    p.add_argument("--arch", required=required, help=_ARCH_HELP)
-    p.add_argument(flag, required=required, help="checkpoint file (state_dict or dict holding one)")
+    default = "" if required else " (default: none, the bundled ResNet-20 teacher)"
+    p.add_argument("--arch", required=required, help=f"{_ARCH_HELP}{default}")
+    p.add_argument(
+        flag, required=required, help=f"checkpoint file (state_dict or dict holding one){default}"
+    )
     p.add_argument(
         "--num-classes", type=int, default=None, help="default: read from the checkpoint"
     )
@@ -67,14 +89,15 @@ def _add_input(p: argparse.ArgumentParser, resize: bool = False) -> None:
         type=float,
         nargs="+",
         default=None,
-        help="normalisation mean, one value or one per channel",
+        help="normalisation mean, one value or one per channel (default: from the checkpoint "
+        "or the model's hint; ImageNet values for RGB)",
     )
     p.add_argument(
         "--std",
         type=float,
         nargs="+",
         default=None,
-        help="normalisation std, one value or one per channel",
+        help="normalisation std, one value or one per channel (default: as --mean)",
     )
     if resize:
         p.add_argument(
@@ -205,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
         resize=args.resize,
-        progress=not args.no_progress,
+        progress=_bars(args),
     )
     print(
         f"top-1 {res.top1:.2f} %  loss {res.loss:.4f}  ({res.n} images, {args.split} split, "
@@ -247,7 +270,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
-        progress=not args.no_progress,
+        progress=_bars(args),
         overwrite=args.overwrite,
     )
     grid = Path(args.out) / "grid.png"
@@ -277,7 +300,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             accel=_accel(args),
-            progress=not args.no_progress,
+            progress=_bars(args),
         ),
         [
             Path(args.out) / f
@@ -295,16 +318,16 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from recoverprune import PRESETS, DistillConfig, InversionConfig, compress
+    from recoverprune.models import default_teacher
 
-    teacher = None
     if args.checkpoint is not None:
         if args.arch is None:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
         teacher = _load(args, args.checkpoint)
     else:
-        from recoverprune.models import default_teacher
-
         teacher = default_teacher()
+    if not args.quiet:
+        _startup(args, teacher)
     res = compress(
         teacher,
         args.amount,
@@ -325,16 +348,113 @@ def cmd_compress(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         accel=_accel(args),
-        progress=not args.no_progress,
+        progress=_bars(args),
         overwrite=args.overwrite,
     )
+    if args.no_progress and not args.quiet:
+        from recoverprune._pipeline import _print_report
+
+        _print_report(res.report)
     print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
     return 0 if res.student is not None else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for the docs' CLI reference)."""
-    from recoverprune import DistillConfig, InversionConfig, __version__
+def _startup(args: argparse.Namespace, teacher: Any) -> None:
+    """The start-up summary of ``compress``: teacher, stages, budgets, output, threads, time."""
+    from recoverprune import PRESETS
+    from recoverprune._estimate import rough_seconds
+    from recoverprune._inversion import infer_input_shape
+    from recoverprune._progress import console, duration, plan
+    from recoverprune._runtime import threads
+
+    p = PRESETS[args.preset]
+    n, iterations = args.n or p.n, args.iterations or p.iterations
+    epochs = args.epochs or p.epochs
+    who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
+    lines = [
+        f"recoverprune compress: teacher {who}; prune {args.amount:.0%} ({args.scope}); "
+        f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
+        f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
+        threads().line(),
+    ]
+    try:
+        shape = infer_input_shape(teacher, getattr(args, "image_size", None))
+        est = rough_seconds(
+            teacher,
+            shape,
+            n=n,
+            iterations=iterations,
+            epochs=epochs,
+            batch_size=p.batch_size,
+            device=args.device,
+        )
+    except (ValueError, RuntimeError) as exc:  # the stages will say what is wrong
+        lines.append(f"time estimate unavailable ({exc})")
+    else:
+        plan(est)
+        again = "; a resumed run skips finished work" if Path(args.out).is_dir() else ""
+        lines.append(
+            f"rough time: synthesis {duration(est['DeepInversion'])}, recovery "
+            f"{duration(est['Recovery'])}, about {duration(sum(est.values()))} in all "
+            f"(from one timed pass of the teacher{again})"
+        )
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+_COMPRESS_DESCRIPTION = """\
+Prune a teacher, synthesise DeepInversion images from it and distil it back into the
+pruned student, every stage saved in --out and resumed after an interruption.
+
+Without --arch/--checkpoint the teacher is the bundled CIFAR-10 ResNet-20
+(recoverprune.models.default_teacher).
+"""
+
+
+def _configs() -> tuple[type, type]:
+    from recoverprune import DistillConfig, InversionConfig
+
+    return InversionConfig, DistillConfig
+
+
+def _default(known: bool, which: int, name: str) -> str:
+    """A config field's default for a help text (only needed when that help is shown)."""
+    return str(getattr(_configs()[which], name)) if known else "from the config"
+
+
+def _presets_text() -> str:
+    from recoverprune import PRESETS
+    from recoverprune.models import default_teacher_info
+
+    info = default_teacher_info()
+    teacher = f"It scores {info['top1']:.2f} % top-1 on the {info['data']} test split.\n"
+
+    meant = {"tiny": "a smoke test, seconds", "quick": "a CPU", "paper": "a GPU, the reference"}
+    lines = ["", "presets (images x DeepInversion iterations per batch, distillation epochs):"]
+    for name, p in PRESETS.items():
+        lines.append(
+            f"  {name:6} {p.n:>6,} images x {p.iterations:>5,} iterations (batch {p.batch_size}), "
+            f"{p.epochs:>3} epochs: {meant.get(name, '')}"
+        )
+    return teacher + "\n".join(lines)
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs' CLI reference).
+
+    Args:
+        command: the sub-command whose options need torch (the ``--di-*``/``--kd-*``
+            overrides come from the config classes): ``"*"`` for all of them, ``None`` for
+            none (what ``recoverprune --help`` needs, without importing torch).
+
+    Example:
+        >>> build_parser(None).parse_args(["models"]).command
+        'models'
+    """
+    from recoverprune._version import __version__
+
+    def full(name: str) -> bool:
+        return command in ("*", name)
 
     parser = argparse.ArgumentParser(
         prog="recoverprune",
@@ -353,14 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p, resize=True)
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="images per batch (default 512)")
     p.add_argument(
         "--cache-dir",
         default=None,
         help="where archives are extracted (default ~/.cache/recoverprune)",
     )
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
+    )
+    _add_output(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="magnitude-prune a checkpoint")
@@ -368,7 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--amount", type=float, required=True, help="fraction of weights to remove, e.g. 0.75"
     )
-    p.add_argument("--scope", default="global", choices=["global", "layerwise"])
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=["global", "layerwise"],
+        help="one threshold for all layers, or the same fraction in each (default global)",
+    )
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense, e.g. conv1 linear")
     p.add_argument("--include", nargs="*", default=None, help="layer-name globs that take part")
     p.add_argument("--out", required=True, help="pruned checkpoint to write")
@@ -386,9 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
         "options would otherwise claim --n)",
     )
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=None, help="steps per batch (default 200)")
-    _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images optimised together (default 256)"
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help=f"steps per batch (default {_default(full('synthesize'), 0, 'iterations')})",
+    )
+    if full("synthesize"):
+        _config_overrides(p, _configs()[0], "di-", skip=("iterations",))
     _add_runtime(p)
     _add_overwrite(p)
     p.set_defaults(func=cmd_synthesize)
@@ -399,43 +534,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help=_ARCH_HELP)
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="pruned student checkpoint (from `prune`)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
+    )
     p.add_argument("--synthetic", required=True, help="directory written by `synthesize`")
     p.add_argument(
         "--out", required=True, help="directory for checkpoints and student.pt (resumable)"
     )
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--val-data", default=None, help="optional labelled data to track top-1")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"distillation epochs (default {_default(full('recover'), 1, 'epochs')})",
+    )
+    p.add_argument("--val-data", default=None, help="labelled data to track top-1 (default: none)")
     _add_input(p, resize=True)
-    _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
+    if full("recover"):
+        _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))
     _add_runtime(p)
     _add_overwrite(p)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("compress", help="prune -> synthesize -> recover in one resumable run")
+    p = sub.add_parser(
+        "compress",
+        help="prune -> synthesize -> recover in one resumable run",
+        description=_COMPRESS_DESCRIPTION + (_presets_text() if full("compress") else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model(p, required=False, resize=True)
-    p.add_argument("--amount", type=float, default=0.75)
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "paper", "seed"])
+    p.add_argument(
+        "--amount",
+        type=float,
+        default=0.75,
+        help="fraction of the prunable weights to set to zero (default 0.75)",
+    )
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "paper", "seed"],
+        help="compute budget, see above (default quick)",
+    )
     p.add_argument(
         "--n",
         "--num-images",
         dest="n",
         type=int,
         default=None,
-        help="synthetic images (overrides the preset; --num-images under torchrun)",
+        help="synthetic images (default: the preset's; --num-images under torchrun)",
     )
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--scope", default="global", choices=["global", "layerwise"])
-    p.add_argument("--exclude", nargs="*")
-    p.add_argument("--eval-data", default=None, help="labelled data to measure top-1 (optional)")
-    p.add_argument("--out", default="recoverprune-out", help="output directory (resumable)")
-    _config_overrides(p, InversionConfig, "di-", skip=("iterations",))
-    _config_overrides(p, DistillConfig, "kd-", skip=("epochs",))
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="DeepInversion steps per batch (default: the preset's)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="distillation epochs (default: the preset's)"
+    )
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=["global", "layerwise"],
+        help="one magnitude threshold for all layers, or the same fraction in each "
+        "(default global)",
+    )
+    p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense (default: none)")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        help="labelled ImageFolder directory or .tar.gz to measure top-1 of teacher, pruned "
+        "and recovered (default: none; then only teacher-student agreement is reported)",
+    )
+    p.add_argument(
+        "--out",
+        default="recoverprune-out",
+        help="output directory; rerun the same command to resume (default recoverprune-out)",
+    )
+    if full("compress"):
+        _config_overrides(p, _configs()[0], "di-", skip=("iterations",))
+        _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))
     _add_runtime(p)
     _add_overwrite(p)
     p.set_defaults(func=cmd_compress)
     return parser
+
+
+def _rank() -> int:
+    from recoverprune._runtime import dist_info
+
+    return dist_info()[0]
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    return not (args.no_progress or args.quiet)
+
+
+def _settle_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (else the automatic policy) and say what was chosen."""
+    from recoverprune._progress import console
+    from recoverprune._runtime import set_threads, threads
+
+    chosen = set_threads(args.threads) if args.threads is not None else threads()
+    if not args.quiet and (args.command != "compress"):
+        console.print(chosen.line(), markup=False, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,11 +648,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, also after the command
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    argv = [a for a in argv if a != "--debug"]
+    if "torch" not in sys.modules:  # read once, when torch loads
+        # Idle OpenMP threads sleep instead of spinning, so that a job starting beside this
+        # one slows it gently (benchmarks/threads.py).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    import recoverprune._runtime  # noqa: F401  (torch._dynamo before any process group)
     from recoverprune._checks import explain
 
     try:
         _init_distributed()
+        if hasattr(args, "threads"):
+            if _rank() > 0:  # one start-up summary and threads line, from rank 0
+                args.quiet = True
+            _settle_threads(args)
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
