@@ -26,11 +26,13 @@ from recoverprune._prune import (
     sparsity,
 )
 from recoverprune._runtime import Accel
+from recoverprune._structured import ChannelConfig, export, kept_channels
 from recoverprune._version import __version__
 
 __all__ = [
     "PRESETS",
     "Accel",
+    "ChannelConfig",
     "CompressResult",
     "DistillConfig",
     "EvalResult",
@@ -42,8 +44,10 @@ __all__ = [
     "__version__",
     "compress",
     "evaluate",
+    "export",
     "finalize",
     "is_pruned",
+    "kept_channels",
     "prune",
     "recover",
     "sparsity",

@@ -25,6 +25,7 @@ from recoverprune._io import (
 from recoverprune._progress import console
 from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
 from recoverprune._runtime import Accel, resolve
+from recoverprune._structured import ChannelConfig, apply_channel_spec, channel_spec
 from recoverprune._version import __version__
 
 __all__ = ["PRESETS", "CompressResult", "Preset", "compress", "sparse_size_bytes"]
@@ -115,7 +116,10 @@ def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
 
 def _load_pruned(path: Path, template: nn.Module) -> nn.Module:
     model = copy_model(template)
-    state = extract_state_dict(load_checkpoint(path), str(path))
+    raw = load_checkpoint(path)
+    state = extract_state_dict(raw, str(path))
+    if raw.get("channel_spec"):  # channel-pruned: reshape the copy to the saved widths
+        apply_channel_spec(model, raw["channel_spec"], state)
     restore_pruning(model, state)
     model.load_state_dict(state)
     return model.eval()
@@ -132,6 +136,8 @@ def compress(
     epochs: int | None = None,
     scope: Literal["global", "layerwise"] = "global",
     exclude: Sequence[str] = (),
+    structure: Literal["unstructured", "channel"] = "unstructured",
+    channel: ChannelConfig | None = None,
     inversion: InversionConfig | None = None,
     distill: DistillConfig | None = None,
     eval_data: Any = None,
@@ -154,7 +160,7 @@ def compress(
         out_dir: where every stage is persisted.
         preset: budget (``"tiny"``, ``"quick"``, ``"paper"`` or a :class:`Preset`).
         n, iterations, epochs: override the preset.
-        scope, exclude: as in :func:`~recoverprune.prune`.
+        scope, exclude, structure, channel: as in :func:`~recoverprune.prune`.
         inversion, distill: full hyper-parameter control.
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
             teacher / pruned / recovered; only ever used for measuring.
@@ -203,13 +209,17 @@ def compress(
     if pruned_path.is_file():
         student = _load_pruned(pruned_path, teacher)
     else:
-        student = prune(teacher, amount, scope=scope, exclude=exclude)
+        student = prune(
+            teacher, amount, scope=scope, exclude=exclude, structure=structure, channel=channel
+        )
         if rt.is_main:
             save_atomic(
                 {
                     "state_dict": student.state_dict(),
                     "amount": amount,
                     "scope": scope,
+                    "structure": structure,
+                    "channel_spec": channel_spec(student),
                     "teacher": fingerprint(teacher),
                 },
                 pruned_path,
@@ -262,6 +272,8 @@ def compress(
         "library": __version__,
         "amount": amount,
         "scope": scope,
+        "structure": structure,
+        "channel": asdict(channel) if channel else None,
         "preset": asdict(p),
         "inversion": asdict(inv),
         "distill": asdict(dcfg),
@@ -289,7 +301,14 @@ def compress(
         }
         spent("evaluate", t0)
     if rt.is_main:
-        save_atomic({"state_dict": student.state_dict(), "amount": amount}, out / "student.pt")
+        save_atomic(
+            {
+                "state_dict": student.state_dict(),
+                "amount": amount,
+                "channel_spec": channel_spec(student),
+            },
+            out / "student.pt",
+        )
         write_json_atomic(report, out / "report.json")
         if progress:
             _print_report(report)

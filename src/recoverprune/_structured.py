@@ -13,7 +13,6 @@ are kept (the residual stream), and only the channels inside the blocks are prun
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -151,9 +150,13 @@ def _channel_changers(model: nn.Module, example: torch.Tensor) -> dict[nn.Module
 
     def hook(m: nn.Module, inputs: Any, out: Any) -> None:
         x = inputs[0] if inputs else None
-        if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and x.dim() > 1:
-            if out.dim() > 1 and x.shape[1] != out.shape[1]:
-                found[m] = (int(x.shape[1]), int(out.shape[1]))
+        if (
+            isinstance(x, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and min(x.dim(), out.dim()) > 1
+            and x.shape[1] != out.shape[1]
+        ):
+            found[m] = (int(x.shape[1]), int(out.shape[1]))
 
     leaves = [
         m
