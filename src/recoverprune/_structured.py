@@ -61,6 +61,7 @@ class ChannelConfig:
         unstructured: then prune this fraction of the remaining weights unstructured.
         calibration_images: DeepInversion images for ``importance="taylor"`` without ``data``.
         calibration_iterations: DeepInversion steps for those images.
+        image_size: input ``H``/``W`` for tracing when the model has no ``pretrained_cfg``.
 
     Example:
         >>> ChannelConfig(speedup=2.0).importance
@@ -76,6 +77,7 @@ class ChannelConfig:
     unstructured: float = 0.0
     calibration_images: int = 64
     calibration_iterations: int = 100
+    image_size: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.importance not in ("magnitude", "taylor"):
@@ -134,13 +136,16 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return total[0]
 
 
-def _example(model: nn.Module, example: torch.Tensor | None) -> torch.Tensor:
+def _example(
+    model: nn.Module, example: torch.Tensor | None, image_size: int | tuple[int, int] | None = None
+) -> torch.Tensor:
     if example is not None:
         return example[:1]
     from recoverprune._inversion import infer_input_shape
 
     p = next(model.parameters())
-    return torch.zeros(1, *infer_input_shape(model), device=p.device, dtype=p.dtype)
+    shape = infer_input_shape(model, image_size)
+    return torch.zeros(1, *shape, device=p.device, dtype=p.dtype)
 
 
 # -- the graph ------------------------------------------------------------------------
@@ -271,6 +276,7 @@ def _calibration(
             n,
             iterations=cfg.calibration_iterations,
             batch_size=min(n, 64),
+            image_size=cfg.image_size,
             device=next(model.parameters()).device,
             progress=False,
         )
@@ -436,7 +442,7 @@ def channel_prune(
     from recoverprune._prune import prune as unstructured
 
     cfg = config or ChannelConfig()
-    example = _example(model, example)
+    example = _example(model, example, cfg.image_size)
     was = model.training
     if cfg.speedup is not None or cfg.target_macs is not None:
         amount = _budget_amount(model, cfg, exclude, example, data)

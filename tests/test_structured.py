@@ -1,0 +1,240 @@
+"""Channel pruning: smaller dense models, exact widths, kept indices, save/load, export."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from recoverprune import ChannelConfig, export, kept_channels, prune, sparsity
+from recoverprune._io import fingerprint, save_atomic
+from recoverprune._structured import channel_spec, count_macs
+from recoverprune.models import create_model, list_models, load_model, resnet20, resnet32
+
+pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _calibrated(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics, so pruned channels matter in the outputs."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32))
+    return model.eval()
+
+
+def _tiny_torchvision() -> dict[str, nn.Module]:
+    from torchvision.models.resnet import BasicBlock
+
+    return {
+        "tv_resnet": torchvision.models.ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10),
+        "tv_mobilenet_v2": torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=10),
+        "tv_densenet": torchvision.models.DenseNet(
+            growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", [*list_models(), *_tiny_torchvision()])
+def test_every_model_gets_smaller_and_still_runs(name):
+    model = create_model(name) if name in list_models() else _tiny_torchvision()[name]
+    model.eval()
+    small = prune(model, 0.5, structure="channel", channel=ChannelConfig(image_size=32))
+    with torch.no_grad():
+        assert small(X).shape == model(X).shape
+    assert _params(small) < 0.8 * _params(model)
+    assert count_macs(small, X) < 0.8 * count_macs(model, X)
+    assert all(type(m) in (nn.Module, type(m)) for m in small.modules())  # plain modules
+
+
+def test_exact_channel_counts_resnet20():
+    small = prune(resnet20(), 0.5, structure="channel")
+    for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
+        for block in getattr(small, stage):
+            assert block.conv1.out_channels == block.bn1.num_features == width // 2
+            assert block.conv2.in_channels == width // 2
+            assert block.conv2.out_channels == width  # residual stream kept (option-A)
+    assert small.conv1.out_channels == 16 and small.linear.in_features == 64
+    assert small.linear.out_features == 10
+
+
+def test_round_to_keeps_multiples():
+    small = prune(resnet20(), 0.6, structure="channel", channel=ChannelConfig(round_to=4))
+    assert all(b.conv1.out_channels % 4 == 0 for b in small.layer1)
+
+
+def test_kept_channels_are_the_teacher_slices():
+    teacher = _calibrated(resnet20())
+    small = prune(teacher, 0.5, structure="channel")
+    kept = kept_channels(small)
+    idx = kept["layer2.1.conv1"]
+    assert torch.equal(kept["layer2.1.bn1"], idx) and len(idx) == 16
+    t, s = teacher.layer2[1], small.layer2[1]
+    assert torch.equal(s.conv1.weight, t.conv1.weight[idx])
+    assert torch.equal(s.bn1.running_var, t.bn1.running_var[idx])
+    assert torch.equal(s.conv2.weight, t.conv2.weight[:, idx])
+    assert "layer2.1.conv2" not in kept and kept_channels(teacher) is None
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_teacher_bitwise_unchanged(importance):
+    teacher = _calibrated(resnet20())
+    before, flags = fingerprint(teacher), [p.requires_grad for p in teacher.parameters()]
+    cfg = ChannelConfig(importance=importance, calibration_images=8, calibration_iterations=2)
+    prune(teacher, 0.5, structure="channel", channel=cfg)
+    assert fingerprint(teacher) == before and not teacher.training
+    assert [p.requires_grad for p in teacher.parameters()] == flags
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_taylor_on_given_images_differs_from_magnitude():
+    teacher = _calibrated(resnet20())
+    images = torch.randn(16, 3, 32, 32)
+    taylor = prune(teacher, 0.5, structure="channel", channel=ChannelConfig("taylor"), data=images)
+    magnitude = prune(teacher, 0.5, structure="channel")
+    a, b = kept_channels(taylor), kept_channels(magnitude)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("speedup", [2.0, 3.0])
+def test_speedup_budget_is_met_closely(speedup):
+    teacher = resnet32()
+    small = prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=speedup))
+    ratio = count_macs(teacher, X) / count_macs(small, X)
+    assert speedup <= ratio < speedup * 1.1
+
+
+def test_target_macs_and_unreachable_budget():
+    teacher = resnet20()
+    goal = count_macs(teacher, X) // 2
+    small = prune(teacher, None, structure="channel", channel=ChannelConfig(target_macs=goal))
+    assert count_macs(small, X) <= goal
+    with pytest.raises(ValueError, match="cannot reach"):
+        prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=50))
+
+
+def test_channel_then_unstructured_in_one_call():
+    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(unstructured=0.5))
+    assert small.layer1[0].conv1.out_channels == 8
+    assert abs(sparsity(small).overall - 0.5) < 1e-3
+    assert kept_channels(small) is not None
+
+
+def test_save_load_round_trip_weights_only(tmp_path):
+    small = _calibrated(
+        prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(unstructured=0.3))
+    )
+    path = tmp_path / "small.pt"
+    save_atomic({"state_dict": small.state_dict(), "channel_spec": channel_spec(small)}, path)
+    loaded = load_model("resnet20", path)  # torch.load(weights_only=True) inside
+    with torch.no_grad():
+        assert torch.equal(loaded(X), small(X))
+    assert loaded.layer3[1].conv1.out_channels == 32
+    assert {k: v.tolist() for k, v in kept_channels(loaded).items()} == {
+        k: v.tolist() for k, v in kept_channels(small).items()
+    }
+    torch.load(path, weights_only=True)  # plain data only
+
+
+def test_export_matches_eager(tmp_path):
+    small = _calibrated(prune(resnet20(), 0.5, structure="channel"))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        want = small(x)
+    program = torch.export.load(export(small, str(tmp_path / "s.pt2")))
+    torch.testing.assert_close(program.module()(x), want, atol=1e-5, rtol=1e-5)
+    ort = pytest.importorskip("onnxruntime", reason='ONNX check needs pip install ".[export]"')
+    pytest.importorskip("onnx", reason='ONNX export needs pip install ".[export]"')
+    session = ort.InferenceSession(export(small, str(tmp_path / "s.onnx")))
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+class _FunctionalPad(nn.Module):
+    """A residual add whose shortcut pads channels in forward(), not in a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        y = self.conv(h) + F.pad(h, (0, 0, 0, 0, 4, 4))
+        return self.head(y.mean((2, 3)))
+
+
+def test_unresolvable_coupling_names_the_layers():
+    with pytest.raises(ValueError, match=r"'conv'.*'stem'.*exclude=\['conv', 'stem'\]"):
+        prune(
+            _FunctionalPad(),
+            0.5,
+            structure="channel",
+            channel=ChannelConfig(protect_first=False, image_size=8),
+        )
+
+
+def test_option_a_residual_stream_kept_even_unprotected():
+    small = prune(
+        resnet20(),
+        0.5,
+        structure="channel",
+        channel=ChannelConfig(protect_first=False, image_size=8),
+    )
+    assert small.conv1.out_channels == 16 and small.layer3[2].conv2.out_channels == 64
+
+
+def test_exclude_keeps_a_layer_whole():
+    small = prune(resnet20(), 0.5, structure="channel", exclude=["layer1.0.conv1"])
+    assert small.layer1[0].conv1.out_channels == 16 and small.layer1[1].conv1.out_channels == 8
+
+
+def test_clear_import_error_without_torch_pruning(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    with pytest.raises(ImportError, match=r"recoverprune\[channel\]"):
+        prune(resnet20(), 0.5, structure="channel")
+
+
+def test_bad_structure_and_config():
+    with pytest.raises(ValueError, match="structure"):
+        prune(resnet20(), 0.5, structure="filters")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="speedup"):
+        ChannelConfig(speedup=0.5)
+    with pytest.raises(TypeError, match="amount"):
+        prune(resnet20(), None, structure="channel")
+
+
+def test_cli_prune_channel_round_trip(tmp_path, capsys):
+    from recoverprune.cli import main
+
+    teacher = _calibrated(resnet20())
+    torch.save(teacher.state_dict(), tmp_path / "t.pt")
+    out = tmp_path / "s.pt"
+    rc = main(
+        [
+            "prune",
+            "--arch",
+            "resnet20",
+            "--checkpoint",
+            str(tmp_path / "t.pt"),
+            "--amount",
+            "0.5",
+            "--structure",
+            "channel",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0 and "MACs" in capsys.readouterr().out
+    assert load_model("resnet20", out).layer2[0].conv1.out_channels == 16
