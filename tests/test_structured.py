@@ -60,12 +60,33 @@ def test_every_model_gets_smaller_and_still_runs(name):
 def test_exact_channel_counts_resnet20():
     small = prune(resnet20(), 0.5, structure="channel")
     for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
+        stream = 16 if stage == "layer1" else width // 2  # layer1's stream is conv1's: protected
         for block in getattr(small, stage):
             assert block.conv1.out_channels == block.bn1.num_features == width // 2
             assert block.conv2.in_channels == width // 2
-            assert block.conv2.out_channels == width  # residual stream kept (option-A)
-    assert small.conv1.out_channels == 16 and small.linear.in_features == 64
+            assert block.conv2.out_channels == block.bn2.num_features == stream
+    assert small.conv1.out_channels == 16 and small.linear.in_features == 32
     assert small.linear.out_features == 10
+    # the option-A shortcuts became 1x1 selection convolutions between the pruned streams
+    assert (small.layer2[0].shortcut.in_channels, small.layer2[0].shortcut.out_channels) == (16, 16)
+    assert (small.layer3[0].shortcut.in_channels, small.layer3[0].shortcut.out_channels) == (16, 32)
+
+
+def test_residual_false_prunes_only_inside_blocks():
+    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(residual=False))
+    for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
+        for block in getattr(small, stage):
+            assert block.conv1.out_channels == width // 2 and block.conv2.out_channels == width
+    assert small.linear.in_features == 64
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in small.modules())
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_amount_zero_computes_the_teacher_function(residual):
+    teacher = _calibrated(resnet32())
+    same = prune(teacher, 0.0, structure="channel", channel=ChannelConfig(residual=residual))
+    with torch.no_grad():
+        torch.testing.assert_close(same(X), teacher(X), atol=1e-5, rtol=1e-5)
 
 
 def test_round_to_keeps_multiples():
@@ -77,13 +98,17 @@ def test_kept_channels_are_the_teacher_slices():
     teacher = _calibrated(resnet20())
     small = prune(teacher, 0.5, structure="channel")
     kept = kept_channels(small)
-    idx = kept["layer2.1.conv1"]
-    assert torch.equal(kept["layer2.1.bn1"], idx) and len(idx) == 16
+    idx, stream = kept["layer2.1.conv1"], kept["layer2.1.conv2"]
+    assert torch.equal(kept["layer2.1.bn1"], idx) and len(idx) == 16 and len(stream) == 16
+    # one residual stream: the same channels in every layer that writes to it
+    assert torch.equal(kept["layer2.0.bn2"], stream)
+    assert torch.equal(kept["layer2.0.shortcut"], stream)
     t, s = teacher.layer2[1], small.layer2[1]
-    assert torch.equal(s.conv1.weight, t.conv1.weight[idx])
+    assert torch.equal(s.conv1.weight, t.conv1.weight[idx][:, stream])
     assert torch.equal(s.bn1.running_var, t.bn1.running_var[idx])
-    assert torch.equal(s.conv2.weight, t.conv2.weight[:, idx])
-    assert "layer2.1.conv2" not in kept and kept_channels(teacher) is None
+    assert torch.equal(s.conv2.weight, t.conv2.weight[stream][:, idx])
+    assert torch.equal(small.linear.weight, teacher.linear.weight[:, kept["layer3.0.conv2"]])
+    assert "layer1.0.conv2" not in kept and kept_channels(teacher) is None
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
@@ -126,7 +151,9 @@ def test_target_macs_and_unreachable_budget():
 def test_channel_then_unstructured_in_one_call():
     small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(unstructured=0.5))
     assert small.layer1[0].conv1.out_channels == 8
-    assert abs(sparsity(small).overall - 0.5) < 1e-3
+    report = sparsity(small)
+    layers = [la for la in report.layers if not la.name.endswith("shortcut")]
+    assert abs(sum(la.zeros for la in layers) / sum(la.numel for la in layers) - 0.5) < 1e-3
     assert kept_channels(small) is not None
 
 
@@ -185,14 +212,12 @@ def test_unresolvable_coupling_names_the_layers():
         )
 
 
-def test_option_a_residual_stream_kept_even_unprotected():
-    small = prune(
-        resnet20(),
-        0.5,
-        structure="channel",
-        channel=ChannelConfig(protect_first=False, image_size=8),
-    )
+def test_option_a_stream_kept_whole_without_residual_even_unprotected():
+    cfg = ChannelConfig(protect_first=False, residual=False)
+    small = prune(resnet20(), 0.5, structure="channel", channel=cfg)
     assert small.conv1.out_channels == 16 and small.layer3[2].conv2.out_channels == 64
+    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(protect_first=False))
+    assert small.conv1.out_channels == 8 and small.layer1[0].conv2.out_channels == 8
 
 
 def test_exclude_keeps_a_layer_whole():

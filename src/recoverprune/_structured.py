@@ -35,6 +35,7 @@ __all__ = [
 
 Importance = Literal["magnitude", "taylor"]
 _KEPT_ATTR = "recoverprune_kept_channels"
+_CONVERTED_ATTR = "recoverprune_shortcut_convs"
 _INSTALL = 'pip install "recoverprune[channel]"'
 _SHAPE_ATTRS = (
     "in_channels",
@@ -62,6 +63,10 @@ class ChannelConfig:
         calibration_images: DeepInversion images for ``importance="taylor"`` without ``data``.
         calibration_iterations: DeepInversion steps for those images.
         image_size: input ``H``/``W`` for tracing when the model has no ``pretrained_cfg``.
+        residual: also prune the residual stream of the CIFAR ResNets: each parameter-free
+            option-A shortcut becomes a 1x1 stride-2 convolution initialised to the same
+            channel selection (trainable during recovery). ``False`` keeps the stream
+            whole and prunes only inside the blocks (less speed-up).
 
     Example:
         >>> ChannelConfig(speedup=2.0).importance
@@ -78,6 +83,7 @@ class ChannelConfig:
     calibration_images: int = 64
     calibration_iterations: int = 100
     image_size: int | tuple[int, int] | None = None
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if self.importance not in ("magnitude", "taylor"):
@@ -199,9 +205,39 @@ def _boundary_pruner(changers: Mapping[nn.Module, tuple[int, int]]) -> Any:
     return Boundary()
 
 
-def _graph(model: nn.Module, example: torch.Tensor) -> tuple[Any, set[nn.Module]]:
+def _selection_conv(pad: int, c_in: int, c_out: int, like: torch.Tensor) -> nn.Conv2d:
+    """The option-A shortcut as a 1x1 stride-2 convolution: out[pad + i] = x[i], zeros elsewhere."""
+    conv = nn.Conv2d(c_in, c_out, 1, stride=2, bias=False).to(like.device, like.dtype)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[torch.arange(c_in) + pad, torch.arange(c_in), 0, 0] = 1.0
+    return conv
+
+
+def _convert_shortcuts(model: nn.Module, changers: dict[nn.Module, tuple[int, int]]) -> list[str]:
+    """Replace each option-A shortcut by its selection convolution, which the graph can prune."""
+    from recoverprune.models.cifar_resnet import _ShortcutA
+
+    names = {m: n for n, m in model.named_modules()}
+    like = next(model.parameters())
+    converted = []
+    for m, (c_in, c_out) in list(changers.items()):
+        if type(m) is _ShortcutA and c_out == c_in + 2 * m.pad:
+            parent, _, attr = names[m].rpartition(".")
+            setattr(model.get_submodule(parent), attr, _selection_conv(m.pad, c_in, c_out, like))
+            converted.append(names[m])
+            del changers[m]
+    return converted
+
+
+def _graph(
+    model: nn.Module, example: torch.Tensor, residual: bool = True
+) -> tuple[Any, set[nn.Module]]:
     tp = _tp()
     changers = _channel_changers(model, example)
+    if residual:
+        converted = _convert_shortcuts(model, changers)
+        setattr(model, _CONVERTED_ATTR, [*getattr(model, _CONVERTED_ATTR, []), *converted])
     pruner = _boundary_pruner(changers)
     graph = tp.DependencyGraph().build_dependency(
         model,
@@ -247,7 +283,7 @@ def _groups(
     model: nn.Module, example: torch.Tensor, cfg: ChannelConfig, exclude: Sequence[str]
 ) -> tuple[Any, dict[str, Any]]:
     """The dependency graph and its prunable groups, keyed by the root layer's name."""
-    graph, boundaries = _graph(model, example)
+    graph, boundaries = _graph(model, example, cfg.residual)
     names = {m: n for n, m in model.named_modules()}
     groups: dict[str, Any] = {}
     ignored = _protected(model, cfg, exclude)
@@ -452,7 +488,8 @@ def channel_prune(
     student.train(was)
     if cfg.unstructured > 0:
         kept = getattr(student, _KEPT_ATTR)
-        student = unstructured(student, cfg.unstructured, exclude=exclude)
+        keep_dense = [*exclude, *getattr(student, _CONVERTED_ATTR, [])]
+        student = unstructured(student, cfg.unstructured, exclude=keep_dense)
         setattr(student, _KEPT_ATTR, kept)
     return student
 
@@ -495,7 +532,12 @@ def channel_spec(model: nn.Module) -> dict[str, Any] | None:
         for name, m in model.named_modules()
         if isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.modules.batchnorm._BatchNorm)
     }
-    return {"format": 1, "modules": modules, "kept": {n: v.tolist() for n, v in kept.items()}}
+    return {
+        "format": 1,
+        "modules": modules,
+        "kept": {n: v.tolist() for n, v in kept.items()},
+        "shortcut_convs": list(getattr(model, _CONVERTED_ATTR, [])),
+    }
 
 
 def apply_channel_spec(
@@ -513,6 +555,10 @@ def apply_channel_spec(
         >>> fresh.load_state_dict(small.state_dict())
         <All keys matched successfully>
     """
+    for name in spec.get("shortcut_convs", []):  # option-A shortcuts made 1x1 convolutions
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Conv2d(1, 1, 1, stride=2, bias=False))
+    setattr(model, _CONVERTED_ATTR, list(spec.get("shortcut_convs", [])))
     modules = dict(model.named_modules())
     for name, attrs in spec.get("modules", {}).items():
         if name not in modules:
