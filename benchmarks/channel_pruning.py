@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,11 @@ def _ort_session(model: nn.Module, path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(export(model, str(path))), opts)
 
 
-def side_by_side(runners: dict[str, Any], x: Any, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each runner, calls interleaved so load hits all alike."""
+def side_by_side(
+    runners: dict[str, Any], x: Any, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call of each runner, and the median over rounds of the first
+    runner's time divided by each one's (calls interleaved, so load hits all alike)."""
     for run in runners.values():
         run(x)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -74,7 +77,12 @@ def side_by_side(runners: dict[str, Any], x: Any, repeats: int) -> dict[str, flo
             t0 = time.perf_counter()
             runners[name](x)
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    first = next(iter(runners))
+    ratios = {
+        k: statistics.median(a / b for a, b in zip(times[first], v, strict=True))
+        for k, v in times.items()
+    }
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def latency(
@@ -104,7 +112,7 @@ def latency(
                     }
                     arg = x.numpy()
                 with torch.inference_mode():
-                    med = side_by_side(runners, arg, args.repeats)
+                    med, ratio = side_by_side(runners, arg, args.repeats)
                 rows.append(
                     {
                         "batch": batch,
@@ -112,7 +120,7 @@ def latency(
                         "backend": backend,
                         "teacher_ms": med["teacher"] * 1e3,
                         "student_ms": med["student"] * 1e3,
-                        "ratio": med["teacher"] / med["student"],
+                        "ratio": ratio["student"],  # median of per-round ratios
                     }
                 )
     return rows
@@ -218,16 +226,23 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def students_config(args: argparse.Namespace) -> ChannelConfig:
+    """The ChannelConfig the command line asks for (without a budget)."""
+    return ChannelConfig(
+        importance=args.importance,
+        protect_first=not args.no_protect_first,
+        residual=not args.no_residual,
+        round_to=args.round_to,
+    )
+
+
 def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
     """label -> channel-pruned student, one per ``--speedups`` (MACs) or ``--amounts``."""
-    cfg = ChannelConfig(importance=args.importance)
+    cfg = students_config(args)
     out = {}
     for s in args.speedups:
         out[f"{s:g}x MACs"] = prune(
-            teacher,
-            None,
-            structure="channel",
-            channel=ChannelConfig(importance=args.importance, speedup=s),
+            teacher, None, structure="channel", channel=replace(cfg, speedup=s)
         )
     for a in args.amounts:
         out[f"amount {a:g}"] = prune(teacher, a, structure="channel", channel=cfg)
@@ -246,6 +261,7 @@ def measure_arch(
         row: dict[str, Any] = {
             "arch": arch,
             "teacher": source,
+            "config": asdict(students_config(args)),
             "structure": "channel",
             "label": label,
             "params": [_params(teacher), _params(student)],
@@ -343,6 +359,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--speedups", nargs="*", type=float, default=[2.0, 3.0], help="MAC budgets")
     p.add_argument("--amounts", nargs="*", type=float, default=[], help="fixed channel amounts")
     p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
+    p.add_argument(
+        "--no-protect-first", action="store_true", help="prune the first conv's channels too"
+    )
+    p.add_argument(
+        "--no-residual", action="store_true", help="keep option-A residual streams whole"
+    )
+    p.add_argument("--round-to", type=int, default=None, help="keep multiples of this")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=30, help="timed runs per model (median)")
