@@ -263,3 +263,51 @@ def test_cli_prune_channel_round_trip(tmp_path, capsys):
     )
     assert rc == 0 and "MACs" in capsys.readouterr().out
     assert load_model("resnet20", out).layer2[0].conv1.out_channels == 16
+
+
+def test_compress_channel_saves_loads_and_resumes(tmp_path):
+    from recoverprune import compress
+
+    teacher = _calibrated(resnet20())
+    kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False, structure="channel")
+    res = compress(teacher, 0.5, **kwargs)
+    assert res.report["structure"] == "channel"
+    assert res.student.layer2[0].conv1.out_channels == 16
+    loaded = load_model("resnet20", tmp_path / "student.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), res.student.eval()(X))
+    again = compress(teacher, 0.5, **kwargs)  # resumes from pruned.pt: same widths
+    assert again.student.layer3[0].shortcut.out_channels == 32
+
+
+def _bench(tmp_path, *extra: str) -> dict:
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "benchmarks/channel_pruning.py", "--tiny", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [*cmd, *extra], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| resnet20 | 2x MACs |" in proc.stdout
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+def test_channel_benchmark_tiny_latency(tmp_path):
+    row = _bench(tmp_path)["rows"][0]
+    assert row["macs"][0] / row["macs"][1] >= 2.0 and row["params"][1] < row["params"][0]
+    assert {lat["backend"] for lat in row["latency"]} >= {"eager"}
+    assert all(lat["ratio"] > 0 for lat in row["latency"])
+
+
+@pytest.mark.slow
+def test_channel_benchmark_tiny_recovery(shared_dir, tmp_path):
+    row = _bench(tmp_path, "--recover")["rows"][0]
+    for col in ("teacher", "pruned", "deepinversion", "noise"):
+        assert 0.0 <= row["top1"][col] <= 100.0
+    assert row["top1"]["teacher"] > 80.0
+    assert "deepinversion" in row["unstructured"]["top1"]

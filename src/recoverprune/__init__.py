@@ -26,7 +26,7 @@ from recoverprune._prune import (
     sparsity,
 )
 from recoverprune._runtime import Accel
-from recoverprune._structured import ChannelConfig, export, kept_channels
+from recoverprune._structured import ChannelConfig, channel_spec, export, kept_channels
 from recoverprune._version import __version__
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "SparsityReport",
     "SyntheticImages",
     "__version__",
+    "channel_spec",
     "compress",
     "evaluate",
     "export",
