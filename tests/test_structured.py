@@ -311,3 +311,15 @@ def test_channel_benchmark_tiny_recovery(shared_dir, tmp_path):
         assert 0.0 <= row["top1"][col] <= 100.0
     assert row["top1"]["teacher"] > 80.0
     assert "deepinversion" in row["unstructured"]["top1"]
+
+
+def test_train_mode_teacher_keeps_its_statistics_and_frozen_teacher_works():
+    teacher = _calibrated(resnet20()).train()
+    small = prune(teacher, 0.5, structure="channel")
+    kept = kept_channels(small)["layer1.0.bn1"]
+    assert small.training  # mode of the input is kept ...
+    assert torch.equal(small.layer1[0].bn1.running_mean, teacher.layer1[0].bn1.running_mean[kept])
+    frozen = _calibrated(resnet20()).requires_grad_(False)  # ... and Taylor needs no grad flags
+    cfg = ChannelConfig("taylor")
+    small = prune(frozen, 0.5, structure="channel", channel=cfg, data=torch.randn(8, 3, 32, 32))
+    assert not any(p.requires_grad for p in small.parameters())

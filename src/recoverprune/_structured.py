@@ -329,9 +329,16 @@ def _taylor_grads(model: nn.Module, data: Any, cfg: ChannelConfig) -> None:
     images, labels = _calibration(model, data, cfg)
     model.eval()
     model.zero_grad(set_to_none=True)
-    for x, y in zip(images.split(64), labels.split(64), strict=True):
-        loss = nn.functional.cross_entropy(model(x), y.long(), reduction="sum")
-        (loss / len(images)).backward()
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for x, y in zip(images.split(64), labels.split(64), strict=True):
+            loss = nn.functional.cross_entropy(model(x), y.long(), reduction="sum")
+            (loss / len(images)).backward()
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def _scores(groups: Mapping[str, Any], cfg: ChannelConfig) -> dict[str, torch.Tensor]:
@@ -403,7 +410,7 @@ def _pruned_copy(
     """A copy of ``model`` with ``amount`` of every group's channels removed, and its scores."""
     from recoverprune._prune import copy_model
 
-    target = copy_model(model)
+    target = copy_model(model).eval()  # tracing must not touch BatchNorm statistics
     graph, groups = _groups(target, example, cfg, exclude)
     if not groups:
         raise ValueError(
@@ -415,7 +422,10 @@ def _pruned_copy(
             _taylor_grads(target, data, cfg)
         scores = _scores(groups, cfg)
         target.zero_grad(set_to_none=True)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     kept = _prune_groups(target, graph, groups, scores, amount, cfg)
+    for name, p in target.named_parameters():  # pruning makes new Parameters: keep the flags
+        p.requires_grad_(flags.get(name, any(flags.values())))
     setattr(target, _KEPT_ATTR, kept)
     return target, scores
 
