@@ -351,6 +351,53 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     fig.savefig(out / "channel-top1-latency.png", dpi=120)
 
 
+def compare_importance(args: argparse.Namespace) -> str:
+    """Top-1 right after pruning (no recovery) for each importance criterion and image source."""
+    from recoverprune import synthesize
+    from recoverprune.data import load_split
+
+    test = load_split(args.data, "test")
+    step = max(1, len(test) // args.compare_n)
+    x, y = test.batch(torch.arange(0, len(test), step))
+    train = load_split(args.data, "train")
+    k = args.calibration_images
+    lines = [
+        f"| model | budget | criterion | top-1 after pruning ({len(y)} test images) |",
+        "|---|---|---|---:|",
+    ]
+    for arch in args.archs:
+        teacher = recovery_teacher(arch)[0].eval()
+        g = torch.Generator().manual_seed(args.seed)
+        sources: dict[str, Any] = {
+            "magnitude (data-free)": None,
+            "taylor, DeepInversion images": synthesize(
+                teacher,
+                k,
+                iterations=args.calibration_iterations,
+                batch_size=k,
+                seed=args.seed,
+                device="cpu",
+                progress=False,
+            ),
+            "taylor, Gaussian noise": torch.randn(k, *x.shape[1:], generator=g),
+            "taylor, real images": train.batch(torch.randperm(len(train), generator=g)[:k]),
+        }
+        with torch.no_grad():
+            top1 = (teacher(x).argmax(1) == y).float().mean().item() * 100
+        lines.append(f"| {arch} | teacher | | {top1:.2f} |")
+        for speedup in args.speedups:
+            for name, data in sources.items():
+                cfg = ChannelConfig(
+                    importance="magnitude" if data is None else "taylor", speedup=speedup
+                )
+                student = prune(teacher, None, structure="channel", channel=cfg, data=data).eval()
+                with torch.no_grad():
+                    top1 = (student(x).argmax(1) == y).float().mean().item() * 100
+                lines.append(f"| {arch} | {speedup:g}x MACs | {name} | {top1:.2f} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -377,7 +424,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=str(ROOT / "runs" / "channel"))
     p.add_argument("--plot", action="store_true", help="top-1 against latency (needs --recover)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument(
+        "--compare-importance",
+        action="store_true",
+        help="only: top-1 right after pruning for magnitude / Taylor on DeepInversion, noise, real",
+    )
+    p.add_argument("--compare-n", type=int, default=2000, help="test images for that")
+    p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--calibration-iterations", type=int, default=100)
     args = p.parse_args(argv)
+    if args.compare_importance:
+        if args.tiny:
+            args.archs, args.speedups, args.compare_n = ["resnet20"], [2.0], 50
+            args.calibration_images, args.calibration_iterations = 8, 2
+        md = compare_importance(args)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "importance.md").write_text(md)
+        print(md)
+        return {"importance": md}
     if args.tiny:
         args.archs, args.speedups, args.batches, args.threads, args.repeats = (
             ["resnet20"],

@@ -185,7 +185,7 @@ def load_model(
     ``model``, ``student`` or ``model_state_dict``; ``module.``/``_orig_mod.`` prefixes are
     stripped. Pruned checkpoints (``<layer>.weight_orig`` + ``<layer>.weight_mask``) come
     back pruned, masks intact; channel-pruned ones (saved with a ``channel_spec``, see
-    :func:`recoverprune._structured.channel_spec`) come back at their smaller widths.
+    :func:`recoverprune.channel_spec`) come back at their smaller widths.
 
     Args:
         arch: one of :func:`list_models`.
