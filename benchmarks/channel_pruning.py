@@ -64,19 +64,22 @@ def _ort_session(model: nn.Module, path: Path, threads: int) -> Any:
 
 
 def side_by_side(
-    runners: dict[str, Any], x: Any, repeats: int
+    runners: dict[str, Any], x: Any, repeats: int, clock: Any = time.perf_counter
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per call of each runner, and the median over rounds of the first
-    runner's time divided by each one's (calls interleaved, so load hits all alike)."""
+    runner's time divided by each one's (calls interleaved, so load hits all alike).
+
+    ``clock=time.process_time`` measures CPU time instead of wall time: on one thread, the
+    latency the call would have on an idle core, unaffected by time spent descheduled."""
     for run in runners.values():
         run(x)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i in range(repeats):
         order = list(runners) if i % 2 == 0 else list(reversed(runners))
         for name in order:
-            t0 = time.perf_counter()
+            t0 = clock()
             runners[name](x)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     first = next(iter(runners))
     ratios = {
         k: statistics.median(a / b for a, b in zip(times[first], v, strict=True))
@@ -112,12 +115,14 @@ def latency(
                     }
                     arg = x.numpy()
                 with torch.inference_mode():
-                    med, ratio = side_by_side(runners, arg, args.repeats)
+                    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+                    med, ratio = side_by_side(runners, arg, args.repeats, clock)
                 rows.append(
                     {
                         "batch": batch,
                         "threads": threads,
                         "backend": backend,
+                        "clock": args.clock,
                         "teacher_ms": med["teacher"] * 1e3,
                         "student_ms": med["student"] * 1e3,
                         "ratio": ratio["student"],  # median of per-round ratios
@@ -293,7 +298,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {r['arch']} | {r['label']} | {p[0] / 1e3:.0f} k → {p[1] / 1e3:.0f} k "
                 f"| {m[0] / 1e6:.1f} M → {m[1] / 1e6:.1f} M ({m[0] / m[1]:.2f}x) "
-                f"| {lat['batch']} | {lat['threads']} | {lat['backend']} "
+                f"| {lat['batch']} | {lat['threads']} | {lat['backend']}{' (CPU time)' if lat.get('clock') == 'cpu' else ''} "
                 f"| {lat['teacher_ms']:.2f} | {lat['student_ms']:.2f} | {lat['ratio']:.2f}x |"
             )
     if any("top1" in r for r in rows):
@@ -416,6 +421,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=30, help="timed runs per model (median)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: process CPU time, the idle-core latency on a loaded machine (1 thread only)",
+    )
     p.add_argument("--recover", action="store_true", help="add the top-1 columns (slow)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--columns", nargs="+", default=["deepinversion", "noise", "real"])
