@@ -177,17 +177,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     model = _load(args.arch, args.checkpoint, args.num_classes)
     if args.structure == "channel":
+        import torch
+
         from recoverprune._structured import count_macs
 
         pruned = prune(
-            model, args.amount, exclude=args.exclude or (), structure="channel",
+            model,
+            args.amount,
+            exclude=args.exclude or (),
+            structure="channel",
             channel=_channel_config(args),
         )
         _save_model(pruned, args.out, arch=args.arch, amount=args.amount, structure="channel")
-        x = __import__("torch").zeros(1, *model.pretrained_cfg["input_size"])
+        x = torch.zeros(1, *model.pretrained_cfg["input_size"])
         params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
-        print(f"{args.arch} channel-pruned: {params[0]:,} -> {params[1]:,} parameters, "
-              f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs")
+        print(
+            f"{args.arch} channel-pruned: {params[0]:,} -> {params[1]:,} parameters, "
+            f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"
+        )
         print(f"wrote {args.out}")
         return 0
     pruned = prune(
