@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     )
     from recoverprune._runtime import Accel
     from recoverprune._spec import InputSpec
+    from recoverprune._structured import ChannelConfig, channel_spec, export, kept_channels
 
 # Where each public name lives. Started as the ``recoverprune`` command (console script or
 # ``python -m``), the package loads them on first use, so that ``recoverprune --help`` does
@@ -61,6 +62,10 @@ _WHERE = {
     "sparsity": "_prune",
     "Accel": "_runtime",
     "InputSpec": "_spec",
+    "ChannelConfig": "_structured",
+    "channel_spec": "_structured",
+    "export": "_structured",
+    "kept_channels": "_structured",
 }
 
 
@@ -83,6 +88,7 @@ if os.path.basename(sys.argv[0]) not in ("recoverprune", "recoverprune.exe", "-m
 __all__ = [
     "PRESETS",
     "Accel",
+    "ChannelConfig",
     "CompressResult",
     "DistillConfig",
     "EvalResult",
@@ -93,10 +99,13 @@ __all__ = [
     "SparsityReport",
     "SyntheticImages",
     "__version__",
+    "channel_spec",
     "compress",
     "evaluate",
+    "export",
     "finalize",
     "is_pruned",
+    "kept_channels",
     "prune",
     "recover",
     "sparsity",

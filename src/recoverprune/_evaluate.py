@@ -119,8 +119,11 @@ def evaluate(
         device: ``"cpu"``, ``"cuda"``... (default: CUDA if available).
         split: sub-folder of a path to read (``"test"``).
         cache_dir: where archives are extracted.
-        channels, mean, std: how to read a path, when the model carries no hint (one
-            value, or one per channel); the defaults come from the model.
+        channels: input channels of a path's images, when the model carries no hint
+            (default: from the model).
+        mean: normalisation mean for a path's images, one value or one per channel
+            (default: from the model).
+        std: normalisation standard deviation, as ``mean``.
         resize: size to resize a path's images to (default: the model's input size when
             known, else as stored), e.g. 224 to evaluate a 224x224 model on CIFAR-10.
         progress: show a rich progress bar.

@@ -30,6 +30,7 @@ from recoverprune._progress import console
 from recoverprune._prune import copy_model, finalize, prune, restore_pruning, sparsity
 from recoverprune._runtime import Accel, Runtime, resolve
 from recoverprune._spec import InputSpec
+from recoverprune._structured import ChannelConfig, apply_channel_spec, channel_spec
 from recoverprune._version import __version__
 
 __all__ = [
@@ -161,7 +162,10 @@ def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
 
 def _load_pruned(path: Path, template: nn.Module) -> nn.Module:
     model = copy_model(template)
-    state = extract_state_dict(load_checkpoint(path), str(path))
+    raw = load_checkpoint(path)
+    state = extract_state_dict(raw, str(path))
+    if raw.get("channel_spec"):  # channel-pruned: reshape the copy to the saved widths
+        apply_channel_spec(model, raw["channel_spec"], state)
     restore_pruning(model, state)
     model.load_state_dict(state)
     return model.eval()
@@ -178,6 +182,8 @@ def compress(
     epochs: int | None = None,
     scope: Literal["global", "layerwise"] = "global",
     exclude: Sequence[str] = (),
+    structure: Literal["unstructured", "channel"] = "unstructured",
+    channel: ChannelConfig | None = None,
     inversion: InversionConfig | None = None,
     distill: DistillConfig | None = None,
     eval_data: Any = None,
@@ -214,6 +220,8 @@ def compress(
         epochs: distillation epochs (overrides the preset).
         scope: as in :func:`~recoverprune.prune`.
         exclude: as in :func:`~recoverprune.prune`.
+        structure: as in :func:`~recoverprune.prune` (``"channel"``: a smaller dense model).
+        channel: as in :func:`~recoverprune.prune` (channel-pruning settings).
         inversion: DeepInversion hyper-parameters (:class:`InversionConfig`).
         distill: distillation hyper-parameters (:class:`DistillConfig`).
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
@@ -264,7 +272,8 @@ def compress(
     stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
 
     with clock("prune"):
-        student = _prune_stage(teacher, amount, scope, exclude, out / "pruned.pt", rt, overwrite)
+        how = {"scope": scope, "exclude": exclude, "structure": structure, "channel": channel}
+        student = _prune_stage(teacher, amount, how, out / "pruned.pt", rt, overwrite)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
         synth = {"config": inv, "batch_size": p.batch_size, **_input_kwargs(spec), **stage}
@@ -285,12 +294,19 @@ def compress(
         )
     report = _report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
     report["input"] = spec.to_dict()
+    report["structure"] = structure
+    report["channel"] = asdict(channel) if channel else None
     if eval_data is not None:
         with clock("evaluate"):
             report["top1"] = _top1(teacher, pruned_snapshot, student, eval_data, device, spec)
     report["seconds"] = clock.times
     if rt.is_main:
-        final = {"state_dict": student.state_dict(), "amount": amount, "input": spec.to_dict()}
+        final = {
+            "state_dict": student.state_dict(),
+            "amount": amount,
+            "input": spec.to_dict(),
+            "channel_spec": channel_spec(student),
+        }
         save_atomic(final, out / "student.pt")
         write_json_atomic(report, out / "report.json")
         if progress:
@@ -337,21 +353,28 @@ class _StageClock:
 def _prune_stage(
     teacher: nn.Module,
     amount: float,
-    scope: Literal["global", "layerwise"],
-    exclude: Sequence[str],
+    how: dict[str, Any],
     path: Path,
     rt: Runtime,
     overwrite: bool,
 ) -> nn.Module:
-    key = stage_key(teacher=fingerprint(teacher), amount=amount, scope=scope, exclude=exclude)
+    """``prune(teacher, amount, **how)``, or the pruned student ``path`` holds for exactly that."""
+    channel = how["channel"]
+    key = stage_key(
+        teacher=fingerprint(teacher),
+        amount=amount,
+        **{**how, "channel": asdict(channel) if channel else None},
+    )
     if reuse_pruned(path, key, overwrite):
         return _load_pruned(path, teacher)
-    student = prune(teacher, amount, scope=scope, exclude=exclude)
+    student = prune(teacher, amount, **how)
     if rt.is_main:
         state = {
             "state_dict": student.state_dict(),
             "amount": amount,
-            "scope": scope,
+            "scope": how["scope"],
+            "structure": how["structure"],
+            "channel_spec": channel_spec(student),
             "teacher": fingerprint(teacher),
             "key": key,
         }
@@ -442,7 +465,8 @@ def _top1(
 def _print_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    t = Table(title=f"recoverprune: {report['amount']:.0%} global sparsity")
+    how = "channels removed" if report.get("structure") == "channel" else "sparsity"
+    t = Table(title=f"recoverprune: amount {report['amount']:.0%} ({report['scope']} {how})")
     t.add_column("quantity")
     t.add_column("value", justify="right")
     for name, acc in report.get("top1", {}).items():

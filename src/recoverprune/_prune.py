@@ -16,12 +16,15 @@ import numbers
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from rich.table import Table
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+
+if TYPE_CHECKING:
+    from recoverprune._structured import ChannelConfig
 
 __all__ = [
     "LayerSparsity",
@@ -150,15 +153,18 @@ def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
 
 def prune(
     model: nn.Module,
-    amount: float,
+    amount: float | None,
     *,
     scope: Scope = "global",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     inplace: bool = False,
+    structure: Literal["unstructured", "channel"] = "unstructured",
+    channel: ChannelConfig | None = None,
+    data: Any = None,
 ) -> nn.Module:
-    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept.
+    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept; or channel pruning.
 
     With ``scope="global"`` (the default, as in the paper) all selected weights compete:
     exactly ``round(amount * total)`` of the smallest ``|w|`` across every layer are
@@ -175,6 +181,14 @@ def prune(
         exclude: glob patterns of layer names to keep dense, e.g. ``["conv1", "linear"]``.
         layer_types: module types whose ``weight`` is pruned.
         inplace: prune ``model`` itself instead of a deep copy.
+        structure: ``"unstructured"`` (masks, the default) or ``"channel"``: remove whole
+            output channels through a dependency graph, so the copy is a smaller dense
+            network (needs ``pip install "recoverprune[channel]"``; ``amount`` is then the
+            fraction of each prunable group's channels, ``scope``/``include``/``layer_types``/
+            ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md).
+        channel: channel-pruning settings: importance, ``speedup=``/``target_macs=``
+            budgets, protected layers, unstructured sparsity on what remains.
+        data: images for data-driven channel importance (default: DeepInversion images).
 
     Returns:
         The pruned model (a deep copy unless ``inplace``), same mode and device.
@@ -193,6 +207,12 @@ def prune(
         >>> sparsity(net).zeros  # the input model is left as it was
         0
     """
+    if structure == "channel":
+        from recoverprune._structured import channel_prune
+
+        return channel_prune(model, amount, channel, exclude=exclude, data=data)
+    if structure != "unstructured":
+        raise ValueError(f"structure must be 'unstructured' or 'channel', got {structure!r}")
     a = _check_amount(amount)
     if scope not in ("global", "layerwise"):
         raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")

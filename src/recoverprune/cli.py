@@ -184,8 +184,43 @@ def _labelled(model: Any, data: str | None, resize: int | None) -> Any:
     return resolve_data(model, data, resize=resize)
 
 
+def _add_structure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--structure",
+        default="unstructured",
+        choices=["unstructured", "channel"],
+        help="unstructured masks, or remove whole channels (a smaller, faster dense model; "
+        'needs pip install "recoverprune[channel]") (default unstructured)',
+    )
+    p.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="channel: prune to this many times fewer MACs instead of --amount (default: none)",
+    )
+    p.add_argument(
+        "--importance",
+        default="magnitude",
+        choices=["magnitude", "taylor"],
+        help="channel: how channels are ranked; taylor scores them on DeepInversion images "
+        "(default magnitude)",
+    )
+
+
+def _channel_config(args: argparse.Namespace) -> Any:
+    from recoverprune import ChannelConfig
+
+    if args.structure != "channel":
+        return None
+    return ChannelConfig(importance=args.importance, speedup=args.speedup)
+
+
 def _save_model(model: Any, path: str, **extra: Any) -> None:
     from recoverprune._io import save_atomic
+    from recoverprune._structured import channel_spec
+
+    if channel_spec(model) is not None:  # channel-pruned: load_model reshapes from this
+        extra["channel_spec"] = channel_spec(model)
 
     save_atomic({"state_dict": model.state_dict(), **extra}, path)
 
@@ -243,6 +278,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from recoverprune import prune, sparsity
 
     model = _load(args, args.checkpoint)
+    if args.structure == "channel":
+        import torch
+
+        from recoverprune._structured import count_macs
+
+        pruned = prune(
+            model,
+            args.amount,
+            exclude=args.exclude or (),
+            structure="channel",
+            channel=_channel_config(args),
+        )
+        _save_model(pruned, args.out, arch=args.arch, amount=args.amount, structure="channel")
+        x = torch.zeros(1, *model.pretrained_cfg["input_size"])
+        params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
+        print(
+            f"{args.arch} channel-pruned: {params[0]:,} -> {params[1]:,} parameters, "
+            f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"
+        )
+        print(f"wrote {args.out}")
+        return 0
     pruned = prune(
         model, args.amount, scope=args.scope, exclude=args.exclude or (), include=args.include
     )
@@ -338,6 +394,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         scope=args.scope,
         exclude=args.exclude or (),
+        structure=args.structure,
+        channel=_channel_config(args),
         inversion=_apply_overrides(InversionConfig(), args, "di-"),
         distill=_apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
         eval_data=_labelled(teacher, args.eval_data, args.resize),
@@ -499,6 +557,7 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense, e.g. conv1 linear")
     p.add_argument("--include", nargs="*", default=None, help="layer-name globs that take part")
     p.add_argument("--out", required=True, help="pruned checkpoint to write")
+    _add_structure(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("synthesize", help="DeepInversion images from a teacher checkpoint")
@@ -610,6 +669,7 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         default="recoverprune-out",
         help="output directory; rerun the same command to resume (default recoverprune-out)",
     )
+    _add_structure(p)
     if full("compress"):
         _config_overrides(p, _configs()[0], "di-", skip=("iterations",))
         _config_overrides(p, _configs()[1], "kd-", skip=("epochs",))

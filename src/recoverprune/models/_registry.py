@@ -174,7 +174,8 @@ def load_model(
     The checkpoint may be a plain state dict or a dict holding one under ``state_dict``,
     ``model``, ``student`` or ``model_state_dict``; ``module.``/``_orig_mod.`` prefixes are
     stripped. Pruned checkpoints (``<layer>.weight_orig`` + ``<layer>.weight_mask``) come
-    back pruned, masks intact.
+    back pruned, masks intact; channel-pruned ones (saved with a ``channel_spec``, see
+    :func:`recoverprune.channel_spec`) come back at their smaller widths.
 
     Args:
         arch: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
@@ -219,6 +220,11 @@ def load_model(
     if num_classes is None:
         num_classes = _infer_num_classes(state_dict, classifier) or 10
     model = create_model(arch, num_classes)
+    spec = raw.get("channel_spec") if isinstance(raw, dict) else None
+    if spec:  # channel-pruned: reshape to the recorded channel counts before loading
+        from recoverprune._structured import apply_channel_spec
+
+        apply_channel_spec(model, spec, state_dict)
     restore_pruning(model, state_dict)
     problem = _fit_report(arch, model, state_dict)
     if problem:
