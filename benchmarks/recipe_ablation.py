@@ -319,14 +319,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for spec in [] if args.report else args.cells:
         run_cell(spec, args, sets, test, check, results)
         write_json_atomic(results, path)
-    if check is not None:
-        rescore(results, check, out)
-        write_json_atomic(results, path)
     for other in sorted(out.glob("results-*.json")):  # cells other workers measured
         theirs = json.loads(other.read_text())
         results["cells"] = {**theirs["cells"], **results["cells"]}
         for name, sec in (theirs.get("synthesis_seconds") or {}).items():
             results["synthesis_seconds"].setdefault(name, sec)
+    if check is not None:  # cells measured before the check set existed, by any worker
+        rescore(results, check, out)
+        write_json_atomic(results, path)
     md = to_markdown(results, args.cells)
     (out / "ablation.md").write_text(md)
     if args.update_docs:
