@@ -19,7 +19,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recoverprune import Accel, __version__
 from recoverprune._io import write_json_atomic
+from recoverprune._runtime import cpu_model
 from recoverprune.models import create_model, load_model
 
 #: plain float32 eager: the baseline, and how FLOPs are counted
@@ -102,24 +102,13 @@ def chosen_variants(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [k for k in names if k not in skipped], skipped
 
 
-def cpu_name() -> str:
-    """The CPU model as ``/proc/cpuinfo`` names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict[str, Any]:
     """Software and hardware the numbers were measured on."""
     cuda = torch.cuda.is_available()
     return {
         "torch": str(torch.__version__),
         "recoverprune": __version__,
-        "cpu": f"{cpu_name()} ({os.cpu_count()} logical CPUs)",
+        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "tf32": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,3 +34,21 @@ def calibrated(net: nn.Module, passes: int = 5, size: int = 8, in_channels: int 
         for _ in range(passes):
             net(torch.randn(32, in_channels, size, size))
     return net.eval()
+
+
+def sharp_teacher(num_classes: int = 4) -> nn.Module:
+    """A tiny 'trained' teacher: BN statistics from data, confident (sharp) outputs."""
+    t = calibrated(tiny_bn_net(num_classes, widths=(8, 16)))
+    with torch.no_grad():
+        t[-1].weight.mul_(20.0)
+    return t
+
+
+def random_synthetic(n: int = 64, seed: int = 1, num_classes: int = 4) -> Any:
+    """``n`` random 3x8x8 'synthetic' images with random labels."""
+    from recoverprune import SyntheticImages
+
+    g = torch.Generator().manual_seed(seed)
+    return SyntheticImages(
+        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    )

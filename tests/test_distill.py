@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from _nets import calibrated, tiny_bn_net
+from _nets import random_synthetic, sharp_teacher, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, sparsity
 from recoverprune._distill import CHECKPOINT, augment, kd_loss
 from recoverprune._io import fingerprint
@@ -19,18 +19,11 @@ def _net(num_classes: int = 4, seed: int = 0) -> nn.Module:
 
 
 def _teacher() -> nn.Module:
-    """A tiny 'trained' teacher: BN statistics from data, confident (sharp) outputs."""
-    t = calibrated(_net())
-    with torch.no_grad():
-        t[-1].weight.mul_(20.0)
-    return t
+    return sharp_teacher()
 
 
 def _data(n: int = 64, seed: int = 1) -> SyntheticImages:
-    g = torch.Generator().manual_seed(seed)
-    return SyntheticImages(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
+    return random_synthetic(n, seed)
 
 
 def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from _nets import calibrated, tiny_bn_net
+from _nets import calibrated, random_synthetic, sharp_teacher, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, sparsity
 from recoverprune._calibrate import recalibrate_bn, reconstruct
 from recoverprune._distill import CHECKPOINT, mix
@@ -20,17 +20,11 @@ from recoverprune.models import resnet20
 
 
 def _teacher() -> nn.Module:
-    t = calibrated(tiny_bn_net(4, widths=(8, 16)))
-    with torch.no_grad():
-        t[-1].weight.mul_(20.0)
-    return t
+    return sharp_teacher()
 
 
 def _data(n: int = 64, seed: int = 1) -> SyntheticImages:
-    g = torch.Generator().manual_seed(seed)
-    return SyntheticImages(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
+    return random_synthetic(n, seed)
 
 
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from recoverprune._dataset import MANIFEST, SyntheticImages, shard_name
 from recoverprune._io import fingerprint, read_json, save_atomic, write_json_atomic
 from recoverprune._progress import progress as progress_bar
 from recoverprune._runtime import Accel, Runtime, generator, resolve
-from recoverprune._spec import InputSpec
+from recoverprune._spec import InputSpec, _model_cfg
 from recoverprune._version import __version__
 
 __all__ = [
@@ -247,14 +247,6 @@ def _js_competition(student_logits: Tensor, teacher_logits: Tensor, t: float) ->
         q.log(), m, reduction="batchmean"
     )
     return 1.0 - js.clamp(0.0, 1.0)
-
-
-def _model_cfg(model: nn.Module) -> dict[str, Any]:
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict):
-            return cfg
-    return {}
 
 
 def infer_input_shape(

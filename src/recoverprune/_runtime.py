@@ -34,6 +34,7 @@ __all__ = [
     "Runtime",
     "Threads",
     "available_cpus",
+    "cpu_model",
     "dist_info",
     "generator",
     "machine",
@@ -329,7 +330,8 @@ def threads() -> Threads:
     return _chosen
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model as ``/proc/cpuinfo`` names it (else what ``platform`` says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -348,7 +350,7 @@ def machine() -> dict[str, Any]:
     """
     return {
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_available": available_cpus(),
         "python": platform.python_version(),
