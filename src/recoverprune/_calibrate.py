@@ -73,24 +73,27 @@ def recalibrate_bn(
 
 
 class _Stop(Exception):
-    """Raised by a capture hook once the layer of interest has seen its input."""
+    """Raised by a capture hook once the last layer of interest has seen its input."""
 
 
-def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
-    captured: list[Tensor] = []
+def _layer_inputs(model: nn.Module, layers: list[nn.Module], x: Tensor) -> list[Tensor]:
+    """The inputs of ``layers`` on ``x``, the forward pass stopped after the last of them."""
+    captured: dict[int, Tensor] = {}
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        captured.append(inputs[0])
-        raise _Stop
+        captured[id(module)] = inputs[0]
+        if len(captured) == len(layers):
+            raise _Stop
 
-    handle = layer.register_forward_pre_hook(hook)
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
         model(x)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return captured[0]
+        for h in handles:
+            h.remove()
+    return [captured[id(layer)] for layer in layers]
 
 
 def _patches(layer: nn.Module, x: Tensor) -> Tensor:
@@ -108,7 +111,17 @@ def _chunk(layer: nn.Module, images: Tensor, batch_size: int, budget: float = 6.
     return max(1, min(batch_size, int(budget // (positions * d))))
 
 
+#: layers with a longer input row (3x3x256; e.g. ResNet-18's last stage, VGG's classifier) are
+#: left as they are: one masked solve per output channel grows as the cube of the row
+MAX_ROW = 2304
+#: at most this many forward passes per image batch, however deep the network: deeper
+#: networks refit consecutive layers together, from one pass
+MAX_PASSES = 24
+
+
 def _reconstructable(layer: nn.Module) -> bool:
+    if layer.weight_orig[0].numel() > MAX_ROW:
+        return False
     if isinstance(layer, nn.Linear):
         return True
     return (
@@ -150,11 +163,13 @@ def reconstruct(
     """Refit each pruned layer's kept weights to reproduce the teacher layer's output.
 
     Layers are visited in module order; each sees the student's own activations (with
-    the layers before it already refitted) and is fitted by least squares to the output
+    the layers before it already refitted; in networks of more than 24 such layers,
+    consecutive layers are refitted together from one forward pass, so the cost stays
+    at most 24 passes) and is fitted by least squares to the output
     the dense teacher layer gives on the teacher's activations, over every image and
     position of ``images``. Masks are unchanged: pruned weights stay exactly zero.
-    Grouped convolutions, and layers whose shape differs from the teacher's (channel
-    pruning), are left as they are. Both models are used in eval mode; batches are sized
+    Grouped convolutions, layers whose shape differs from the teacher's (channel
+    pruning) and layers whose input row is longer than ``MAX_ROW`` are left as they are. Both models are used in eval mode; batches are sized
     so that one layer's patch matrix stays under about 256 MB.
 
     Returns:
@@ -180,11 +195,14 @@ def reconstruct(
         and t_mods[n].weight.shape == m.weight_orig.shape  # same layer, not channel-pruned
     ]
     flags = [(m, m.training) for m in (*teacher.modules(), *student.modules())]
+    per_pass = -(-len(names) // MAX_PASSES)  # ceil: 1 (one layer a pass) up to 24 layers
     try:
         teacher.eval()
         student.eval()
-        for name in names:
-            _refit(teacher, student, t_mods[name], s_mods[name], images, batch_size, damp, rt)
+        for start in range(0, len(names), per_pass):
+            group = names[start : start + per_pass]
+            pairs = [(t_mods[n], s_mods[n]) for n in group]
+            _refit(teacher, student, pairs, images, batch_size, damp, rt)
     finally:
         for m, flag in flags:
             m.training = flag
@@ -195,26 +213,33 @@ def reconstruct(
 def _refit(
     teacher: nn.Module,
     student: nn.Module,
-    t_layer: nn.Module,
-    s_layer: nn.Module,
+    pairs: list[tuple[nn.Module, nn.Module]],
     images: Tensor,
     batch_size: int,
     damp: float,
     rt: Runtime,
 ) -> None:
-    h = c = None
-    for x in _batches(images, _chunk(s_layer, images, batch_size)):
+    """Refit the student layers of ``pairs`` (teacher layer, student layer) from one pass."""
+    grams: list[list[Tensor]] = []
+    chunk = min(_chunk(s_layer, images, batch_size) for _, s_layer in pairs)
+    for x in _batches(images, chunk):
         x = rt.prepare_input(x)
-        xs = _patches(s_layer, _layer_input(student, s_layer, x)).float()
-        xt = _patches(t_layer, _layer_input(teacher, t_layer, x)).float()
-        h = xs.T @ xs if h is None else h + xs.T @ xs
-        c = xs.T @ xt if c is None else c + xs.T @ xt
-    assert h is not None and c is not None
-    w_t = t_layer.weight.detach().reshape(len(t_layer.weight), -1).double().cpu()
-    mask = s_layer.weight_mask.reshape(len(w_t), -1).cpu() != 0
-    w = _solve_rows(h.double().cpu(), c.double().cpu(), w_t, mask, damp)
-    # only the kept weights change: masked ones keep their value (gradual pruning may
-    # bring them back, by magnitude)
-    orig = s_layer.weight_orig
-    fitted = w.reshape(orig.shape).to(orig)
-    orig.copy_(torch.where(s_layer.weight_mask != 0, fitted, orig))
+        s_in = _layer_inputs(student, [s for _, s in pairs], x)
+        t_in = _layer_inputs(teacher, [t for t, _ in pairs], x)
+        for i, ((t_layer, s_layer), xs, xt) in enumerate(zip(pairs, s_in, t_in, strict=True)):
+            xs, xt = _patches(s_layer, xs).float(), _patches(t_layer, xt).float()
+            h, c = xs.T @ xs, xs.T @ xt
+            if len(grams) <= i:
+                grams.append([h, c])
+            else:
+                grams[i][0] += h
+                grams[i][1] += c
+    for (t_layer, s_layer), (h, c) in zip(pairs, grams, strict=True):
+        w_t = t_layer.weight.detach().reshape(len(t_layer.weight), -1).double().cpu()
+        mask = s_layer.weight_mask.reshape(len(w_t), -1).cpu() != 0
+        w = _solve_rows(h.double().cpu(), c.double().cpu(), w_t, mask, damp)
+        # only the kept weights change: masked ones keep their value (gradual pruning may
+        # bring them back, by magnitude)
+        orig = s_layer.weight_orig
+        fitted = w.reshape(orig.shape).to(orig)
+        orig.copy_(torch.where(s_layer.weight_mask != 0, fitted, orig))
