@@ -195,7 +195,7 @@ def reconstruct(
         and t_mods[n].weight.shape == m.weight_orig.shape  # same layer, not channel-pruned
     ]
     flags = [(m, m.training) for m in (*teacher.modules(), *student.modules())]
-    per_pass = -(-len(names) // MAX_PASSES)  # ceil: 1 (one layer a pass) up to 24 layers
+    per_pass = max(1, -(-len(names) // MAX_PASSES))  # 1 (a layer a pass) up to 24 layers
     try:
         teacher.eval()
         student.eval()

@@ -121,7 +121,7 @@ def data_fingerprint(data: Any, chunk: int = 1024) -> str:
     Example:
         >>> import torch
         >>> from recoverprune import SyntheticImages
-        >>> a = SyntheticImages(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
+        >>> a = SyntheticImages(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]), mean=0.5, std=0.5)
         >>> data_fingerprint(a) == data_fingerprint(a), len(data_fingerprint(a))
         (True, 16)
     """
