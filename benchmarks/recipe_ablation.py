@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 
@@ -36,6 +35,7 @@ from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recove
 from recoverprune._calibrate import recalibrate_bn, reconstruct
 from recoverprune._distill import RECONSTRUCT_IMAGES
 from recoverprune._io import write_json_atomic
+from recoverprune._pipeline import check_quality
 from recoverprune.data import load_split
 from recoverprune.models import default_teacher, load_model
 
@@ -81,16 +81,10 @@ def teacher_for(arch: str) -> torch.nn.Module:
     return load_model(arch, path)
 
 
-@torch.no_grad()
 def quality(teacher: Any, student: Any, check: SyntheticImages) -> dict[str, float]:
     """Agreement (%) and KL(teacher ‖ student) on the independent synthetic check set."""
-    x = check.images
-    t, s = teacher.eval()(x), student.eval()(x)
-    kl = F.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="batchmean", log_target=True)
-    return {
-        "check_agreement": 100.0 * float((t.argmax(1) == s.argmax(1)).float().mean()),
-        "check_kl": float(kl),
-    }
+    q = check_quality(teacher, student, check)
+    return {"check_agreement": q["agreement"], "check_kl": q["kl"]}
 
 
 def parse_cell(spec: str) -> tuple[str, float, str, str, float]:

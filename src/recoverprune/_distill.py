@@ -289,20 +289,31 @@ def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimiz
 
 
 @torch.no_grad()
-def _agreement(
+def agreement_and_kl(
     teacher: nn.Module,
     student: nn.Module,
     data: SyntheticImages,
     rt: Runtime,
     batch_size: int = 512,
-) -> float:
-    agree = 0
+) -> dict[str, float]:
+    """Teacher–student top-1 agreement (%) and mean ``KL(teacher ‖ student)`` on ``data``.
+
+    Both models are used as they are (call it in eval mode), on ``rt``'s device.
+    """
+    agree, kl = 0, 0.0
     for start in range(0, len(data), batch_size):
         x, _ = data.get_batch(torch.arange(start, min(start + batch_size, len(data))))
         x = rt.prepare_input(x)
         with rt.autocast():
-            agree += int((teacher(x).argmax(1) == student(x).argmax(1)).sum())
-    return 100.0 * agree / max(len(data), 1)
+            t, s = teacher(x).float(), student(x).float()
+        agree += int((t.argmax(1) == s.argmax(1)).sum())
+        kl += float(F.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True))
+    n = max(len(data), 1)
+    return {"images": len(data), "agreement": 100.0 * agree / n, "kl": round(kl / n, 6) + 0.0}
+
+
+def _agreement(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime) -> float:
+    return agreement_and_kl(teacher, student, data, rt)["agreement"]
 
 
 def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime) -> None:

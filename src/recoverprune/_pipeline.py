@@ -16,7 +16,7 @@ from torch import nn
 
 from recoverprune._checks import preflight, reuse_pruned, run_stage, stage_key
 from recoverprune._dataset import SyntheticImages
-from recoverprune._distill import DistillConfig, recover
+from recoverprune._distill import DistillConfig, agreement_and_kl, recover
 from recoverprune._inversion import InversionConfig, borrowed, synthesize
 from recoverprune._io import (
     extract_state_dict,
@@ -399,19 +399,9 @@ def check_quality(
         >>> check_quality(net, net, data)
         {'images': 8, 'agreement': 100.0, 'kl': 0.0}
     """
-    agree, kl = 0, 0.0
+    device = next(teacher.parameters()).device
     with borrowed(teacher, student):
-        for start in range(0, len(check), batch_size):
-            x, _ = check.get_batch(torch.arange(start, min(start + batch_size, len(check))))
-            t, s = teacher(x), student(x)
-            agree += int((t.argmax(1) == s.argmax(1)).sum())
-            kl += float(
-                torch.nn.functional.kl_div(
-                    s.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True
-                )
-            )
-    n = max(len(check), 1)
-    return {"images": len(check), "agreement": 100.0 * agree / n, "kl": round(kl / n, 6) + 0.0}
+        return agreement_and_kl(teacher, student, check, resolve(device), batch_size)
 
 
 def _report(
