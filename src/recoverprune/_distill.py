@@ -558,8 +558,9 @@ def recover(
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
         loss_fn = stack.enter_context(bind_objective(terms, teacher, student))
-        loop, sampler = _build_loop(teacher, student, optimizer, loss_fn, train_set, cfg, rt, seed)
-        loop.out = out
+        loop, sampler = _build_loop(
+            teacher, student, optimizer, loss_fn, train_set, cfg, rt, seed, out
+        )
         best = state.get("best") if state else None
         start = state["epoch"] if state else 0
         with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:
@@ -601,6 +602,7 @@ def _build_loop(
     cfg: DistillConfig,
     rt: Runtime,
     seed: int,
+    out: Path | None,
 ) -> tuple[_Loop, DistributedSampler]:
     model: nn.Module = student
     if rt.world_size > 1:
@@ -630,7 +632,7 @@ def _build_loop(
         total_steps=steps * cfg.epochs,
         target_sparsity=sparsity(student).overall if cfg.gradual > 0 else 0.0,
         fill=_black(data),
-        out=None,
+        out=out,
     )
     return loop, sampler
 
