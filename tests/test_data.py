@@ -171,3 +171,33 @@ def test_real_cifar10_test_split(shared_dir, tmp_path):
         "truck",
     ]
     assert torch.bincount(ds.labels).tolist() == [1000] * 10
+
+
+def _extract_and_read(archive: str, cache: str, start: float) -> int:
+    """One of several processes extracting the same archive into one cache at once."""
+    import time
+
+    time.sleep(max(0.0, start - time.time()))  # all start together
+    root = extract(archive, cache_dir=cache)
+    until = time.time() + 2.0  # keep reading while the others finish their extraction
+    while True:
+        found = sum(len(p.read_bytes()) > 0 for p in sorted(root.rglob("*.png")))
+        if time.time() > until:
+            return found
+
+
+def test_concurrent_extraction_never_removes_a_finished_cache(tmp_path):
+    # torchrun ranks and side-by-side benchmarks share one cache: a process that finishes
+    # second must not delete the tree the first one is already reading.
+    import multiprocessing as mp
+    import time
+
+    archive = _tar(_tree(tmp_path / "src", n=300, size=4), tmp_path / "many.tar")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        start = time.time() + 3.0
+        args = [(str(archive), str(tmp_path / "cache"), start)] * 4
+        counts = pool.starmap(_extract_and_read, args)
+    assert counts == [900] * 4
+    left = [p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]
+    assert left == [extract(archive, tmp_path / "cache").name]  # no temporaries left

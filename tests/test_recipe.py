@@ -4,6 +4,7 @@ pruning, mixing — masks stay exact, the teacher stays untouched, resume stays 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -213,3 +214,23 @@ def test_full_recipe_resume_after_kill_is_exact(tmp_path, monkeypatch):
     )
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("layers", ["blocks", "bn"])
+def test_feature_loss_indexes_channel_pruned_students(layers):
+    pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
+    from recoverprune import kept_channels
+    from recoverprune._objectives import _kept_indices
+
+    teacher = calibrated(resnet20(), size=32).eval()
+    student = prune(teacher, 0.5, structure="channel").eval()
+    names = feature_layers(teacher, layers)
+    kept, recorded = _kept_indices(student, names), kept_channels(student)
+    for n in names:  # every layer is matched: a block by its last BN (the residual stream)
+        own = recorded.get(n + ".bn2", recorded.get(n))
+        if own is not None:
+            assert torch.equal(kept[(n, len(own))], own)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "found no module ... to match" would fail here
+        loss = _feature_loss(teacher, student, layers, torch.randn(4, 3, 32, 32))
+    assert 1e-3 < loss < 10

@@ -185,7 +185,7 @@ class FeatureKD:
     outputs of the same-named modules are compared by relative squared error
     ``‖s − t‖² / ‖t‖²`` (so every layer counts alike, whatever its scale), averaged over
     the layers, times ``weight``. Layers whose shapes differ are indexed with the kept
-    output channels when the student records them (``student.kept_channels``, set by
+    output channels when the student records them (:func:`recoverprune.kept_channels`, set by
     channel pruning) and skipped otherwise; if no layer is left, the term warns once and
     contributes nothing (logit distillation still runs).
 
@@ -219,7 +219,7 @@ class FeatureKD:
     @contextmanager
     def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
         names = self._pairs(teacher, student)
-        kept: dict[str, Tensor] = getattr(student, "kept_channels", None) or {}
+        kept = _kept_indices(student, names)
         t_out: dict[str, Tensor] = {}
         s_out: dict[str, Tensor] = {}
         handles = [*_capture(teacher, names, t_out), *_capture(student, names, s_out)]
@@ -228,8 +228,9 @@ class FeatureKD:
             terms = []
             for n in names:
                 s, t = s_out.pop(n), t_out.pop(n)
-                if s.shape != t.shape and n in kept:
-                    t = t.index_select(1, kept[n].to(t.device))
+                idx = kept.get((n, s.shape[1]))
+                if s.shape != t.shape and idx is not None:
+                    t = t.index_select(1, idx.to(t.device))
                 if s.shape != t.shape:
                     continue  # a channel-pruned layer without recorded indices
                 terms.append(_relative_mse(s, t.detach()))
@@ -242,6 +243,25 @@ class FeatureKD:
         finally:
             for h in handles:
                 h.remove()
+
+
+def _kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:
+    """``(layer, width) -> teacher channel indices`` for a channel-pruned ``student``.
+
+    A layer's own kept indices when pruning recorded them; for a block, those of the last
+    layer inside it that has that many channels (a residual block's output is its last
+    BatchNorm's channels plus the shortcut, which pruning keeps coupled).
+    """
+    from recoverprune._structured import kept_channels
+
+    recorded = kept_channels(student) or {}
+    order = [m for m, _ in student.named_modules() if m in recorded]  # forward order
+    out: dict[tuple[str, int], Tensor] = {}
+    for n in names:
+        inside = [recorded[m] for m in order if m == n or m.startswith(n + ".")]
+        for idx in inside:  # the last one of each width wins
+            out[(n, len(idx))] = idx
+    return out
 
 
 @contextmanager

@@ -13,7 +13,8 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,8 @@ def extract(
     digest = _sha256(src)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / f"{_archive_stem(src)}-{digest[:12]}"
-    marker = target / _MARKER
-    if marker.is_file():
-        try:
-            if read_json(marker).get("sha256") == digest:
-                return target
-        except ValueError:  # a corrupt marker: extract again below
-            pass
+    if _complete(target, digest):
+        return target
     cache.mkdir(parents=True, exist_ok=True)
     clean_stale(cache)  # half-extracted folders of killed runs
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=cache))
@@ -123,9 +119,7 @@ def extract(
                 tar.extract(member, tmp, filter="data")
                 count += member.isfile()
         write_json_atomic({"sha256": digest, "files": count, "archive": str(src)}, tmp / _MARKER)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _move_into_place(tmp, target, digest)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno is not None:
@@ -138,6 +132,45 @@ def extract(
         if tmp.exists() and tmp != target:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _complete(target: Path, digest: str) -> bool:
+    """Whether ``target`` is a finished extraction of the archive with SHA-256 ``digest``."""
+    marker = target / _MARKER
+    try:
+        return marker.is_file() and read_json(marker).get("sha256") == digest
+    except ValueError:  # a corrupt marker: not complete
+        return False
+
+
+def _move_into_place(tmp: Path, target: Path, digest: str) -> None:
+    """Rename the finished ``tmp`` to ``target`` unless another process got there first.
+
+    A complete ``target`` is never removed (other processes may be reading it: torchrun
+    ranks, benchmarks side by side); only an incomplete or foreign one is replaced.
+    """
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if _complete(target, digest):
+            return  # another process finished first: ours is discarded by the caller
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An advisory inter-process lock on ``lock`` (POSIX ``flock``; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the rename is still atomic, only the race is wider
+        yield
+        return
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
