@@ -21,6 +21,7 @@ same sparsity for the top-1-against-latency plot (``--plot``, needs matplotlib).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import platform
@@ -35,7 +36,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from recoverprune import PRESETS, ChannelConfig, DistillConfig, evaluate, export, prune, recover
+from recoverprune import (
+    PRESETS,
+    Accel,
+    ChannelConfig,
+    DistillConfig,
+    evaluate,
+    export,
+    prune,
+    recover,
+)
 from recoverprune._io import write_json_atomic
 from recoverprune._prune import copy_model
 from recoverprune._structured import count_macs
@@ -157,6 +167,8 @@ class Recovery:
         from recoverprune.data import load_split
 
         self.args, self.results, self.path = args, results, path
+        self.device = args.device
+        self.accel = Accel(compile=False) if args.no_compile else None
         self.preset = PRESETS[args.preset]
         self.test = load_split(args.data, "test")
         self.train = load_split(args.data, "train")
@@ -172,13 +184,14 @@ class Recovery:
         cells = self.results.setdefault("cells", {})
         if key not in cells:
             t0 = time.perf_counter()
-            cells[key] = {"top1": fn(), "seconds": time.perf_counter() - t0}
+            top1 = fn()
+            cells[key] = {"top1": top1, "seconds": time.perf_counter() - t0, "device": self.device}
             write_json_atomic(self.results, self.path)
             print(json.dumps({"cell": key, **cells[key]}), flush=True)
         return cells[key]["top1"]
 
     def _top1(self, model: nn.Module) -> float:
-        return evaluate(model, self.test, device="cpu", progress=False).top1
+        return evaluate(model, self.test, device=self.device, progress=False).top1
 
     def deepinversion(self, arch: str, teacher: nn.Module) -> Any:
         from recoverprune import synthesize
@@ -192,7 +205,8 @@ class Recovery:
                 batch_size=self.preset.batch_size,
                 out_dir=out,
                 seed=self.args.seed,
-                device="cpu",
+                device=self.device,
+                accel=self.accel,
                 progress=False,
             )
         return self.synthetic[arch]
@@ -201,7 +215,9 @@ class Recovery:
         self, arch: str, label: str, teacher: nn.Module, student: nn.Module
     ) -> dict[str, float]:
         n, seed = self.preset.n, self.args.seed
-        prefix = f"{arch}/{label}/{self.args.preset}/seed{seed}"
+        cfg = json.dumps(asdict(students_config(self.args)), sort_keys=True)
+        tag = hashlib.sha256(cfg.encode()).hexdigest()[:8]  # the pruning settings
+        prefix = f"{arch}/{label}/{tag}/{self.args.preset}/seed{seed}"
         out = {"teacher": self._cell(f"{arch}/teacher", lambda: self._top1(teacher))}
         out["pruned"] = self._cell(f"{prefix}/pruned", lambda: self._top1(student))
         sources = {
@@ -209,16 +225,21 @@ class Recovery:
             "noise": lambda: self.run_module.noise_set(n, self.deepinversion(arch, teacher), seed),
             "real": lambda: self.run_module.real_set(n, self.train, seed),
         }
+        sources["logit-only"] = sources["deepinversion"]  # no feature KD: what indices add
         for name in self.args.columns:
 
             def job(name: str = name) -> float:
+                cfg = self.dcfg
+                if name == "logit-only":
+                    cfg = replace(cfg, feature_weight=0.0)
                 rec = recover(
                     teacher,
                     copy_model(student),
                     sources[name](),
-                    config=self.dcfg,
+                    config=cfg,
+                    accel=self.accel,
                     seed=seed,
-                    device="cpu",
+                    device=self.device,
                     progress=False,
                 )
                 return self._top1(rec)
@@ -271,7 +292,7 @@ def measure_arch(
             "label": label,
             "params": [_params(teacher), _params(student)],
             "macs": [count_macs(teacher, x), count_macs(student, x)],
-            "latency": latency(teacher, student, args),
+            "latency": latency(teacher, student, args) if args.latency else [],
         }
         if recovery:
             row["top1"] = recovery.columns(arch, label, teacher, student)
@@ -280,11 +301,17 @@ def measure_arch(
             row["unstructured"] = {
                 "amount": amount,
                 "top1": recovery.columns(arch, f"unstructured {amount:.3f}", teacher, dense),
-                "latency": latency(teacher, dense, args),
+                "latency": latency(teacher, dense, args) if args.latency else [],
             }
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("arch", "label", "params", "macs")}), flush=True)
     return rows
+
+
+def _budget(row: dict[str, Any]) -> str:
+    """The row's budget label, saying when residual streams were kept whole."""
+    whole = row.get("config", {}).get("residual") is False
+    return row["label"] + (", streams whole" if whole else "")
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -296,7 +323,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         p, m = r["params"], r["macs"]
         for lat in r["latency"]:
             lines.append(
-                f"| {r['arch']} | {r['label']} | {p[0] / 1e3:.0f} k → {p[1] / 1e3:.0f} k "
+                f"| {r['arch']} | {_budget(r)} | {p[0] / 1e3:.0f} k → {p[1] / 1e3:.0f} k "
                 f"| {m[0] / 1e6:.1f} M → {m[1] / 1e6:.1f} M ({m[0] / m[1]:.2f}x) "
                 f"| {lat['batch']} | {lat['threads']} | {lat['backend']}{' (CPU time)' if lat.get('clock') == 'cpu' else ''} "
                 f"| {lat['teacher_ms']:.2f} | {lat['student_ms']:.2f} | {lat['ratio']:.2f}x |"
@@ -304,7 +331,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     if any("top1" in r for r in rows):
         cols = [
             c
-            for c in ("teacher", "pruned", "deepinversion", "noise", "real")
+            for c in ("teacher", "pruned", "deepinversion", "logit-only", "noise", "real")
             if c in rows[0]["top1"]
         ]
         lines += [
@@ -315,11 +342,19 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         for r in rows:
             un = r["unstructured"]["top1"].get("deepinversion", float("nan"))
             lines.append(
-                f"| {r['arch']} | {r['label']} | "
+                f"| {r['arch']} | {_budget(r)} | "
                 + " | ".join(f"{r['top1'][c]:.2f}" for c in cols)
                 + f" | {un:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _update_docs(md: str, marker: str) -> None:
+    page = ROOT / "docs" / "channel-pruning.md"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    pre, rest = page.read_text().split(begin, 1)
+    post = rest.split(end, 1)[1]
+    page.write_text(pre + begin + "\n" + md + end + post)
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -428,6 +463,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="cpu: process CPU time, the idle-core latency on a loaded machine (1 thread only)",
     )
     p.add_argument("--recover", action="store_true", help="add the top-1 columns (slow)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the top-1 columns are computed (cells are cached in results.json with it; "
+        "rerun on the CPU with the same --out to add the latency columns)",
+    )
+    p.add_argument("--no-compile", action="store_true", help="GPU: no torch.compile")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="top-1 columns only")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--columns", nargs="+", default=["deepinversion", "noise", "real"])
     p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
@@ -435,6 +478,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=str(ROOT / "runs" / "channel"))
     p.add_argument("--plot", action="store_true", help="top-1 against latency (needs --recover)")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument(
+        "--render", nargs="+", metavar="RESULTS_JSON", help="only print these finished results"
+    )
+    p.add_argument(
+        "--update-docs",
+        metavar="MARKER",
+        help="with --render: put the tables between <!-- MARKER:begin/end --> of "
+        "docs/channel-pruning.md",
+    )
     p.add_argument(
         "--compare-importance",
         action="store_true",
@@ -444,6 +496,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--calibration-images", type=int, default=64)
     p.add_argument("--calibration-iterations", type=int, default=100)
     args = p.parse_args(argv)
+    if args.render:
+        md = "\n".join(to_markdown(json.loads(Path(f).read_text())["rows"]) for f in args.render)
+        print(md)
+        if args.update_docs:
+            _update_docs(md, args.update_docs)
+        return {"markdown": md}
     if args.compare_importance:
         if args.tiny:
             args.archs, args.speedups, args.compare_n = ["resnet20"], [2.0], 50

@@ -34,17 +34,57 @@ def test_cifar10_table_tiny(shared_dir, tmp_path):
             "--sweep-n",
             "16",
             "32",
+            "--columns",
+            "deepinversion",
+            "seed",
+            "noise",
+            "real",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     row = results["table"][0]
-    for col in ("teacher", "pruned", "deepinversion", "noise", "real"):
+    for col in ("teacher", "pruned", "deepinversion", "seed", "noise", "real"):
         assert 0.0 <= row[col] <= 100.0, (col, row)
+    seed_cell = next(c for c in results["cells"].values() if c["name"].endswith("/seed"))
+    assert seed_cell["config"]["distill"]["bn_mode"] == "frozen"  # the seed preset's recipe
+    assert seed_cell["config"]["batch"] == 16  # min(seed batch 32, tiny batch 16)
     assert row["teacher"] > 80.0  # the embedded teacher, measured on 500 real test images
     assert "| resnet20 |" in (tmp_path / "results.md").read_text()
     assert all("seconds" in c and "torch" in c for c in results["cells"].values())
     assert [r["n"] for r in results["sweep"]] == [16, 32]
+
+
+def test_torchvision_rows_in_docs_are_generated_from_committed_results():
+    files = sorted(str(p) for p in (ROOT / "benchmarks/results/h100").glob("tv-*.json"))
+    assert len(files) == 3
+    proc = _run(["benchmarks/cifar10/run.py", "--render", *files], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.strip()
+    for page in ("README.md", "docs/results.md"):
+        text = (ROOT / page).read_text()
+        block = text.split("<!-- torchvision:begin -->")[1].split("<!-- torchvision:end -->")[0]
+        assert block.strip() == table, f"{page}: rerun run.py --render ... --update-readme"
+    for arch in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0"):
+        for sparsity in ("50%", "75%"):
+            assert f"| torchvision:{arch} | {sparsity} |" in table
+    assert "| teacher | pruned | deepinversion | seed | noise | real |" in table
+
+
+def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
+    files = [
+        str(ROOT / f"benchmarks/results/channel/{n}.json") for n in ("resnet32", "resnet32-inner")
+    ]
+    proc = _run(["benchmarks/channel_pruning.py", "--render", *files], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (ROOT / "docs/channel-pruning.md").read_text()
+    block = text.split("<!-- channel-recovery:begin -->")[1].split("<!-- channel-recovery:end -->")[
+        0
+    ]
+    assert block.strip() == proc.stdout.strip(), (
+        "rerun channel_pruning.py --render ... --update-docs"
+    )
+    assert "| resnet32 | 3x MACs | 88.61 |" in block and "streams whole" in block
 
 
 def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:

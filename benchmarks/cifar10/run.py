@@ -9,7 +9,14 @@ images of:
 - ``deepinversion``: KD on DeepInversion images (this library),
 - ``noise``: KD on Gaussian-noise images of the same count and budget,
 - ``real``: KD on the same number of real training images (the upper bound),
+- ``seed`` (optional): the original work's recipe (the ``seed`` preset: its own 1,024
+  DeepInversion images at synthesis batch 32, 15 epochs of SGD, student BN frozen),
 - ``adi`` (optional): KD on Adaptive DeepInversion images.
+
+A row is ``ARCH:AMOUNT``; ``ARCH`` is a zoo name or ``torchvision:NAME`` (a torchvision
+architecture with a 10-class head, trained from scratch on the JPEG training split at
+``--image-size``, ``--scratch-epochs`` epochs, as the original work's teachers). Every image
+is read in the teacher's own input description (size, mean, std).
 
 Every cell stores its configuration, wall time, machine and torch version in
 ``results.json``; ``results.md`` is generated from it (and, with ``--update-readme``, the
@@ -18,6 +25,8 @@ resumes. Plots need the ``bench`` extra (matplotlib).
 
     python benchmarks/cifar10/run.py                  # the CPU table of the README
     python benchmarks/cifar10/run.py --tiny           # seconds; what the tests run
+    python benchmarks/cifar10/run.py --device cuda --columns deepinversion seed noise real \
+        --rows torchvision:resnet18:0.5 torchvision:resnet18:0.75     # the torchvision rows
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ from typing import Any
 import torch
 
 from recoverprune import (
+    PRESETS,
+    Accel,
     DistillConfig,
+    InputSpec,
     InversionConfig,
     SyntheticImages,
     evaluate,
@@ -52,7 +64,7 @@ from recoverprune.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
-COLUMNS = ("teacher", "pruned", "deepinversion", "noise", "real", "adi")
+COLUMNS = ("teacher", "pruned", "deepinversion", "seed", "noise", "real", "adi")
 
 
 def _machine() -> dict[str, Any]:
@@ -65,13 +77,18 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _stem(arch: str) -> str:
+    """A file-name-safe form of a model spec (``torchvision:resnet18`` -> ``torchvision-resnet18``)."""
+    return arch.replace(":", "-").replace("/", "-")
+
+
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     """The JPEG-fine-tuned teacher of ``arch`` (trained once with train_teacher.py)."""
-    path = Path(args.teachers) / f"{arch}-jpeg.pt"
+    path = Path(args.teachers) / f"{_stem(arch)}-jpeg.pt"
     if path.is_file():
         return path
     if arch == "resnet20" and not args.retrain_default:
@@ -99,6 +116,9 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     ]
     if init:
         cmd += ["--init", str(SHARED / "teachers" / init)]
+    elif ":" in arch:  # a torchvision/timm architecture: from scratch, at --image-size
+        cmd += ["--epochs", str(args.scratch_epochs), "--lr", str(args.scratch_lr)]
+        cmd += ["--image-size", str(args.image_size), "--batch-size", "256"]
     if args.tiny:
         cmd += ["--limit", "256", "--epochs", "1"]
     train_teacher.main(cmd)
@@ -126,10 +146,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"cells": {}}
     inv = replace(InversionConfig(), iterations=args.iterations)
     dcfg = replace(DistillConfig(), epochs=args.epochs)
-    test = load_split(args.data, "test")
-    train = load_split(args.data, "train") if "real" in args.columns else None
-    if args.tiny:
-        test = type(test)(test.images[:500], test.labels[:500], test.classes, test.mean, test.std)
+    seed_preset = PRESETS["seed"]
+    seed_dcfg = replace(seed_preset.distill, epochs=min(seed_preset.epochs, args.epochs))
+    splits: dict[str, Any] = {}
+
+    def split(name: str, teacher: torch.nn.Module) -> Any:
+        """``name`` split read in ``teacher``'s input description (cached per description)."""
+        spec = InputSpec.of(teacher)
+        key = f"{name}:{json.dumps(spec.to_dict())}"
+        if key not in splits:
+            size = None if spec.size == (32, 32) else spec.size  # CIFAR is stored at 32
+            data = load_split(
+                args.data,
+                name,
+                mean=spec.mean,
+                std=spec.std,
+                image_size=size,
+                channels=spec.channels,
+            )
+            if args.tiny and name == "test":
+                data = type(data)(
+                    data.images[:500], data.labels[:500], data.classes, data.mean, data.std
+                )
+            splits[key] = data
+        return splits[key]
 
     def cell(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any]:
         key = f"{name}:{_key(config)}"
@@ -152,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def do_row(arch: str, amount: float) -> dict[str, Any]:
         tpath = ensure_teacher(arch, args)
         teacher = load_model(arch, tpath)
+        test = split("test", teacher)
         base = {"arch": arch, "teacher_file": tpath.name, "teacher_sha": _file_sha(tpath)}
         line: dict[str, Any] = {"arch": arch, "amount": amount}
         line["teacher"] = cell(
@@ -174,7 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
         }
         t_syn = time.perf_counter()
-        synth_dir = args.synthetic_from.get(arch, out / "synthetic" / f"{arch}-{_key(synth_cfg)}")
+        synth_dir = args.synthetic_from.get(
+            arch, out / "synthetic" / f"{_stem(arch)}-{_key(synth_cfg)}"
+        )
         di = synthesize(
             teacher,
             args.n,
@@ -183,16 +226,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out_dir=synth_dir,
             seed=args.seed,
             device=args.device,
+            accel=args.accel,
             progress=args.progress,
         )  # resumes, or refuses a dir made otherwise
         synth_seconds = time.perf_counter() - t_syn
-        grid = out / f"synthetic-grid-{arch}.png"
+        grid = out / f"synthetic-grid-{_stem(arch)}.png"
         if not grid.exists():
             di.save_grid(grid)
         sources = {
             "deepinversion": lambda: di,
             "noise": lambda: noise_set(args.n, di, args.seed),
-            "real": lambda: real_set(args.n, train, args.seed),
+            "real": lambda: real_set(args.n, split("train", teacher), args.seed),
+            "seed": lambda: synthesize(  # the seed recipe's own set: synthesis batch 32
+                teacher,
+                args.n,
+                config=inv,
+                batch_size=min(seed_preset.batch_size, args.batch_size),
+                out_dir=out / "synthetic" / f"{_stem(arch)}-seed-{_key(synth_cfg)}",
+                seed=args.seed,
+                device=args.device,
+                accel=args.accel,
+                progress=args.progress,
+            ),
         }
         if "adi" in args.columns:
             adi_cfg = replace(inv, competition_weight=args.adi_weight)
@@ -204,23 +259,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 student=prune(teacher, amount),
                 seed=args.seed,
                 device=args.device,
-                out_dir=out / "synthetic" / f"{arch}-adi-{amount}-{_key(synth_cfg)}",
+                out_dir=out / "synthetic" / f"{_stem(arch)}-adi-{amount}-{_key(synth_cfg)}",
                 progress=args.progress,
             )
-        for col in ("deepinversion", "noise", "real", "adi"):
+        for col in ("deepinversion", "seed", "noise", "real", "adi"):
             if col not in args.columns:
                 continue
-            cfg = {**synth_cfg, "amount": amount, "source": col, "distill": asdict(dcfg)}
+            col_dcfg = seed_dcfg if col == "seed" else dcfg
+            cfg = {**synth_cfg, "amount": amount, "source": col, "distill": asdict(col_dcfg)}
+            if col == "seed":
+                cfg["batch"] = min(seed_preset.batch_size, args.batch_size)
 
-            def job(col: str = col) -> float:
+            def job(col: str = col, col_dcfg: DistillConfig = col_dcfg) -> float:
                 data = sources[col]()
                 student = recover(
                     teacher,
                     prune(teacher, amount),
                     data,
-                    config=dcfg,
+                    config=col_dcfg,
                     seed=args.seed,
                     device=args.device,
+                    accel=args.accel,
                     progress=args.progress,
                 )
                 return evaluate(student, test, device=args.device, progress=False).top1
@@ -232,9 +291,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     table: list[dict[str, Any]] = []
     for row in args.rows:
-        arch, amount_s = row.split(":")
+        arch, amount_s = row.rsplit(":", 1)
         table.append(do_row(arch, float(amount_s)))
-    sweep = run_sweep(args, out, results, cell, inv, dcfg, test) if args.sweep_n else []
+    sweep = run_sweep(args, out, results, cell, inv, dcfg, split) if args.sweep_n else []
     results["sweep"] = sweep
     results["table"] = [
         {k: (v["top1"] if isinstance(v, dict) else v) for k, v in line.items()} for line in table
@@ -270,12 +329,13 @@ def run_sweep(
     cell: Any,
     inv: InversionConfig,
     dcfg: DistillConfig,
-    test: Any,
+    split: Any,
 ) -> list[dict[str, Any]]:
     """Recovered top-1 against the number of synthetic images (subsets of one large set)."""
     arch, amount = args.sweep_arch, args.sweep_amount
     tpath = ensure_teacher(arch, args)
     teacher = load_model(arch, tpath)
+    test = split("test", teacher)
     n_max = max(args.sweep_n)
     cfg = {
         "arch": arch,
@@ -295,9 +355,10 @@ def run_sweep(
             n_max,
             config=inv,
             batch_size=args.batch_size,
-            out_dir=out / "synthetic" / f"{arch}-sweep-{_key(cfg)}",
+            out_dir=out / "synthetic" / f"{_stem(arch)}-sweep-{_key(cfg)}",
             seed=args.seed,
             device=args.device,
+            accel=args.accel,
             progress=args.progress,
         )
     stats = big.meta.get("stats") or []
@@ -315,6 +376,7 @@ def run_sweep(
                 config=dcfg,
                 seed=args.seed,
                 device=args.device,
+                accel=args.accel,
                 progress=args.progress,
             )
             return evaluate(student, test, device=args.device, progress=False).top1
@@ -364,6 +426,12 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
         f"results.json with their own machine, threads and time). Generated by "
         f"`{s['command']}`.\n"
     )
+    if "seed" in cols:
+        note += (
+            "\n`seed`: the original work's recipe on its own DeepInversion set of the same size "
+            "(synthesis batch 32; 15 epochs of SGD lr 1e-3, momentum 0.9, T = 3, student BN "
+            "frozen); `deepinversion` is this library's default recipe.\n"
+        )
     sweep = results.get("sweep") or []
     if sweep:
         note += (
@@ -421,9 +489,39 @@ def _gap_sentence(
     return f"\nTeacher {teacher:.2f}: " + "; ".join(parts) + "." + real_text + "\n"
 
 
-def _update_readme(md: str, out: Path | None = None) -> None:
-    """Put the table between the results markers of README.md and docs/results.md."""
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+def render(paths: list[str]) -> str:
+    """The table of one or more finished ``results.json`` files (e.g. brought back from a
+    GPU machine), from their cells alone: nothing is recomputed."""
+    merged: list[dict[str, Any]] = [json.loads(Path(p).read_text()) for p in paths]
+    cells = {c["name"]: c for r in merged for c in r["cells"].values()}
+    table = []
+    for r in merged:
+        for row in r["table"]:
+            arch, amount = row["arch"], row["amount"]
+            line: dict[str, Any] = {"arch": arch, "amount": amount, "sparsity": row["sparsity"]}
+            line["teacher"] = cells[f"{arch}/teacher"]
+            for col in COLUMNS[1:]:
+                if f"{arch}@{amount}/{col}" in cells:
+                    line[col] = cells[f"{arch}@{amount}/{col}"]
+            table.append(line)
+    settings = dict(merged[0]["settings"])
+    settings["command"] = "`; `".join(r["settings"]["command"] for r in merged)
+    settings["threads"] = merged[0]["cells"][next(iter(merged[0]["cells"]))]["threads"]
+    md = to_markdown({"settings": settings}, table)
+    synth = ", ".join(
+        f"{row['arch']} {row['synthesis_seconds_this_run']:.0f} s"
+        for r in merged
+        for row in r["table"][:1]
+    )
+    return md + (
+        f"\nSynthesising each {settings['n']}-image DeepInversion set took: {synth} (the "
+        "`seed` column's own set, at batch 32, is inside its first cell's time).\n"
+    )
+
+
+def _update_readme(md: str, out: Path | None = None, marker: str = "results") -> None:
+    """Put the table between the ``marker`` markers of README.md and docs/results.md."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     for page in (ROOT / "README.md", ROOT / "docs" / "results.md"):
         text = page.read_text()
         if begin not in text or end not in text:
@@ -522,14 +620,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--columns",
         nargs="+",
         default=["deepinversion", "noise", "real"],
-        choices=["deepinversion", "noise", "real", "adi"],
+        choices=["deepinversion", "seed", "noise", "real", "adi"],
     )
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--adi-weight", type=float, default=1.0)
-    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning a zoo teacher")
+    p.add_argument("--scratch-epochs", type=int, default=30, help="training a torchvision teacher")
+    p.add_argument("--scratch-lr", type=float, default=0.1)
+    p.add_argument("--image-size", type=int, default=32, help="input size of torchvision teachers")
     p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     p.add_argument("--teachers", default=str(ROOT / "runs" / "teachers"))
     p.add_argument("--out", default=str(ROOT / "runs" / "cifar10"))
@@ -559,9 +660,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="train ResNet-20 again instead of using the embedded teacher",
     )
     p.add_argument("--update-readme", action="store_true")
+    p.add_argument(
+        "--render",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only print the table of these finished results.json files (with --update-readme: "
+        "into the torchvision markers of README.md and docs/results.md)",
+    )
     p.add_argument("--plots", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="GPU: no torch.compile")
     args = p.parse_args(argv)
+    if args.render:
+        md = render(args.render)
+        print(md)
+        if args.update_readme:
+            _update_readme(md, marker="torchvision")
+        return {"markdown": md}
+    args.accel = Accel(compile=False) if args.no_compile else None
     args.synthetic_from = dict(item.split("=", 1) for item in args.synthetic_from)
     if args.tiny:
         args.n, args.iterations, args.epochs, args.batch_size = 32, 2, 1, 16
