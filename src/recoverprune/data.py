@@ -149,7 +149,7 @@ def _move_into_place(tmp: Path, target: Path, digest: str) -> None:
     A complete ``target`` is never removed (other processes may be reading it: torchrun
     ranks, benchmarks side by side); only an incomplete or foreign one is replaced.
     """
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    with _exclusive(target.parent):
         if _complete(target, digest):
             return  # another process finished first: ours is discarded by the caller
         if target.exists():
@@ -158,19 +158,20 @@ def _move_into_place(tmp: Path, target: Path, digest: str) -> None:
 
 
 @contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """An advisory inter-process lock on ``lock`` (POSIX ``flock``; elsewhere none)."""
+def _exclusive(directory: Path) -> Iterator[None]:
+    """An advisory inter-process lock on ``directory`` itself (POSIX ``flock`` on the
+    directory, so no lock file is left behind; elsewhere none)."""
     try:
         import fcntl
     except ImportError:  # Windows: the rename is still atomic, only the race is wider
         yield
         return
-    with lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
