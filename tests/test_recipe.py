@@ -234,3 +234,49 @@ def test_feature_loss_indexes_channel_pruned_students(layers):
         warnings.simplefilter("error")  # "found no module ... to match" would fail here
         loss = _feature_loss(teacher, student, layers, torch.randn(4, 3, 32, 32))
     assert 1e-3 < loss < 10
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_reconstruction_refits_channel_pruned_layers(residual):
+    pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
+    from recoverprune import ChannelConfig
+
+    teacher = calibrated(resnet20(), size=32).eval()
+    student = prune(
+        teacher, None, structure="channel", channel=ChannelConfig(speedup=2.5, residual=residual)
+    )
+    student.eval()
+    shapes = {n: p.shape for n, p in student.named_parameters()}
+    before = fingerprint(teacher)
+    x, probe = torch.randn(128, 3, 32, 32), torch.randn(64, 3, 32, 32)
+
+    def err() -> float:
+        with torch.no_grad():
+            return float((student(probe) - teacher(probe)).pow(2).mean())
+
+    e0 = err()
+    names = reconstruct(teacher, student, x)
+    assert "layer2.0.conv1" in names and "conv1" not in names  # the first conv is kept whole
+    assert ("linear" in names) == residual  # its inputs shrink only with the streams
+    assert err() < 0.7 * e0  # held-out images: the refit generalises, not just fits x
+    assert {n: p.shape for n, p in student.named_parameters()} == shapes
+    assert fingerprint(teacher) == before
+
+
+def test_reconstruction_leaves_layers_both_channel_pruned_and_masked():
+    pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
+    teacher = calibrated(resnet20(), size=32).eval()
+    student = prune(prune(teacher, 0.3, structure="channel"), 0.5)  # channels, then sparsity
+    masks = _masks(student)
+    names = reconstruct(teacher, student, torch.randn(32, 3, 32, 32))
+    t_mods = dict(teacher.named_modules())
+    shrunk = [
+        n
+        for n, m in student.named_modules()
+        if hasattr(m, "weight_mask")
+        and hasattr(t_mods.get(n), "weight")
+        and m.weight_orig.shape != t_mods[n].weight.shape
+    ]
+    assert shrunk and not set(shrunk) & set(names)
+    assert all(torch.equal(b, masks[n]) for n, b in _masks(student).items())
+    assert _pruned_zero(student)
