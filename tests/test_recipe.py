@@ -237,30 +237,17 @@ def test_feature_loss_indexes_channel_pruned_students(layers):
 
 
 @pytest.mark.parametrize("residual", [True, False])
-def test_reconstruction_refits_channel_pruned_layers(residual):
+def test_reconstruction_leaves_channel_pruned_layers_to_distillation(residual):
+    # measured: refitting them lowered the recovered top-1 (docs/channel-pruning.md)
     pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
     from recoverprune import ChannelConfig
 
     teacher = calibrated(resnet20(), size=32).eval()
-    student = prune(
-        teacher, None, structure="channel", channel=ChannelConfig(speedup=2.5, residual=residual)
-    )
-    student.eval()
-    shapes = {n: p.shape for n, p in student.named_parameters()}
-    before = fingerprint(teacher)
-    x, probe = torch.randn(128, 3, 32, 32), torch.randn(64, 3, 32, 32)
-
-    def err() -> float:
-        with torch.no_grad():
-            return float((student(probe) - teacher(probe)).pow(2).mean())
-
-    e0 = err()
-    names = reconstruct(teacher, student, x)
-    assert "layer2.0.conv1" in names and "conv1" not in names  # the first conv is kept whole
-    assert ("linear" in names) == residual  # its inputs shrink only with the streams
-    assert err() < 0.7 * e0  # held-out images: the refit generalises, not just fits x
-    assert {n: p.shape for n, p in student.named_parameters()} == shapes
-    assert fingerprint(teacher) == before
+    cfg = ChannelConfig(speedup=2.5, residual=residual)
+    student = prune(teacher, None, structure="channel", channel=cfg).eval()
+    before = fingerprint(student)
+    assert reconstruct(teacher, student, torch.randn(16, 3, 32, 32)) == []
+    assert fingerprint(student) == before
 
 
 def test_reconstruction_leaves_layers_both_channel_pruned_and_masked():

@@ -92,8 +92,7 @@ class DistillConfig:
             images before distillation (seconds).
         reconstruct: refit each pruned layer's kept weights by least squares so it
             reproduces the teacher layer's output on synthetic activations, before
-            distillation (a channel-pruned layer: the teacher's output at the channels it
-            kept, from its own, fewer, inputs).
+            distillation (channel-pruned layers are left to distillation).
         gradual: fraction of the steps over which sparsity ramps from 0 to the
             student's sparsity (cubic schedule, masks re-selected by magnitude every
             step); 0 keeps the masks the student came with (one-shot).
