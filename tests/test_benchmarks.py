@@ -85,6 +85,10 @@ def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
         "rerun channel_pruning.py --render ... --update-docs"
     )
     assert "| resnet32 | 3x MACs | 88.61 |" in block and "streams whole" in block
+    r20 = [str(ROOT / "benchmarks/results/channel/resnet20.json")]
+    proc = _run(["benchmarks/channel_pruning.py", "--render", *r20], timeout=120)
+    block = text.split("<!-- channel-r20:begin -->")[1].split("<!-- channel-r20:end -->")[0]
+    assert block.strip() == proc.stdout.strip() and "| resnet20 | 2x MACs | 87.72 |" in block
 
 
 def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
