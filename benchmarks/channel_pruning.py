@@ -21,7 +21,6 @@ same sparsity for the top-1-against-latency plot (``--plot``, needs matplotlib).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import platform
@@ -215,8 +214,7 @@ class Recovery:
         self, arch: str, label: str, teacher: nn.Module, student: nn.Module
     ) -> dict[str, float]:
         n, seed = self.preset.n, self.args.seed
-        cfg = json.dumps(asdict(students_config(self.args)), sort_keys=True)
-        tag = hashlib.sha256(cfg.encode()).hexdigest()[:8]  # the pruning settings
+        tag = self.run_module._key(asdict(students_config(self.args)))[:8]  # pruning settings
         prefix = f"{arch}/{label}/{tag}/{self.args.preset}/seed{seed}"
         out = {"teacher": self._cell(f"{arch}/teacher", lambda: self._top1(teacher))}
         out["pruned"] = self._cell(f"{prefix}/pruned", lambda: self._top1(student))
@@ -351,10 +349,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def _update_docs(md: str, marker: str) -> None:
     page = ROOT / "docs" / "channel-pruning.md"
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    pre, rest = page.read_text().split(begin, 1)
-    post = rest.split(end, 1)[1]
-    page.write_text(pre + begin + "\n" + md + end + post)
+    page.write_text(_load_run_module().replace_block(page.read_text(), marker, md))
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:

@@ -519,6 +519,20 @@ def render(paths: list[str]) -> str:
     )
 
 
+def replace_block(text: str, marker: str, body: str) -> str:
+    """``text`` with what stands between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``
+    replaced by ``body`` (both markers must be there).
+
+    Example:
+        >>> replace_block("a<!-- x:begin -->old<!-- x:end -->b", "x", "new\\n")
+        'a<!-- x:begin -->\\nnew\\n<!-- x:end -->b'
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    pre, rest = text.split(begin, 1)
+    post = rest.split(end, 1)[1]
+    return pre + begin + "\n" + body + end + post
+
+
 def _update_readme(md: str, out: Path | None = None, marker: str = "results") -> None:
     """Put the table between the ``marker`` markers of README.md and docs/results.md."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
@@ -526,15 +540,13 @@ def _update_readme(md: str, out: Path | None = None, marker: str = "results") ->
         text = page.read_text()
         if begin not in text or end not in text:
             continue
-        pre, rest = text.split(begin, 1)
-        _, post = rest.split(end, 1)
         body = md
         if page.parent.name == "docs" and out is not None:
             assets = ROOT / "docs" / "assets"
             for png in sorted(out.glob("accuracy-vs-*.png")):
                 shutil.copyfile(png, assets / png.name)
                 body += f"\n![{png.stem}](assets/{png.name})\n"
-        page.write_text(pre + begin + "\n" + body + end + post)
+        page.write_text(replace_block(text, marker, body))
 
 
 def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> None:
