@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recoverprune import Accel, __version__
-from recoverprune._io import write_json_atomic
-from recoverprune._runtime import cpu_model
+from recoverprune.core.io import write_json_atomic
+from recoverprune.core.threads import cpu_model
 from recoverprune.models import create_model, load_model
 
 #: plain float32 eager: the baseline, and how FLOPs are counted

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
-from recoverprune._inversion import bn_layers
 from recoverprune.data import load_split
 from recoverprune.models import default_teacher, load_model
+from recoverprune.synthesis.bn import bn_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,10 +45,10 @@ from recoverprune import (
     prune,
     recover,
 )
-from recoverprune._io import write_json_atomic
-from recoverprune._prune import copy_model
-from recoverprune._structured import count_macs
+from recoverprune.core.io import write_json_atomic
 from recoverprune.models import create_model, load_model
+from recoverprune.pruning.channels import count_macs
+from recoverprune.pruning.masks import copy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

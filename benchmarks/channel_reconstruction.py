@@ -26,7 +26,7 @@ import time
 
 import torch
 
-import recoverprune._calibrate as cal
+import recoverprune.distill.repair as cal
 from recoverprune import (
     ChannelConfig,
     DistillConfig,

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 from run import _key, _machine, noise_set, real_set
 
 from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
-from recoverprune._calibrate import recalibrate_bn, reconstruct
-from recoverprune._distill import RECONSTRUCT_IMAGES
-from recoverprune._io import write_json_atomic
-from recoverprune._pipeline import check_quality
+from recoverprune.core.io import write_json_atomic
 from recoverprune.data import load_split
+from recoverprune.distill.loop import RECONSTRUCT_IMAGES
+from recoverprune.distill.repair import recalibrate_bn, reconstruct
 from recoverprune.models import default_teacher, load_model
+from recoverprune.pipeline.report import check_quality
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

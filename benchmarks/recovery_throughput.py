@@ -49,8 +49,8 @@ from _throughput import (
 from torch import nn
 
 from recoverprune import Accel, DistillConfig, SyntheticImages, prune, recover
-from recoverprune._distill import _agreement
-from recoverprune._runtime import resolve
+from recoverprune.core.runtime import resolve
+from recoverprune.distill.agreement import agreement
 
 
 def _images(model: nn.Module, n: int, seed: int) -> SyntheticImages:
@@ -83,7 +83,7 @@ def _timed(
     quality = {
         "final_loss": student.recovery_history[-1]["loss"],  # type: ignore[index]
         # the recovery loop's own held-out measure, as a fraction, on the CPU in float32
-        "agreement": _agreement(teacher, student, data, resolve("cpu", CPU_FP32)) / 100,
+        "agreement": agreement(teacher, student, data, resolve("cpu", CPU_FP32)) / 100,
     }
     return seconds, quality
 

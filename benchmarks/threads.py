@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from recoverprune._runtime import available_cpus, machine
+from recoverprune.core.threads import available_cpus, machine
 
 SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {
     "auto": ({}, []),
@@ -44,7 +44,7 @@ SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {
 DI_SNIPPET = """
 import sys, time, torch
 from recoverprune import synthesize
-from recoverprune._runtime import set_threads, threads
+from recoverprune.core.threads import set_threads, threads
 from recoverprune.models import default_teacher
 if len(sys.argv) > 2:
     set_threads(int(sys.argv[2]))

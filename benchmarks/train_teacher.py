@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from recoverprune import InputSpec, evaluate
-from recoverprune._distill import augment
-from recoverprune._io import save_atomic
-from recoverprune._runtime import generator, resolve
+from recoverprune.core.io import save_atomic
+from recoverprune.core.runtime import generator, resolve
 from recoverprune.data import load_split
+from recoverprune.distill.augment import augment
 from recoverprune.models import create_model, load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/cifar10-jpeg.tar.gz"

@@ -27,11 +27,11 @@ from recoverprune import (
     sparsity,
     synthesize,
 )
-from recoverprune._inversion import bn_layers, bn_statistics
-from recoverprune._io import fingerprint
-from recoverprune._spec import build_model
 from recoverprune.cli import main
+from recoverprune.core.io import fingerprint
 from recoverprune.data import load_split
+from recoverprune.models.builders import build_model
+from recoverprune.synthesis.bn import bn_layers, bn_statistics
 
 #: Every 224x224 run of the heavy architectures is gated: 10-80 s each on one CPU thread.
 FULL = os.environ.get("RECOVERPRUNE_FULL_ARCHS") == "1"
@@ -271,7 +271,7 @@ def test_recover_takes_any_labelled_data_with_holdout(wrap):
 
 
 def test_recover_and_evaluate_give_the_same_holdout_on_every_form():
-    from recoverprune._transfer import as_transfer_set
+    from recoverprune.data.transfer import as_transfer_set
 
     x, y = _data(40)
     views = [as_transfer_set(f) for f in (TensorDataset(x, y), (x, y), _Pairs(x, y))]

@@ -11,8 +11,10 @@ import torch
 
 from _nets import calibrated, tiny_bn_net
 from recoverprune import SyntheticImages, compress, prune, recover, sparsity
-from recoverprune._checks import StageMismatch, clean_stale, explain, run_stage
-from recoverprune._io import atomic_path, read_json, save_atomic
+from recoverprune.core.errors import explain
+from recoverprune.core.files import clean_stale
+from recoverprune.core.io import atomic_path, read_json, save_atomic
+from recoverprune.core.stages import StageMismatch, run_stage
 
 
 def _teacher(seed: int = 0, widths: tuple[int, int] = (8, 8)) -> torch.nn.Module:
@@ -89,7 +91,7 @@ def test_recover_refuses_different_synthetic_data(tmp_path):
 
 
 def test_compress_checks_eval_data_before_compute(tmp_path, monkeypatch):
-    import recoverprune._pipeline as pipeline
+    import recoverprune.pipeline.compress as pipeline
 
     monkeypatch.setattr(pipeline, "synthesize", lambda *a, **k: pytest.fail("computed"))
     with pytest.raises(ValueError, match="not found"):
@@ -211,7 +213,7 @@ def test_atomic_path_names_carry_the_pid(tmp_path):
 def test_recover_checks_its_out_dir_is_writable_before_training(tmp_path, monkeypatch):
     import tempfile
 
-    import recoverprune._distill as distill
+    import recoverprune.distill.objectives as distill
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".probe.1.x.tmp"))

@@ -532,12 +532,12 @@ def test_checkpoint_errors_carry_no_ansi_codes(folder, tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(ckpt, folder, tmp_path, monkeypatch):
-    from recoverprune._io import CheckpointError
+    from recoverprune.core.io import CheckpointError
 
     argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(tmp_path / "none.pt")]
     with pytest.raises(CheckpointError):
         main([*argv, "--data", str(folder), "--debug"])
-    import recoverprune._evaluate as ev
+    import recoverprune.data.evaluate as ev
 
     monkeypatch.setattr(ev, "evaluate", _raise(KeyError("a bug")))
     with pytest.raises(KeyError):

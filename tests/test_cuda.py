@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recoverprune import Accel, DistillConfig, evaluate, prune, recover, synthesize
-from recoverprune._runtime import resolve
+from recoverprune.core.runtime import resolve
 
 pytestmark = [
     pytest.mark.cuda,

@@ -10,8 +10,10 @@ from torch import nn
 
 from _nets import random_synthetic, sharp_teacher, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, sparsity
-from recoverprune._distill import CHECKPOINT, augment, kd_loss
-from recoverprune._io import fingerprint
+from recoverprune.core.io import fingerprint
+from recoverprune.distill.augment import augment
+from recoverprune.distill.loop import CHECKPOINT
+from recoverprune.distill.objectives import kd_loss
 
 
 def _net(num_classes: int = 4, seed: int = 0) -> nn.Module:
@@ -160,7 +162,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, monkeypatch):
     )
 
     # interrupt during epoch 3: the checkpoint holds epoch 2
-    import recoverprune._objectives as d
+    import recoverprune.distill.objectives as d
 
     calls = {"n": 0}
     real = d.kd_loss

@@ -43,7 +43,7 @@ def _synth_worker(rank: int, world: int, store: str, out: str, fail_rank: int) -
     _init(rank, world, store, timeout_s=10 if fail_rank >= 0 else 60)
     try:
         if rank == fail_rank:
-            import recoverprune._inversion as inv
+            import recoverprune.synthesis.inversion as inv
 
             real = inv.save_atomic
             calls = {"n": 0}

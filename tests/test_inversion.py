@@ -12,18 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-import recoverprune._inversion as inv
+import recoverprune.synthesis.bn as bn_module
+import recoverprune.synthesis.inversion as inv
 from _nets import calibrated, tiny_bn_net
 from recoverprune import Accel, InversionConfig, SyntheticImages, synthesize
-from recoverprune._dataset import MANIFEST, shard_name
-from recoverprune._inversion import (
-    _batch_sizes,
-    bn_statistics,
-    borrowed,
-    infer_input_shape,
-    total_variation,
-)
-from recoverprune._io import fingerprint
+from recoverprune.core.borrow import borrowed
+from recoverprune.core.io import fingerprint
+from recoverprune.core.spec import infer_input_shape
+from recoverprune.data.synthetic import MANIFEST, shard_name
+from recoverprune.synthesis.bn import bn_statistics
+from recoverprune.synthesis.inversion import _batch_sizes
+from recoverprune.synthesis.priors import total_variation
 
 _REAL_RUN = inv._Inverter.run
 QUICK = {"iterations": 3, "image_size": 8, "progress": False, "device": "cpu"}
@@ -201,13 +200,13 @@ def test_teacher_restored_when_the_loop_raises(monkeypatch, exc: type[BaseExcept
             raise exc("injected")
 
     if where == "bn_hook":
-        real_hook = inv._bn_hook
+        real_hook = bn_module._bn_hook
 
         def hook(*args, **kwargs):
             third_call_raises()
             return real_hook(*args, **kwargs)
 
-        monkeypatch.setattr(inv, "_bn_hook", hook)
+        monkeypatch.setattr(bn_module, "_bn_hook", hook)
     else:
         real_forward = teacher.forward
 

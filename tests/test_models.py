@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recoverprune import is_pruned, prune
-from recoverprune._io import CheckpointError
+from recoverprune.core.io import CheckpointError
 from recoverprune.models import (
     CIFAR_MEAN,
     CIFAR_STD,

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-import recoverprune._inversion as inversion_mod
-import recoverprune._objectives as distill_mod
+import recoverprune.distill.objectives as distill_mod
+import recoverprune.synthesis.inversion as inversion_mod
 from _nets import calibrated, tiny_bn_net
 from recoverprune import Preset, compress, sparsity
-from recoverprune._io import fingerprint
-from recoverprune._pipeline import sparse_size_bytes
+from recoverprune.core.io import fingerprint
+from recoverprune.pipeline.report import sparse_size_bytes
 
 TINY = Preset(n=16, iterations=3, batch_size=8, epochs=3, check_n=8)
 
@@ -99,7 +99,7 @@ def test_sparse_size_is_smaller_for_sparse_models():
 
 def test_check_set_is_independent_and_its_signal_separates_good_from_useless(tmp_path):
     from recoverprune import SyntheticImages
-    from recoverprune._pipeline import check_quality
+    from recoverprune.pipeline.report import check_quality
 
     res = _run(tmp_path)
     train = SyntheticImages.load(tmp_path / "synthetic")

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from recoverprune import _progress
-from recoverprune._progress import plan, progress
+from recoverprune.core import progress as _progress
+from recoverprune.core.progress import plan, progress
 
 
 def _console(monkeypatch: pytest.MonkeyPatch, terminal: bool) -> io.StringIO:

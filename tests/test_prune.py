@@ -14,9 +14,9 @@ from rich.table import Table
 from torch import nn
 
 from recoverprune import finalize, is_pruned, prune, sparsity
-from recoverprune._io import fingerprint
-from recoverprune._prune import restore_pruning
+from recoverprune.core.io import fingerprint
 from recoverprune.models import load_model, mobilenet_v2, resnet20
+from recoverprune.pruning.masks import restore_pruning
 
 
 def _mlp() -> nn.Module:

@@ -12,12 +12,19 @@ from torch import nn
 
 from _nets import calibrated, random_synthetic, sharp_teacher, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, sparsity
-from recoverprune._calibrate import recalibrate_bn, reconstruct
-from recoverprune._distill import CHECKPOINT, mix
-from recoverprune._io import fingerprint
-from recoverprune._objectives import FeatureKD, LogitKD, StepOutputs, bind_objective, feature_layers
-from recoverprune._prune import reselect_masks
+from recoverprune.core.io import fingerprint
+from recoverprune.distill.augment import mix
+from recoverprune.distill.loop import CHECKPOINT
+from recoverprune.distill.objectives import (
+    FeatureKD,
+    LogitKD,
+    StepOutputs,
+    bind_objective,
+    feature_layers,
+)
+from recoverprune.distill.repair import recalibrate_bn, reconstruct
 from recoverprune.models import resnet20
+from recoverprune.pruning.masks import reselect_masks
 
 
 def _teacher() -> nn.Module:
@@ -136,7 +143,7 @@ def test_gradual_pruning_ends_at_exact_target_with_masks_zero():
         seen.append(sparsity(model).zeros)
         assert _pruned_zero(model)
 
-    import recoverprune._distill as d
+    import recoverprune.distill.loop as d
 
     d.reselect_masks, saved = spy, d.reselect_masks
     try:
@@ -186,7 +193,7 @@ def test_full_recipe_resume_after_kill_is_exact(tmp_path, monkeypatch):
     ref = recover(
         teacher, prune(teacher, 0.6), _data(), config=FULL, out_dir=tmp_path / "a", progress=False
     )
-    import recoverprune._objectives as o
+    import recoverprune.distill.objectives as o
 
     calls = {"n": 0}
     real = o.kd_loss
@@ -220,7 +227,7 @@ def test_full_recipe_resume_after_kill_is_exact(tmp_path, monkeypatch):
 def test_feature_loss_indexes_channel_pruned_students(layers):
     pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
     from recoverprune import kept_channels
-    from recoverprune._objectives import _kept_indices
+    from recoverprune.distill.objectives import _kept_indices
 
     teacher = calibrated(resnet20(), size=32).eval()
     student = prune(teacher, 0.5, structure="channel").eval()

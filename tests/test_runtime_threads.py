@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recoverprune import _runtime
-from recoverprune._runtime import resolve, set_threads, threads
+from recoverprune.core import threads as _runtime
+from recoverprune.core.runtime import resolve
+from recoverprune.core.threads import set_threads, threads
 
 
 @pytest.fixture()

@@ -11,9 +11,10 @@ from torch import nn
 
 from _nets import calibrated
 from recoverprune import InputSpec, prune
-from recoverprune._io import CheckpointError
-from recoverprune._spec import build_model, infer_num_classes, parse_spec, per_channel
+from recoverprune.core.io import CheckpointError
+from recoverprune.core.spec import per_channel
 from recoverprune.models import create_model, load_model
+from recoverprune.models.builders import build_model, infer_num_classes, parse_spec
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 

@@ -11,9 +11,10 @@ import torchvision
 from torch import nn
 
 from recoverprune import ChannelConfig, export, kept_channels, prune, sparsity
-from recoverprune._io import fingerprint, save_atomic
-from recoverprune._structured import channel_spec, count_macs
+from recoverprune.core.io import fingerprint, save_atomic
 from recoverprune.models import create_model, list_models, load_model, resnet20, resnet32
+from recoverprune.pruning.channel_spec import channel_spec
+from recoverprune.pruning.channels import count_macs
 
 pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
 

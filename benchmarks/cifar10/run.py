@@ -57,8 +57,8 @@ from recoverprune import (
     sparsity,
     synthesize,
 )
-from recoverprune._io import write_json_atomic
-from recoverprune._runtime import generator
+from recoverprune.core.io import write_json_atomic
+from recoverprune.core.runtime import generator
 from recoverprune.data import load_split
 from recoverprune.models import load_model
 
@@ -95,7 +95,7 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
         # the embedded default teacher was made by train_teacher.py with these settings
         from importlib import resources
 
-        from recoverprune.models._default import DEFAULT_TEACHER_FILE
+        from recoverprune.models.default import DEFAULT_TEACHER_FILE
 
         return Path(str(resources.files("recoverprune") / "_assets" / DEFAULT_TEACHER_FILE))
     sys.path.insert(0, str(ROOT / "benchmarks"))

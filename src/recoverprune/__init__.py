@@ -17,55 +17,56 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from recoverprune._version import __version__
+from recoverprune.core.version import __version__
 
 if TYPE_CHECKING:
-    from recoverprune._dataset import SyntheticImages
-    from recoverprune._distill import DistillConfig, recover
-    from recoverprune._evaluate import EvalResult, evaluate
-    from recoverprune._inversion import InversionConfig, synthesize
-    from recoverprune._pipeline import PRESETS, CompressResult, Preset, compress
-    from recoverprune._prune import (
-        LayerSparsity,
-        SparsityReport,
-        finalize,
-        is_pruned,
-        prune,
-        sparsity,
-    )
-    from recoverprune._runtime import Accel
-    from recoverprune._spec import InputSpec
-    from recoverprune._structured import ChannelConfig, channel_spec, export, kept_channels
+    from recoverprune.core.runtime import Accel
+    from recoverprune.core.spec import InputSpec
+    from recoverprune.data.evaluate import EvalResult, evaluate
+    from recoverprune.data.synthetic import SyntheticImages
+    from recoverprune.distill.config import DistillConfig
+    from recoverprune.distill.loop import recover
+    from recoverprune.pipeline.compress import compress
+    from recoverprune.pipeline.presets import PRESETS, Preset
+    from recoverprune.pipeline.prune import prune
+    from recoverprune.pipeline.report import CompressResult
+    from recoverprune.pruning.channel_spec import channel_spec, kept_channels
+    from recoverprune.pruning.channels import ChannelConfig
+    from recoverprune.pruning.export import export
+    from recoverprune.pruning.masks import finalize, is_pruned
+    from recoverprune.pruning.sparsity import LayerSparsity, SparsityReport, sparsity
+    from recoverprune.synthesis.config import InversionConfig
+    from recoverprune.synthesis.inversion import synthesize
 
 # Where each public name lives. Started as the ``recoverprune`` command (console script or
 # ``python -m``), the package loads them on first use, so that ``recoverprune --help`` does
-# not pay for torch; ``cli.main`` loads ``_runtime`` before it joins a process group.
+# not pay for torch; ``cli.main`` loads ``core.runtime`` before it joins a process group.
 # Everywhere else ``import recoverprune`` loads them at once, which also imports
-# ``torch._dynamo`` before a user's own ``init_process_group`` (see ``_runtime``).
+# ``torch._dynamo`` before a user's own ``init_process_group`` (see ``core.runtime``).
 _WHERE = {
-    "SyntheticImages": "_dataset",
-    "DistillConfig": "_distill",
-    "recover": "_distill",
-    "EvalResult": "_evaluate",
-    "evaluate": "_evaluate",
-    "InversionConfig": "_inversion",
-    "synthesize": "_inversion",
-    "PRESETS": "_pipeline",
-    "CompressResult": "_pipeline",
-    "Preset": "_pipeline",
-    "compress": "_pipeline",
-    "LayerSparsity": "_prune",
-    "SparsityReport": "_prune",
-    "finalize": "_prune",
-    "is_pruned": "_prune",
-    "prune": "_prune",
-    "sparsity": "_prune",
-    "Accel": "_runtime",
-    "InputSpec": "_spec",
-    "ChannelConfig": "_structured",
-    "channel_spec": "_structured",
-    "export": "_structured",
-    "kept_channels": "_structured",
+    "SyntheticImages": "data.synthetic",
+    "DistillConfig": "distill.config",
+    "recover": "distill.loop",
+    "EvalResult": "data.evaluate",
+    "evaluate": "data.evaluate",
+    "InversionConfig": "synthesis.config",
+    "synthesize": "synthesis.inversion",
+    "PRESETS": "pipeline.presets",
+    "CompressResult": "pipeline.report",
+    "Preset": "pipeline.presets",
+    "compress": "pipeline.compress",
+    "LayerSparsity": "pruning.sparsity",
+    "SparsityReport": "pruning.sparsity",
+    "finalize": "pruning.masks",
+    "is_pruned": "pruning.masks",
+    "prune": "pipeline.prune",
+    "sparsity": "pruning.sparsity",
+    "Accel": "core.runtime",
+    "InputSpec": "core.spec",
+    "ChannelConfig": "pruning.channels",
+    "channel_spec": "pruning.channel_spec",
+    "export": "pruning.export",
+    "kept_channels": "pruning.channel_spec",
 }
 
 

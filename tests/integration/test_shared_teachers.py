@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recoverprune import evaluate, prune
-from recoverprune._io import fingerprint
+from recoverprune.core.io import fingerprint
 from recoverprune.data import load_split
 from recoverprune.models import load_model
 

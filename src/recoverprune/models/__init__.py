@@ -16,17 +16,13 @@ Example:
 
 from __future__ import annotations
 
-from recoverprune.models._default import default_teacher, default_teacher_info
-from recoverprune.models._registry import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    INPUT_SIZE,
-    create_model,
-    list_models,
-    load_model,
-)
+from recoverprune.models.builders import create_model
 from recoverprune.models.cifar_resnet import CifarResNet, resnet20, resnet32, resnet44, resnet56
+from recoverprune.models.config import CIFAR_MEAN, CIFAR_STD, INPUT_SIZE
+from recoverprune.models.default import default_teacher, default_teacher_info
+from recoverprune.models.loading import load_model
 from recoverprune.models.mobilenet import MobileNetV2, mobilenet_v2
+from recoverprune.models.registry import list_models
 from recoverprune.models.resnet import ResNet, resnet18, resnet34, resnet50
 from recoverprune.models.vgg import VGG, vgg11_bn, vgg16_bn
 

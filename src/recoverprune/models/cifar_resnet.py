@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recoverprune.models._registry import attach_cfg
+from recoverprune.models.config import attach_cfg
 from recoverprune.models.resnet import BasicBlock
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56"]
@@ -42,6 +42,24 @@ class _ShortcutA(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}"
+
+    def as_conv(self, in_channels: int) -> nn.Conv2d:
+        """The same map as a 1x1 stride-2 convolution, which channel pruning can narrow.
+
+        ``out[pad + i] = x[i]``, zeros elsewhere (the channel-pruning protocol for a
+        parameter-free module that changes the channel count).
+
+        Example:
+            >>> x = torch.randn(2, 4, 8, 8)
+            >>> torch.equal(_ShortcutA(2).as_conv(4)(x), _ShortcutA(2)(x))
+            True
+        """
+        out = in_channels + 2 * self.pad
+        conv = nn.Conv2d(in_channels, out, 1, stride=2, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[torch.arange(in_channels) + self.pad, torch.arange(in_channels), 0, 0] = 1.0
+        return conv
 
 
 class CifarBasicBlock(BasicBlock):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recoverprune.models._registry import attach_cfg
+from recoverprune.models.config import attach_cfg
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 

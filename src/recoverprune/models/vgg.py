@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recoverprune.models._registry import attach_cfg
+from recoverprune.models.config import attach_cfg
 
 __all__ = ["VGG", "vgg11_bn", "vgg16_bn"]
 

@@ -1,0 +1,13 @@
+"""Layer 8: the ``recoverprune`` command (one parser per command, the commands, the error map).
+
+Example:
+    >>> from recoverprune.cli import build_parser
+    >>> build_parser().parse_args(["models"]).command
+    'models'
+"""
+
+from __future__ import annotations
+
+from recoverprune.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]

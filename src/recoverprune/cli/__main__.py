@@ -1,0 +1,3 @@
+from recoverprune.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Devices, fast paths, process groups and seeds: where and how a stage runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch._dynamo  # eager on purpose, see below
+import torch.distributed as dist
+from torch import nn
+
+from recoverprune.core.threads import Threads, machine, threads
+
+__all__ = ["Accel", "Runtime", "dist_info", "generator", "resolve", "seed_int"]
+
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Switches for the GPU fast paths. ``None`` means "automatic".
+
+    Automatic choice: on CUDA, bf16 autocast (fp16 on GPUs without bf16),
+    ``channels_last`` and ``torch.compile`` are on; on CPU everything is off and the
+    computation is plain float32.
+
+    Example:
+        >>> from recoverprune import Accel
+        >>> Accel(compile=False).compile
+        False
+    """
+
+    amp: AmpMode = "auto"
+    channels_last: bool | None = None
+    compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved execution settings of one job."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+    rank: int = 0
+    world_size: int = 1
+    threads: Threads | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes reports and shows progress."""
+        return self.rank == 0
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """Autocast context for the forward pass (a no-op when AMP is off)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a batch to the device in the chosen memory format."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` (in place) to the device and memory format."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return model
+
+    def maybe_compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``torch.compile`` ``fn`` when compilation is on, else return it unchanged."""
+        if not self.compile:
+            return fn
+        return torch.compile(fn)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary for manifests and reports."""
+        return {
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "world_size": self.world_size,
+            "torch": str(torch.__version__),
+            "threads": asdict(self.threads) if self.threads else None,
+            "machine": machine(),
+            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+        }
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised default process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} requested but CUDA is not available; pass device='cpu' "
+            "or leave device unset to choose automatically"
+        )
+    return dev
+
+
+def resolve(device: str | torch.device | None = None, accel: Accel | None = None) -> Runtime:
+    """Decide the execution settings for ``device`` and the ``accel`` switches.
+
+    Example:
+        >>> resolve("cpu").amp_dtype is None
+        True
+    """
+    accel = accel or Accel()
+    dev = _resolve_device(device)
+    cuda = dev.type == "cuda"
+    amp_dtype: torch.dtype | None
+    if accel.amp == "off" or (accel.amp == "auto" and not cuda):
+        amp_dtype = None
+    elif accel.amp == "fp16":
+        amp_dtype = torch.float16
+    elif accel.amp == "bf16":
+        amp_dtype = torch.bfloat16
+    else:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = cuda if accel.channels_last is None else accel.channels_last
+    compile_ = cuda if accel.compile is None else accel.compile
+    rank, world = dist_info()
+    return Runtime(dev, amp_dtype, channels_last, compile_, rank, world, threads())
+
+
+def seed_int(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed that depends only on ``seed`` and ``keys`` (never on rank or order)."""
+    h = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, *keys: int | str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``(seed, *keys)``."""
+    g = torch.Generator()
+    g.manual_seed(seed_int(seed, *keys))
+    return g

@@ -1,0 +1,380 @@
+"""ImageFolder directories and archives: extracted once, decoded once, cached, verified.
+
+Nothing here downloads; see :mod:`recoverprune.data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from recoverprune.core.files import clean_stale
+from recoverprune.core.io import read_json, save_atomic, write_json_atomic
+from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
+
+__all__ = ["DataError", "ImageTensorDataset", "default_cache_dir", "extract", "load_split"]
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+_MARKER = ".recoverprune-complete.json"
+
+
+class DataError(ValueError):
+    """The data path is missing, empty, corrupt or not in ImageFolder layout.
+
+    Example:
+        >>> try:
+        ...     load_split("/no/such/dir")
+        ... except DataError as exc:
+        ...     print(str(exc).split(" (")[0])
+        data path not found: /no/such/dir
+    """
+
+
+def default_cache_dir() -> Path:
+    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``.
+
+    Example:
+        >>> default_cache_dir().name in ("recoverprune",) or "RECOVERPRUNE_CACHE" in os.environ
+        True
+    """
+    return Path(os.environ.get("RECOVERPRUNE_CACHE", Path.home() / ".cache" / "recoverprune"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def extract(
+    archive: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Extract a tar(.gz) of an ImageFolder tree once into the cache and return its root.
+
+    The archive goes into a temporary directory that is renamed into place only when
+    complete, with a marker recording the archive's SHA-256 and file count; later calls
+    with a complete, verified cache return at once.
+
+    Raises:
+        DataError: the archive is missing, corrupt or truncated (no cache is left behind).
+
+    Example:
+        >>> import io, tarfile, tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with tarfile.open(d / "toy.tar.gz", "w:gz") as tar:
+        ...     info = tarfile.TarInfo("test/cat/0.txt"); info.size = 1
+        ...     tar.addfile(info, io.BytesIO(b"x"))
+        >>> root = extract(d / "toy.tar.gz", cache_dir=d / "cache")
+        >>> (root / "test" / "cat" / "0.txt").read_text()
+        'x'
+    """
+    src = Path(archive)
+    if not src.is_file():
+        raise DataError(f"archive not found: {src}")
+    digest = _sha256(src)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / f"{_archive_stem(src)}-{digest[:12]}"
+    if _complete(target, digest):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    clean_stale(cache)  # half-extracted folders of killed runs
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=cache))
+    try:
+        count = 0
+        with tarfile.open(src) as tar:
+            for member in tar:
+                tar.extract(member, tmp, filter="data")
+                count += member.isfile()
+        write_json_atomic({"sha256": digest, "files": count, "archive": str(src)}, tmp / _MARKER)
+        _move_into_place(tmp, target, digest)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # full disk, read-only cache, ...: not the archive's fault
+        raise DataError(
+            f"{src} is corrupt or truncated ({type(exc).__name__}: {exc}); get a complete copy "
+            "of the archive (its README gives the SHA-256)"
+        ) from exc
+    finally:
+        if tmp.exists() and tmp != target:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _complete(target: Path, digest: str) -> bool:
+    """Whether ``target`` is a finished extraction of the archive with SHA-256 ``digest``."""
+    marker = target / _MARKER
+    try:
+        return marker.is_file() and read_json(marker).get("sha256") == digest
+    except ValueError:  # a corrupt marker: not complete
+        return False
+
+
+def _move_into_place(tmp: Path, target: Path, digest: str) -> None:
+    """Rename the finished ``tmp`` to ``target`` unless another process got there first.
+
+    A complete ``target`` is never removed (other processes may be reading it: torchrun
+    ranks, benchmarks side by side); only an incomplete or foreign one is replaced.
+    """
+    with _exclusive(target.parent):
+        if _complete(target, digest):
+            return  # another process finished first: ours is discarded by the caller
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """An advisory inter-process lock on ``directory`` itself (POSIX ``flock`` on the
+    directory, so no lock file is left behind; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the rename is still atomic, only the race is wider
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Decoded ``uint8`` images ``(N, C, H, W)`` with labels; serves normalised floats.
+
+    Example:
+        >>> import torch
+        >>> ds = ImageTensorDataset(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8),
+        ...                         torch.tensor([0, 1]), ["a", "b"], mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> x, y = ds[1]
+        >>> float(x.max()), y
+        (1.0, 1)
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: Sequence[str],
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+
+        self.images, self.labels, self.classes = images, labels.long(), list(classes)
+        self.mean = per_channel(mean, images.shape[1], "mean")
+        self.std = per_channel(std, images.shape[1], "std")
+        self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch(torch.tensor([index]))
+        return x[0], int(y[0])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 images and labels at ``indices`` (fast path, no DataLoader)."""
+        x = self.images[indices].float().div_(255.0)
+        return (x - self._mean) / self._std, self.labels[indices]
+
+
+def _split_root(root: Path, split: str | None) -> Path:
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root} is neither a directory nor a .tar/.tar.gz archive")
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise DataError(f"{root} is empty: expected an ImageFolder tree <split>/<class>/<image>")
+    if split and (root / split).is_dir():
+        return root / split
+    # no <split>/ folder: the root itself is accepted if it directly holds class folders
+    if split and any((root / e / split).is_dir() for e in entries):
+        inner = next(root / e / split for e in entries if (root / e / split).is_dir())
+        return inner
+    has_images = any(
+        p.suffix.lower() in IMAGE_SUFFIXES
+        for e in entries
+        if (root / e).is_dir()
+        for p in list((root / e).iterdir())[:20]
+    )
+    if has_images and split in (None, ""):
+        return root
+    raise DataError(
+        f"{root} has no '{split}' folder (found: {', '.join(entries[:10])}). Pass one of those "
+        "as the split (--split on the command line, split= in Python), or a directory laid "
+        "out as <split>/<class>/<image>"
+    )
+
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _image_mode(channels: int) -> str:
+    if channels not in _MODES:
+        raise DataError(f"cannot read images with {channels} channels (1, 3 or 4 are supported)")
+    return _MODES[channels]
+
+
+def _hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = (int(s) for s in image_size)
+    return h, w
+
+
+def _decode_folder(
+    folder: Path, image_size: int | Sequence[int] | None, channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
+    arrays, labels = [], []
+    hw = _hw(image_size)
+    import numpy as np
+
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            arrays.append(_decode(f, hw, channels))
+            labels.append(label)
+    if not arrays:
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(
+            f"images in {folder} have different sizes {sorted(shapes)[:3]}...; pass image_size"
+        )
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.long), classes
+
+
+def _decode(path: Path, hw: tuple[int, int] | None, channels: int) -> Any:
+    """One image as an ``(H, W, C)`` uint8 array; a file that does not decode is named."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(_image_mode(channels))
+            if hw is not None and im.size != (hw[1], hw[0]):
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            arr = np.asarray(im)
+            return arr[:, :, None] if arr.ndim == 2 else arr
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{path} cannot be decoded as an image ({type(exc).__name__}: {exc}); delete or "
+            "replace that file and rerun"
+        ) from exc
+
+
+def _load_cached(cached: Path) -> dict[str, Any] | None:
+    """The decoded-image cache at ``cached``, or ``None`` (a corrupt one is deleted)."""
+    if not cached.is_file():
+        return None
+    try:
+        state = torch.load(cached, weights_only=True)
+        if isinstance(state, dict) and {"images", "labels", "classes"} <= state.keys():
+            return state
+    except Exception:  # truncated or corrupt: decode again below
+        pass
+    cached.unlink(missing_ok=True)
+    return None
+
+
+def load_split(
+    path: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    channels: int = 3,
+) -> ImageTensorDataset:
+    """Load one split of an ImageFolder tree (directory or archive) as a tensor dataset.
+
+    ``path`` is a directory holding ``<split>/<class>/<image>`` (or, with ``split=""``, a
+    directory of class folders), or a ``.tar``/``.tar.gz`` of such a tree. Images are
+    decoded once, in ``channels``' mode (1: grayscale, 3: RGB, 4: RGBA) and resized to
+    ``image_size`` (an int or ``(H, W)``) when given; the decoded tensor is cached (``<cache>/decoded/...``) and read back with
+    ``torch.load(weights_only=True)`` next time.
+
+    Raises:
+        DataError: missing/empty path, no such split, no class folders or images, mixed
+            image sizes without ``image_size``, or a corrupt archive.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     (root / "test" / c).mkdir(parents=True)
+        ...     Image.new("RGB", (4, 4)).save(root / "test" / c / "0.png")
+        >>> ds = load_split(root, "test", cache_dir=root / "cache")
+        >>> len(ds), ds.classes, tuple(ds.images.shape)
+        (2, ['cat', 'dog'], (2, 3, 4, 4))
+    """
+    src = Path(path)
+    if not src.exists():
+        raise DataError(
+            f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)"
+        )
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = extract(src, cache) if src.is_file() else src
+    folder = _split_root(root, split)
+    # the key changes when the folder's class directories change (files added/removed)
+    stamp = [(d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()) if d.is_dir()]
+    mode = _image_mode(channels)
+    size = _hw(image_size)
+    # the key of an RGB square (the original layout) is unchanged, so old caches stay valid
+    square = size[0] if size is not None and size[0] == size[1] else size
+    tag = f"{folder.resolve()}|{square}|{stamp}" + ("" if mode == "RGB" else f"|{mode}")
+    key = hashlib.sha256(tag.encode()).hexdigest()[:12]
+    cached = cache / "decoded" / f"{folder.name}-{key}.pt"
+    clean_stale(cached.parent)
+    state = _load_cached(cached)
+    if state is not None:
+        images, labels, classes = state["images"], state["labels"], state["classes"]
+    else:
+        images, labels, classes = _decode_folder(folder, size, channels)
+        save_atomic({"images": images, "labels": labels, "classes": classes}, cached)
+    return ImageTensorDataset(images, labels, classes, mean, std)

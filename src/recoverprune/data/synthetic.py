@@ -1,0 +1,291 @@
+"""``SyntheticImages``: the transfer set, in memory or as shards on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from recoverprune.core.io import (
+    CheckpointError,
+    atomic_path,
+    read_json,
+    save_atomic,
+    write_json_atomic,
+)
+from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
+
+__all__ = ["MANIFEST", "SyntheticImages", "data_fingerprint", "shard_name"]
+
+
+MANIFEST = "manifest.json"
+
+
+FORMAT_VERSION = 1
+
+
+def shard_name(index: int) -> str:
+    """File name of synthesis batch ``index``."""
+    return f"shard-{index:06d}.pt"
+
+
+def _normalisation(
+    mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)``; the ImageNet values by default for RGB only."""
+
+    if mean is None and std is None:
+        if channels != 3:
+            raise ValueError(
+                f"the images have {channels} channel(s): pass mean= and std= (one value or one "
+                "per channel), the normalisation of the model's input"
+            )
+        return DEFAULT_MEAN, DEFAULT_STD
+    if mean is None or std is None:
+        raise ValueError("give both mean and std, or neither")
+    try:
+        return per_channel(mean, channels, "mean"), per_channel(std, channels, "std")  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ValueError(f"SyntheticImages: {exc} (the images are {channels}-channel)") from exc
+
+
+class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
+    """Synthetic images (in the teacher's normalised input space) and their target labels.
+
+    A ``torch.utils.data.Dataset`` of ``(image, label)``. Images are float32 tensors of
+    shape ``(C, H, W)``; ``mean``/``std`` say how to turn them back into pixels (one value
+    or one per channel; default the ImageNet values, for RGB images only).
+    Backed either by tensors in memory or by the shards of a synthesis directory
+    (memory-mapped, so a large set does not need to fit in RAM).
+
+    Example:
+        >>> import torch
+        >>> from recoverprune import SyntheticImages
+        >>> ds = SyntheticImages(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+        >>> len(ds), int(ds.labels[1]), ds.image_shape
+        (4, 1, (3, 8, 8))
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        labels: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self._images = [images] if isinstance(images, torch.Tensor) else list(images)
+        self._labels = [labels] if isinstance(labels, torch.Tensor) else list(labels)
+        if len(self._images) != len(self._labels):
+            raise ValueError("images and labels must come in the same number of chunks")
+        for im, lb in zip(self._images, self._labels, strict=True):
+            if im.dim() != 4 or lb.dim() != 1 or im.shape[0] != lb.shape[0]:
+                raise ValueError(
+                    f"expected images (N, C, H, W) and labels (N,), got {tuple(im.shape)} "
+                    f"and {tuple(lb.shape)}"
+                )
+        if not self._images:
+            raise ValueError("expected at least one chunk of images")
+        shapes = {tuple(im.shape[1:]) for im in self._images}
+        if len(shapes) > 1:
+            raise ValueError(f"every chunk must hold images of one shape, got {sorted(shapes)}")
+        sizes = [im.shape[0] for im in self._images]
+        self._offsets = torch.tensor([0, *sizes]).cumsum(0)
+        self.mean, self.std = _normalisation(mean, std, int(self._images[0].shape[1]))
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # -- Dataset protocol -------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        chunk = int(torch.searchsorted(self._offsets, index, right=True)) - 1
+        local = index - int(self._offsets[chunk])
+        return self._images[chunk][local].float(), int(self._labels[chunk][local])
+
+    # -- batched access ---------------------------------------------------------------
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (float32) and labels at ``indices``, gathered without a DataLoader."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if len(self._images) == 1:
+            return self._images[0][indices].float(), self._labels[0][indices]
+        chunk = torch.searchsorted(self._offsets, indices, right=True) - 1
+        local = indices - self._offsets[chunk]
+        shape = (len(indices), *self.image_shape)
+        images = torch.empty(shape, dtype=torch.float32)
+        labels = torch.empty(len(indices), dtype=torch.long)
+        for c in chunk.unique().tolist():
+            sel = chunk == c
+            images[sel] = self._images[c][local[sel]].float()
+            labels[sel] = self._labels[c][local[sel]]
+        return images, labels
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images as one ``(N, C, H, W)`` float32 tensor (materialised in memory)."""
+        return (
+            self._images[0].float() if len(self._images) == 1 else torch.cat(self._images).float()
+        )
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """All target labels as one int64 tensor."""
+        return self._labels[0] if len(self._labels) == 1 else torch.cat(self._labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of every image."""
+        return tuple(self._images[0].shape[1:])
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[SyntheticImages, SyntheticImages]:
+        """Split off a random ``fraction`` (e.g. a held-out slice): ``(rest, held_out)``."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        n_held = round(fraction * len(self))
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self), generator=g)
+        held, rest = perm[:n_held].sort().values, perm[n_held:].sort().values
+
+        def sub(idx: torch.Tensor) -> SyntheticImages:
+            im, lb = self.get_batch(idx)
+            return SyntheticImages(im, lb, mean=self.mean, std=self.std, meta=self.meta)
+
+        return sub(rest), sub(held)
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the set as one shard plus ``manifest.json`` (atomically), readable by ``load``.
+
+        Example:
+            >>> import tempfile, torch
+            >>> ds = SyntheticImages(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]))
+            >>> d = ds.save(tempfile.mkdtemp())
+            >>> torch.equal(SyntheticImages.load(d).images, ds.images)
+            True
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_atomic({"images": self.images, "labels": self.labels, "batch": 0}, d / shard_name(0))
+        manifest = dict(self.meta)
+        manifest.update(
+            format=FORMAT_VERSION,
+            n=len(self),
+            batch_sizes=[len(self)],
+            image_shape=list(self.image_shape),
+            mean=list(self.mean),
+            std=list(self.std),
+        )
+        write_json_atomic(manifest, d / MANIFEST)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, mmap: bool = True) -> SyntheticImages:
+        """Read a set written by :meth:`save` or by ``synthesize(out_dir=...)``.
+
+        Files are read with ``torch.load(weights_only=True)`` (memory-mapped by default).
+
+        Raises:
+            FileNotFoundError: no manifest, or a shard is missing (synthesis unfinished).
+        """
+        d = Path(directory)
+        if not (d / MANIFEST).is_file():
+            raise FileNotFoundError(
+                f"{d} holds no {MANIFEST}: pass a directory written by synthesize(out_dir=...) "
+                "or SyntheticImages.save()"
+            )
+        manifest = read_json(d / MANIFEST)
+        images, labels, stats = [], [], []
+        for i in range(len(manifest["batch_sizes"])):
+            path = d / shard_name(i)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: the synthesis in {d} is unfinished; rerun the same "
+                    "synthesize call (or CLI command) to resume it"
+                )
+            try:
+                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"{path} is not a readable shard ({type(exc).__name__}); it is corrupt or "
+                    "truncated. Rerun the synthesize call (or CLI command) that made this "
+                    "directory: it makes unreadable shards again."
+                ) from exc
+            images.append(shard["images"])
+            labels.append(shard["labels"])
+            stats.append(shard.get("stats"))
+        meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
+        if stats and all(st is not None for st in stats):
+            meta["stats"] = stats  # per batch, as synthesize() returns them in memory
+        return cls(images, labels, mean=manifest["mean"], std=manifest["std"], meta=meta)
+
+    def denormalize(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixels in ``[0, 1]`` from normalised images (default: all of them)."""
+        x = self.images if images is None else images
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def save_grid(
+        self, path: str | os.PathLike[str], *, per_class: int = 8, max_classes: int = 10
+    ) -> Path:
+        """Write a PNG grid: one row per class (up to ``max_classes``), ``per_class`` images each.
+
+        Example:
+            >>> import tempfile, torch, os
+            >>> ds = SyntheticImages(torch.randn(4, 3, 8, 8), torch.tensor([0, 0, 1, 1]))
+            >>> p = ds.save_grid(os.path.join(tempfile.mkdtemp(), "grid.png"), per_class=2)
+            >>> p.suffix
+            '.png'
+        """
+        from torchvision.utils import save_image
+
+        labels = self.labels
+        rows = []
+        for c in labels.unique().tolist()[:max_classes]:
+            idx = (labels == c).nonzero().flatten()[:per_class]
+            imgs = self.denormalize(self.get_batch(idx)[0])
+            if len(idx) < per_class:  # pad short rows so the grid stays aligned
+                pad = torch.ones(per_class - len(idx), *imgs.shape[1:])
+                imgs = torch.cat([imgs, pad])
+            rows.append(imgs)
+        grid = torch.cat(rows)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        with atomic_path(out) as tmp:
+            save_image(grid, tmp, nrow=per_class, padding=1, format="png")
+        return out
+
+    def __repr__(self) -> str:
+        return f"SyntheticImages(n={len(self)}, image_shape={self.image_shape})"
+
+
+def data_fingerprint(data: Any, chunk: int = 1024) -> str:
+    """A short SHA-256 of every image and label of a :class:`~recoverprune.SyntheticImages`.
+
+    Read in chunks of ``chunk`` images (a memory-mapped set is never materialised).
+
+    Example:
+        >>> import torch
+        >>> from recoverprune import SyntheticImages
+        >>> a = SyntheticImages(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]), mean=0.5, std=0.5)
+        >>> data_fingerprint(a) == data_fingerprint(a), len(data_fingerprint(a))
+        (True, 16)
+    """
+    h = hashlib.sha256()
+    n = len(data)
+    for start in range(0, n, chunk):
+        x, y = data.get_batch(torch.arange(start, min(start + chunk, n)))
+        h.update(x.float().contiguous().numpy().tobytes())
+        h.update(y.long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

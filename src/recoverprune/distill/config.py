@@ -1,0 +1,122 @@
+"""Hyper-parameters of the recovery (distillation) loop, and the loss terms they ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from recoverprune.distill.objectives import CrossEntropy, FeatureKD, LogitKD, LossTerm
+
+__all__ = ["DistillConfig", "default_objective"]
+
+
+BNMode = Literal["train", "frozen"]
+
+
+MixMode = Literal["none", "mixup", "cutmix"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Hyper-parameters of the recovery (distillation) loop.
+
+    Attributes:
+        epochs: passes over the synthetic set.
+        batch_size: images per step (per process when distributed).
+        optimizer: ``"sgd"`` (momentum, Nesterov) or ``"adamw"``.
+        lr: peak learning rate (reached after warm-up, then cosine decay to 0).
+        momentum: SGD momentum.
+        weight_decay: decoupled for AdamW, L2 for SGD.
+        warmup_fraction: fraction of all steps spent warming the learning rate up.
+        temperature: KD softmax temperature ``T``; the loss is ``T² · KL``.
+        ce_weight: weight of cross-entropy to the synthetic target labels (0 = pure KD).
+        feature_weight: weight of feature distillation (:class:`FeatureKD`): the student's
+            intermediate outputs matched to the teacher's at the same places (0 = off).
+        feature_layers: where features are matched: ``"auto"``, ``"blocks"`` or ``"bn"``.
+        recalibrate: re-estimate the student's BatchNorm statistics on the synthetic
+            images before distillation (seconds).
+        reconstruct: refit each pruned layer's kept weights by least squares so it
+            reproduces the teacher layer's output on synthetic activations, before
+            distillation (channel-pruned layers are left to distillation).
+        gradual: fraction of the steps over which sparsity ramps from 0 to the
+            student's sparsity (cubic schedule, masks re-selected by magnitude every
+            step); 0 keeps the masks the student came with (one-shot).
+        mix: ``"mixup"`` or ``"cutmix"`` pairs of synthetic images in each batch (the
+            teacher labels the mixture through its logits); ``"none"``.
+        augment: random crop (with ``crop_padding``) and, if ``flip``, horizontal flip.
+        crop_padding: black padding (in pixel space) before the random crop.
+        flip: random horizontal flips (turn off for digits and text).
+        bn_mode: ``"train"`` updates the student's BatchNorm running statistics on the
+            synthetic batches; ``"frozen"`` keeps the statistics it starts with
+            (the affine parameters still learn).
+        holdout: fraction of the synthetic set held out to report teacher–student
+            agreement when no ``val_data`` is given (0, the default, trains on every
+            image; :func:`~recoverprune.compress` measures agreement on an independently
+            seeded check set instead, see ``check_quality``).
+
+    The defaults (reconstruction, feature distillation with weight 10, CutMix) are the
+    best combination of ``benchmarks/recipe_ablation.py``.
+
+    Example:
+        >>> DistillConfig(epochs=10).temperature
+        4.0
+    """
+
+    epochs: int = 60
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.03
+    temperature: float = 4.0
+    ce_weight: float = 0.0
+    feature_weight: float = 10.0
+    feature_layers: Literal["auto", "blocks", "bn"] = "auto"
+    recalibrate: bool = False
+    reconstruct: bool = True
+    gradual: float = 0.0
+    mix: MixMode = "cutmix"
+    augment: bool = True
+    crop_padding: int = 4
+    flip: bool = True
+    bn_mode: BNMode = "train"
+    holdout: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs must be >= 1": self.epochs >= 1,
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "optimizer must be 'sgd' or 'adamw'": self.optimizer in ("sgd", "adamw"),
+            "lr must be > 0": self.lr > 0,
+            "temperature must be > 0": self.temperature > 0,
+            "ce_weight must be >= 0": self.ce_weight >= 0,
+            "feature_weight must be >= 0": self.feature_weight >= 0,
+            "feature_layers must be 'auto', 'blocks' or 'bn'": self.feature_layers
+            in ("auto", "blocks", "bn"),
+            "gradual must be in [0, 1)": 0 <= self.gradual < 1,
+            "mix must be 'none', 'mixup' or 'cutmix'": self.mix in ("none", "mixup", "cutmix"),
+            "bn_mode must be 'train' or 'frozen'": self.bn_mode in ("train", "frozen"),
+            "holdout must be in [0, 1)": 0 <= self.holdout < 1,
+            "warmup_fraction must be in [0, 1)": 0 <= self.warmup_fraction < 1,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{message} (DistillConfig: {self!r})")
+
+
+def default_objective(cfg: DistillConfig) -> list[LossTerm]:
+    """The loss terms ``cfg`` asks for: logit KD, plus feature KD and CE when weighted.
+
+    Example:
+        >>> [t.name for t in default_objective(DistillConfig())]
+        ['kd', 'feature']
+        >>> [t.name for t in default_objective(DistillConfig(feature_weight=0, ce_weight=1))]
+        ['kd', 'ce']
+    """
+    terms: list[LossTerm] = [LogitKD(temperature=cfg.temperature)]
+    if cfg.feature_weight > 0:
+        terms.append(FeatureKD(layers=cfg.feature_layers, weight=cfg.feature_weight))
+    if cfg.ce_weight > 0:
+        terms.append(CrossEntropy(weight=cfg.ce_weight))
+    return terms

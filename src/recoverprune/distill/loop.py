@@ -1,0 +1,493 @@
+"""Knowledge distillation of the teacher into the pruned student on synthetic images.
+
+:func:`recover` is a short driver: it borrows the teacher, prepares the student
+(:mod:`recoverprune.distill.repair`), then runs epochs of :func:`_train_epoch`, each step
+summing the loss terms of :mod:`recoverprune.distill.objectives`, with a checkpoint after each
+epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from recoverprune.core.borrow import borrowed
+from recoverprune.core.files import check_free_space, check_writable, clean_stale
+from recoverprune.core.io import fingerprint, load_own, save_atomic, write_json_atomic
+from recoverprune.core.progress import Bar, console
+from recoverprune.core.progress import progress as progress_bar
+from recoverprune.core.runtime import Accel, Runtime, generator, resolve
+from recoverprune.core.stages import architecture, check_key
+from recoverprune.data.evaluate import evaluate, resolve_data
+from recoverprune.data.synthetic import SyntheticImages, data_fingerprint
+from recoverprune.data.transfer import as_transfer_set
+from recoverprune.distill.agreement import agreement
+from recoverprune.distill.augment import augment, black_like, mix
+from recoverprune.distill.config import BNMode, DistillConfig, default_objective
+from recoverprune.distill.objectives import LossTerm, StepOutputs, bind_objective
+from recoverprune.distill.repair import recalibrate_bn, reconstruct
+from recoverprune.pruning.masks import refresh_pruned, reselect_masks
+from recoverprune.pruning.sparsity import sparsity
+
+__all__ = ["CHECKPOINT", "recover"]
+
+
+CHECKPOINT = "recover-checkpoint.pt"
+
+
+FINAL = "student.pt"
+
+
+#: synthetic images the layer-wise reconstruction fits on (every spatial position counts)
+RECONSTRUCT_IMAGES = 256
+
+
+# --------------------------------------------------------------------------- loop pieces
+@contextmanager
+def _bn_mode(model: nn.Module, mode: BNMode) -> Iterator[None]:
+    """Training mode for ``model``; BatchNorm layers in eval mode when ``mode == "frozen"``."""
+    model.train()
+    if mode == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
+def _lr_at(step: int, total: int, cfg: DistillConfig) -> float:
+    warm = int(cfg.warmup_fraction * total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def _sparsity_at(step: int, total: int, cfg: DistillConfig, target: float) -> float:
+    """Cubic ramp (Zhu & Gupta 2017) from 0 to ``target`` over ``cfg.gradual`` of the steps."""
+    ramp = cfg.gradual * total
+    if step >= ramp:
+        return target
+    return target * (1 - (1 - step / ramp) ** 3)
+
+
+def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime) -> None:
+    x = rt.prepare_input(data.get_batch(torch.arange(min(2, len(data))))[0])
+    outs = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        try:
+            with torch.no_grad(), rt.autocast():
+                outs[name] = model(x)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"synthetic images of shape {tuple(data.image_shape)} do not fit the {name} "
+                f"({type(model).__name__}): {str(exc).splitlines()[0]}. Synthesize with the "
+                "image size the models expect."
+            ) from exc
+    if outs["teacher"].shape != outs["student"].shape:
+        raise ValueError(
+            f"teacher and student outputs differ in shape ({tuple(outs['teacher'].shape[1:])} vs "
+            f"{tuple(outs['student'].shape[1:])}): they must predict the same classes"
+        )
+
+
+def _prepare_student(
+    teacher: nn.Module, student: nn.Module, data: SyntheticImages, cfg: DistillConfig, rt: Runtime
+) -> dict[str, float]:
+    """Repairs before the first epoch: reconstruction, then BN recalibration (timed)."""
+    seconds: dict[str, float] = {}
+    if not (cfg.reconstruct or cfg.recalibrate):
+        return seconds
+    images = data.get_batch(torch.arange(len(data)))[0]
+    if cfg.reconstruct:
+        t0 = time.perf_counter()
+        reconstruct(teacher, student, images[:RECONSTRUCT_IMAGES], rt=rt)
+        seconds["reconstruct_s"] = time.perf_counter() - t0
+    if cfg.recalibrate:
+        t0 = time.perf_counter()
+        recalibrate_bn(student, images, rt=rt)
+        seconds["recalibrate_s"] = time.perf_counter() - t0
+    return seconds
+
+
+@dataclass
+class _Loop:
+    """Everything one training step needs, built once per :func:`recover` call."""
+
+    teacher_fwd: Callable[[Tensor], Tensor]
+    student_fwd: Callable[[Tensor], Tensor]
+    student: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[StepOutputs], dict[str, Tensor]]
+    data: SyntheticImages
+    cfg: DistillConfig
+    rt: Runtime
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+    target_sparsity: float
+    fill: tuple[float, ...] | None
+    out: Path | None
+    t_start: float = field(default_factory=time.perf_counter)
+    seen: int = 0
+
+    def batch(self, idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = self.data.get_batch(idx)
+        if self.cfg.augment:
+            x = augment(x, g, self.cfg.crop_padding, self.cfg.flip, self.fill)
+        x = mix(x, g, self.cfg.mix)
+        return self.rt.prepare_input(x), y.to(self.rt.device)
+
+    def step(self, x: Tensor, y: Tensor, step: int) -> Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = _lr_at(step, self.total_steps, self.cfg)
+        if self.cfg.gradual > 0:
+            target = _sparsity_at(step, self.total_steps, self.cfg, self.target_sparsity)
+            reselect_masks(self.student, target)
+        with torch.no_grad(), self.rt.autocast():
+            t_logits = self.teacher_fwd(x)
+        with self.rt.autocast():
+            s_logits = self.student_fwd(x)
+        loss = sum(self.loss_fn(StepOutputs(s_logits, t_logits, y)).values())
+        assert isinstance(loss, Tensor)
+        if not torch.isfinite(loss):
+            epoch, s = divmod(step, self.steps_per_epoch)
+            kept = f"; the last good checkpoint is in {self.out}" if self.out else ""
+            raise FloatingPointError(
+                f"non-finite distillation loss at epoch {epoch + 1}, step {s + 1}{kept}. Lower lr."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.seen += len(x)
+        return loss.detach()
+
+
+def _train_epoch(loop: _Loop, epoch: int, sampler: DistributedSampler, bar: Bar) -> float:
+    """One pass over the (shard of the) transfer set; returns the mean loss."""
+    cfg = loop.cfg
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    g = generator(loop.seed, "augment", epoch, loop.rt.rank)
+    loss_sum, loss_n = 0.0, 0
+    with _bn_mode(loop.student, cfg.bn_mode):
+        for s in range(loop.steps_per_epoch):
+            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            x, y = loop.batch(idx, g)
+            loss = float(loop.step(x, y, epoch * loop.steps_per_epoch + s))
+            loss_sum += loss * len(idx)
+            loss_n += len(idx)
+            bar.advance(
+                1,
+                epoch=f"{epoch + 1}/{cfg.epochs}",
+                loss=loss_sum / loss_n,
+                img_s=loop.seen / (time.perf_counter() - loop.t_start),
+            )
+    refresh_pruned(loop.student)
+    return loss_sum / max(loss_n, 1)
+
+
+def _measure_epoch(
+    teacher: nn.Module,
+    student: nn.Module,
+    val_set: Any,
+    held: SyntheticImages | None,
+    rt: Runtime,
+) -> dict[str, float]:
+    record: dict[str, float] = {}
+    if val_set is not None:
+        record["val_top1"] = evaluate(student, val_set, device=rt.device, progress=False).top1
+    if held is not None:
+        student.eval()
+        record["agreement"] = agreement(teacher, student, held, rt)
+        record["agreement_images"] = len(held)
+    return record
+
+
+def _keep_best(best: dict[str, Any] | None, record: dict[str, float], student: nn.Module) -> Any:
+    if "val_top1" not in record or (best is not None and record["val_top1"] <= best["score"]):
+        return best
+    state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    return {"score": record["val_top1"], "epoch": int(record["epoch"]), "state": state}
+
+
+def _split(
+    synthetic: SyntheticImages, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
+) -> tuple[SyntheticImages, SyntheticImages | None, Any]:
+    """``(train set, held-out synthetic set, validation set)``."""
+    val_set = val_data
+    if isinstance(val_data, (str, os.PathLike)):
+        val_set = resolve_data(student, val_data)
+    if val_set is None and cfg.holdout > 0 and len(synthetic) >= 20:
+        train, held = synthetic.split(cfg.holdout, seed)
+        return train, held, None
+    return synthetic, None, val_set
+
+
+def recover(
+    teacher: nn.Module,
+    student: nn.Module,
+    synthetic: SyntheticImages | Dataset[Any] | tuple[Tensor, Tensor],
+    *,
+    config: DistillConfig | None = None,
+    objective: Sequence[LossTerm] | None = None,
+    epochs: int | None = None,
+    val_data: Dataset[Any] | str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    accel: Accel | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Distil ``teacher`` into ``student`` on synthetic images; pruned weights stay zero.
+
+    The student is trained in place and returned in eval mode on its original device.
+    Masks from :func:`~recoverprune.prune` are respected at every step (a student
+    without masks trains densely). The teacher is never modified.
+
+    Args:
+        teacher: the trained (dense) network.
+        student: the network to train, usually ``prune(teacher, ...)``.
+        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
+            labelled data: a Dataset of ``(image, label)``, a ``TensorDataset`` or
+            ``(images, labels)`` tensors (images in the models' normalised input space).
+        config: hyper-parameters (:class:`DistillConfig`).
+        objective: the loss terms (default :func:`default_objective` of ``config``:
+            logit KD, plus feature KD / CE when ``config`` weights them).
+        epochs: shortcut overriding ``config.epochs``.
+        val_data: optional labelled data (Dataset or ImageFolder/tar.gz path) to report
+            top-1 each epoch and keep the best epoch.
+        out_dir: checkpoint each epoch there (atomic) and resume from it.
+        seed: data order and augmentation depend only on ``(seed, epoch)``.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
+        accel: GPU fast-path switches (default automatic).
+        progress: show a rich progress bar.
+
+    Returns:
+        The trained student (the same object), with ``student.recovery_history``.
+
+    Raises:
+        ValueError: empty synthetic set, images that do not fit, teacher/student output
+            shapes that differ, or an ``out_dir`` checkpoint made with other settings.
+        FloatingPointError: the loss became non-finite (the last good checkpoint is kept).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from recoverprune import SyntheticImages, prune, recover
+        >>> teacher = nn.Sequential(
+        ...     nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+        ... ).eval()
+        >>> data = SyntheticImages(torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,)))
+        >>> student = recover(teacher, prune(teacher, 0.5), data, epochs=2, progress=False)
+        >>> int((student[1].weight == 0).sum() + (student[3].weight == 0).sum())
+        45
+    """
+    cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
+    synthetic = as_transfer_set(synthetic)
+    if len(synthetic) == 0:
+        raise ValueError("the synthetic set is empty: synthesize some images first")
+    rt = resolve(device, accel)
+    out = Path(out_dir) if out_dir is not None else None
+    train_set, held, val_set = _split(synthetic, val_data, student, cfg, seed)
+    terms = list(objective) if objective is not None else default_objective(cfg)
+    meta = {
+        "config": asdict(cfg),
+        "objective": [repr(t) for t in terms],
+        "teacher": fingerprint(teacher),
+        "student": fingerprint(student),  # masks included: another amount is another student
+        "student_arch": architecture(student),
+        "synthetic": data_fingerprint(synthetic),
+        "n_synthetic": len(synthetic),
+        "seed": seed,
+    }
+    with ExitStack() as stack:
+        _borrow_models(stack, teacher, student, rt)
+        _check_fit(teacher, student, synthetic, rt)
+        state = _resume(out, meta, student) if out is not None else None
+        if state is not None and state.get("done"):
+            return _finished(student, state["history"])
+        history: list[dict[str, float]] = state["history"] if state else []
+        prep = {} if state else _prepare_student(teacher, student, train_set, cfg, rt)
+        optimizer = _make_optimizer(student, cfg)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        loss_fn = stack.enter_context(bind_objective(terms, teacher, student))
+        loop, sampler = _build_loop(
+            teacher, student, optimizer, loss_fn, train_set, cfg, rt, seed, out
+        )
+        best = state.get("best") if state else None
+        start = state["epoch"] if state else 0
+        with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:
+            bar.advance(start * loop.steps_per_epoch)
+            for epoch in range(start, cfg.epochs):
+                record: dict[str, float] = {"epoch": epoch + 1, **prep}
+                record["loss"] = _train_epoch(loop, epoch, sampler, bar)
+                record["lr"] = _lr_at((epoch + 1) * loop.steps_per_epoch - 1, loop.total_steps, cfg)
+                record.update(_measure_epoch(teacher, student, val_set, held, rt))
+                history.append(record)
+                best = _keep_best(best, record, student)
+                bar.update(**{k: v for k, v in record.items() if k != "lr"})
+                if out is not None and rt.is_main:
+                    _checkpoint(out, epoch + 1, student, optimizer, history, best, meta)
+                prep = {}
+        _restore_best(student, best, cfg, progress and rt.is_main)
+        if out is not None and rt.is_main:
+            _write_final(out, cfg, student, history, meta)
+        return _finished(student, history)
+
+
+def _borrow_models(stack: ExitStack, teacher: nn.Module, student: nn.Module, rt: Runtime) -> None:
+    """Teacher frozen in eval mode; both on the device until the stack closes."""
+    teacher_device = next(teacher.parameters()).device
+    student_device = next(student.parameters()).device
+    stack.enter_context(borrowed(teacher))
+    rt.prepare_model(teacher)
+    stack.callback(teacher.to, teacher_device)
+    rt.prepare_model(student)
+    stack.callback(student.to, student_device)
+
+
+def _build_loop(
+    teacher: nn.Module,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
+    data: SyntheticImages,
+    cfg: DistillConfig,
+    rt: Runtime,
+    seed: int,
+    out: Path | None,
+) -> tuple[_Loop, DistributedSampler]:
+    model: nn.Module = student
+    if rt.world_size > 1:
+        model = DistributedDataParallel(
+            student, device_ids=[rt.device] if rt.device.type == "cuda" else None
+        )
+    sampler = DistributedSampler(
+        range(len(data)),  # type: ignore[arg-type]
+        num_replicas=rt.world_size,
+        rank=rt.rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=False,
+    )
+    steps = math.ceil(len(sampler) / cfg.batch_size)
+    loop = _Loop(
+        teacher_fwd=rt.maybe_compile(teacher),
+        student_fwd=rt.maybe_compile(model),
+        student=student,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        data=data,
+        cfg=cfg,
+        rt=rt,
+        seed=seed,
+        steps_per_epoch=steps,
+        total_steps=steps * cfg.epochs,
+        target_sparsity=sparsity(student).overall if cfg.gradual > 0 else 0.0,
+        fill=black_like(data),
+        out=out,
+    )
+    return loop, sampler
+
+
+def _checkpoint(
+    out: Path,
+    epoch: int,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+    best: Any,
+    meta: dict[str, Any],
+) -> None:
+    state = {
+        "epoch": epoch,
+        "student": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "best": best,
+        "meta": meta,
+        "done": False,
+    }
+    save_atomic(state, out / CHECKPOINT)
+
+
+def _restore_best(student: nn.Module, best: Any, cfg: DistillConfig, verbose: bool) -> None:
+    if best is None or best["epoch"] == cfg.epochs:
+        return
+    student.load_state_dict(best["state"])
+    if verbose:
+        console.print(f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)")
+
+
+def _write_final(
+    out: Path,
+    cfg: DistillConfig,
+    student: nn.Module,
+    history: list[dict[str, float]],
+    meta: dict[str, Any],
+) -> None:
+    refresh_pruned(student)
+    save_atomic(student.state_dict(), out / FINAL)
+    final = {
+        "epoch": cfg.epochs,
+        "student": student.state_dict(),
+        "history": history,
+        "meta": meta,
+        "done": True,
+    }
+    save_atomic(final, out / CHECKPOINT)
+    write_json_atomic({"history": history, **meta}, out / "recover-history.json")
+
+
+def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:
+    refresh_pruned(student)
+    student.recovery_history = history  # type: ignore[assignment]
+    return student.eval()
+
+
+def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` if it was made from exactly these inputs, else ``None``.
+
+    Raises:
+        StageMismatch: ``out`` holds a recovery of another student, teacher, data or config.
+    """
+    path = out / CHECKPOINT
+    check_writable(out)  # before any compute, not at the end of the first epoch
+    clean_stale(out)
+    size = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+    check_free_space(out, 6 * size)  # checkpoint with optimizer state, student.pt, temps
+    if not path.is_file():
+        return None
+    state = load_own(path)
+    check_key(state.get("meta", {}), meta, path)
+    student.load_state_dict(state["student"])
+    return state

@@ -1,0 +1,279 @@
+"""Loss terms of the recovery loop, as small composable pieces.
+
+The loop in :func:`~recoverprune.recover` knows nothing of any term: it binds each term
+to the teacher and the student (a term that needs forward hooks registers them there and
+removes them when the ``with`` block ends), then sums what the bound terms return for
+each step.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    >>> _ = net(torch.randn(2, 3, 6, 6))
+    >>> with bind_objective([LogitKD(), FeatureKD(layers="bn")], net, net) as loss_fn:
+    ...     z = net(torch.randn(2, 3, 6, 6))
+    ...     parts = loss_fn(StepOutputs(z, z.detach(), torch.tensor([0, 1])))
+    >>> sorted(parts), round(float(sum(parts.values()).detach()), 6)
+    (['feature', 'kd'], 0.0)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recoverprune.pruning.channel_spec import kept_channels
+
+__all__ = [
+    "CrossEntropy",
+    "FeatureKD",
+    "LogitKD",
+    "LossTerm",
+    "StepOutputs",
+    "bind_objective",
+    "feature_layers",
+    "kd_loss",
+]
+
+
+Bound = Callable[["StepOutputs"], Tensor]
+
+
+@dataclass
+class StepOutputs:
+    """What one step produced: logits of both networks and the batch's labels."""
+
+    student_logits: Tensor
+    teacher_logits: Tensor
+    labels: Tensor
+
+
+class LossTerm(Protocol):
+    """A loss term: ``bind`` yields the function of one step's outputs it contributes."""
+
+    name: str
+
+    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]: ...
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, averaged over the batch.
+
+    Example:
+        >>> import torch
+        >>> z = torch.randn(4, 10)
+        >>> float(kd_loss(z, z, 4.0)) < 1e-6
+        True
+    """
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+@dataclass(frozen=True)
+class LogitKD:
+    """Temperature-scaled KL between teacher and student logits (Hinton et al.).
+
+    Example:
+        >>> LogitKD(temperature=2.0).temperature
+        2.0
+    """
+
+    temperature: float = 4.0
+    weight: float = 1.0
+    name: str = "kd"
+
+    @contextmanager
+    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
+        yield (
+            lambda out: (
+                self.weight * kd_loss(out.student_logits, out.teacher_logits, self.temperature)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """Cross-entropy of the student to the batch's (synthetic target) labels.
+
+    Example:
+        >>> CrossEntropy(weight=0.1).weight
+        0.1
+    """
+
+    weight: float = 1.0
+    name: str = "ce"
+
+    @contextmanager
+    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
+        yield lambda out: self.weight * F.cross_entropy(out.student_logits.float(), out.labels)
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    """Children of ``Sequential``/``ModuleList`` containers that hold a BatchNorm inside."""
+    names = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            continue
+        for child_name, child in parent.named_children():
+            if any(_is_bn(m) for m in child.modules() if m is not child):
+                names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    # keep the innermost level only: a block that contains other blocks is dropped
+    return [n for n in names if not any(o.startswith(n + ".") for o in names)]
+
+
+def feature_layers(model: nn.Module, layers: str | Sequence[str] = "auto") -> list[str]:
+    """Names of the modules whose outputs :class:`FeatureKD` matches.
+
+    ``"blocks"``: every block (a child of a ``Sequential``/``ModuleList`` that contains a
+    BatchNorm layer), e.g. each residual block of a ResNet or inverted-residual block of a
+    MobileNet. ``"bn"``: every BatchNorm layer's output. ``"auto"``: blocks, or BatchNorm
+    outputs when the model has no such blocks (VGG). A sequence names modules directly.
+
+    Example:
+        >>> from recoverprune.models import resnet20
+        >>> feature_layers(resnet20())[:2], len(feature_layers(resnet20(), "bn"))
+        (['layer1.0', 'layer1.1'], 19)
+    """
+    modules = dict(model.named_modules())
+    if not isinstance(layers, str):
+        missing = [n for n in layers if n not in modules]
+        if missing:
+            raise ValueError(f"feature layers {missing} are not modules of {type(model).__name__}")
+        return list(layers)
+    if layers not in ("auto", "blocks", "bn"):
+        raise ValueError(
+            f"layers must be 'auto', 'blocks', 'bn' or a list of names, got {layers!r}"
+        )
+    found = _blocks(model) if layers in ("auto", "blocks") else []
+    if not found and layers != "blocks":
+        found = [n for n, m in modules.items() if _is_bn(m)]
+    return found
+
+
+def _capture(model: nn.Module, names: Sequence[str], store: dict[str, Tensor]) -> list:
+    modules = dict(model.named_modules())
+
+    def hook(name: str) -> Callable[..., None]:
+        def save(module: nn.Module, inputs: object, output: Tensor) -> None:
+            store[name] = output
+
+        return save
+
+    return [modules[n].register_forward_hook(hook(n)) for n in names]
+
+
+def _relative_mse(s: Tensor, t: Tensor) -> Tensor:
+    s, t = s.float(), t.float()
+    return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
+
+
+@dataclass(frozen=True)
+class FeatureKD:
+    """Match the student's intermediate features to the teacher's at the same places.
+
+    For a student that is the teacher's own architecture (unstructured pruning), the
+    outputs of the same-named modules are compared by relative squared error
+    ``‖s − t‖² / ‖t‖²`` (so every layer counts alike, whatever its scale), averaged over
+    the layers, times ``weight``. Layers whose shapes differ are indexed with the kept
+    output channels when the student records them (:func:`recoverprune.kept_channels`, set by
+    channel pruning) and skipped otherwise; if no layer is left, the term warns once and
+    contributes nothing (logit distillation still runs).
+
+    Attributes:
+        layers: ``"auto"``, ``"blocks"``, ``"bn"`` or module names (see
+            :func:`feature_layers`).
+        weight: multiplier of the averaged relative error.
+
+    Example:
+        >>> FeatureKD(weight=2.0).layers
+        'auto'
+    """
+
+    layers: str | tuple[str, ...] = "auto"
+    weight: float = 1.0
+    name: str = "feature"
+
+    def _pairs(self, teacher: nn.Module, student: nn.Module) -> list[str]:
+        t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
+        names = [n for n in feature_layers(teacher, self.layers) if n in s_mods]
+        usable = [n for n in names if type(t_mods[n]) is type(s_mods[n])]
+        if not usable:
+            warnings.warn(
+                f"FeatureKD found no module of the teacher ({type(teacher).__name__}) in the "
+                f"student ({type(student).__name__}) to match (layers={self.layers!r}); only "
+                "the other loss terms are used. Pass layers=[...] naming modules both share.",
+                stacklevel=3,
+            )
+        return usable
+
+    @contextmanager
+    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
+        names = self._pairs(teacher, student)
+        kept = _kept_indices(student, names)
+        t_out: dict[str, Tensor] = {}
+        s_out: dict[str, Tensor] = {}
+        handles = [*_capture(teacher, names, t_out), *_capture(student, names, s_out)]
+
+        def loss(out: StepOutputs) -> Tensor:
+            terms = []
+            for n in names:
+                s, t = s_out.pop(n), t_out.pop(n)
+                idx = kept.get((n, s.shape[1]))
+                if s.shape != t.shape and idx is not None:
+                    t = t.index_select(1, idx.to(t.device))
+                if s.shape != t.shape:
+                    continue  # a channel-pruned layer without recorded indices
+                terms.append(_relative_mse(s, t.detach()))
+            if not terms:
+                return out.student_logits.new_zeros(())
+            return self.weight * torch.stack(terms).mean()
+
+        try:
+            yield loss
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:
+    """``(layer, width) -> teacher channel indices`` for a channel-pruned ``student``.
+
+    A layer's own kept indices when pruning recorded them; for a block, those of the last
+    layer inside it that has that many channels (a residual block's output is its last
+    BatchNorm's channels plus the shortcut, which pruning keeps coupled).
+    """
+
+    recorded = kept_channels(student) or {}
+    order = [m for m, _ in student.named_modules() if m in recorded]  # forward order
+    out: dict[tuple[str, int], Tensor] = {}
+    for n in names:
+        inside = [recorded[m] for m in order if m == n or m.startswith(n + ".")]
+        for idx in inside:  # the last one of each width wins
+            out[(n, len(idx))] = idx
+    return out
+
+
+@contextmanager
+def bind_objective(
+    terms: Sequence[LossTerm], teacher: nn.Module, student: nn.Module
+) -> Iterator[Callable[[StepOutputs], dict[str, Tensor]]]:
+    """Bind every term; yield a function from one step's outputs to each term's loss.
+
+    Hooks the terms register are removed when the block ends, also on an exception.
+    """
+    with ExitStack() as stack:
+        bound = [(t.name, stack.enter_context(t.bind(teacher, student))) for t in terms]
+        yield lambda out: {name: fn(out) for name, fn in bound}

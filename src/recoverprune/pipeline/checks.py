@@ -1,0 +1,86 @@
+"""Pre-flight checks of a whole job, and whether a pruned student on disk can be reused."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from recoverprune.core.files import check_free_space, check_writable, clean_stale, remove_outputs
+from recoverprune.core.io import load_own
+from recoverprune.core.spec import infer_input_shape
+from recoverprune.core.stages import StageMismatch, check_key
+from recoverprune.core.validate import check_finite
+from recoverprune.data.evaluate import resolve_data
+
+__all__ = ["preflight", "reuse_pruned"]
+
+
+def preflight(
+    teacher: nn.Module,
+    out: Path,
+    n: int,
+    batch_size: int,
+    image_size: int | None,
+    eval_data: Any,
+    *,
+    clean: bool = True,
+    read_as: Mapping[str, Any] | None = None,
+) -> None:
+    """Check every input of :func:`~recoverprune.compress` before any compute.
+
+    Finite teacher weights, a writable ``out`` (its stale temporaries removed when
+    ``clean``), free space for the shards still to make plus checkpoints, and an
+    ``eval_data`` path whose layout and every image decode (the result is cached), read
+    as ``read_as`` says (``channels``, ``mean``, ``std``, ``resize``).
+
+    Example:
+        >>> import tempfile
+        >>> from recoverprune.models import resnet20
+        >>> preflight(resnet20(), Path(tempfile.mkdtemp()), 8, 4, None, None)
+    """
+
+    check_finite(teacher, "teacher")
+    check_writable(out)
+    if clean:
+        clean_stale(out)
+    shape = infer_input_shape(teacher, image_size)
+    done = len(list((out / "synthetic").glob("shard-*.pt"))) * batch_size
+    image_bytes = max(n - done, 0) * math.prod(shape) * 4
+    model_bytes = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())
+    check_free_space(out, image_bytes + 8 * model_bytes)  # pruned, checkpoints, student
+    if isinstance(eval_data, (str, os.PathLike)):
+        resolve_data(teacher, eval_data, **(read_as or {}))
+
+
+def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:
+    """Whether ``path`` holds the pruned student for ``key``.
+
+    With ``overwrite``, a stale one and everything made from it (``recover/``,
+    ``student.pt``, ``report.json`` beside it) are removed and ``False`` is returned.
+
+    Raises:
+        StageMismatch: ``path`` was pruned with other settings and ``overwrite`` is false.
+
+    Example:
+        >>> import tempfile
+        >>> reuse_pruned(Path(tempfile.mkdtemp()) / "pruned.pt", {"amount": 0.5}, False)
+        False
+    """
+    if not path.is_file():
+        return False
+    state = load_own(path)
+    old = state.get("key") or {k: state.get(k) for k in ("teacher", "amount", "scope")}
+    try:
+        check_key(old, key, path)
+        return True
+    except StageMismatch:
+        if not overwrite:
+            raise
+    out = path.parent
+    remove_outputs([path, out / "recover", out / "student.pt", out / "report.json"])
+    return False

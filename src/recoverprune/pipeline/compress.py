@@ -1,0 +1,261 @@
+"""``compress()``: prune → synthesize → recover, every stage persisted and resumable."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from recoverprune.core.io import (
+    extract_state_dict,
+    fingerprint,
+    load_checkpoint,
+    read_json,
+    save_atomic,
+    write_json_atomic,
+)
+from recoverprune.core.runtime import Accel, Runtime, resolve
+from recoverprune.core.spec import InputSpec
+from recoverprune.core.stages import run_stage, stage_key
+from recoverprune.data.evaluate import read_as
+from recoverprune.distill.config import DistillConfig
+from recoverprune.distill.loop import recover
+from recoverprune.models.default import default_teacher
+from recoverprune.pipeline.checks import preflight, reuse_pruned
+from recoverprune.pipeline.presets import PRESETS, Preset
+from recoverprune.pipeline.prune import prune
+from recoverprune.pipeline.report import (
+    CHECK_SEED,
+    CompressResult,
+    make_report,
+    measure_top1,
+    print_report,
+)
+from recoverprune.pruning.channel_spec import apply_channel_spec, channel_spec
+from recoverprune.pruning.channels import ChannelConfig
+from recoverprune.pruning.masks import copy_model, restore_pruning
+from recoverprune.synthesis.config import InversionConfig
+from recoverprune.synthesis.inversion import synthesize
+
+__all__ = ["compress"]
+
+
+def _load_pruned(path: Path, template: nn.Module) -> nn.Module:
+    model = copy_model(template)
+    raw = load_checkpoint(path)
+    state = extract_state_dict(raw, str(path))
+    if raw.get("channel_spec"):  # channel-pruned: reshape the copy to the saved widths
+        apply_channel_spec(model, raw["channel_spec"], state)
+    restore_pruning(model, state)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def compress(
+    teacher: nn.Module | None = None,
+    amount: float = 0.75,
+    *,
+    out_dir: str | os.PathLike[str] = "recoverprune-out",
+    preset: Literal["tiny", "quick", "paper", "seed"] | Preset = "quick",
+    n: int | None = None,
+    iterations: int | None = None,
+    epochs: int | None = None,
+    scope: Literal["global", "layerwise"] = "global",
+    exclude: Sequence[str] = (),
+    structure: Literal["unstructured", "channel"] = "unstructured",
+    channel: ChannelConfig | None = None,
+    inversion: InversionConfig | None = None,
+    distill: DistillConfig | None = None,
+    eval_data: Any = None,
+    image_size: int | Sequence[int] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    channels: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    accel: Accel | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> CompressResult:
+    """Prune ``teacher``, synthesise a transfer set from it and distil it back, resumably.
+
+    Every stage writes its result into ``out_dir`` (``pruned.pt``, ``synthetic/``,
+    ``check/``, ``recover/``, ``student.pt``, ``report.json``); running the same call again
+    after a crash or Ctrl-C resumes at the stage and step where it stopped.
+
+    Besides the transfer set, a small *check* set (``preset.check_n`` images, seeded
+    independently) is synthesised; the student never trains on it, and the report's
+    ``check`` entry (teacher–student agreement and KL on it) is the data-free estimate of
+    how well the recovery worked.
+
+    Args:
+        teacher: the trained network (left unchanged). ``None`` uses the embedded default
+            CIFAR-10 ResNet-20 (see :func:`recoverprune.models.default_teacher`).
+        amount: global sparsity to reach.
+        out_dir: where every stage is persisted.
+        preset: budget (``"tiny"``, ``"quick"``, ``"paper"``, ``"seed"`` or a
+            :class:`Preset`).
+        n: number of synthetic images (overrides the preset).
+        iterations: DeepInversion steps per batch (overrides the preset).
+        epochs: distillation epochs (overrides the preset).
+        scope: as in :func:`~recoverprune.prune`.
+        exclude: as in :func:`~recoverprune.prune`.
+        structure: as in :func:`~recoverprune.prune` (``"channel"``: a smaller dense model).
+        channel: as in :func:`~recoverprune.prune` (channel-pruning settings).
+        inversion: DeepInversion hyper-parameters (:class:`InversionConfig`).
+        distill: distillation hyper-parameters (:class:`DistillConfig`).
+        eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
+            teacher / pruned / recovered; only ever used for measuring.
+        image_size: the teacher's input size, when its ``pretrained_cfg`` hint does not say
+            or says otherwise; stored in the report (``"input"``) and in ``student.pt``.
+        mean: the teacher's input mean, one value or one per channel (as ``image_size``).
+        std: the teacher's input standard deviation (as ``mean``).
+        channels: the teacher's input channels (as ``image_size``).
+        seed: as in the stage functions.
+        device: as in the stage functions.
+        accel: as in the stage functions.
+        progress: as in the stage functions.
+        overwrite: recompute every stage whose recorded settings differ from this call's
+            (and the stages after it) instead of refusing the directory.
+
+    Returns:
+        A :class:`CompressResult` with the student and the report.
+
+    Example:
+        >>> import tempfile
+        >>> res = compress(amount=0.5, preset="tiny", out_dir=tempfile.mkdtemp(), progress=False)
+        >>> round(res.report["sparsity"], 2)
+        0.5
+    """
+    if teacher is None:
+        teacher = default_teacher()
+    p = _budget(preset, n=n, iterations=iterations, epochs=epochs)
+    inv = replace(inversion or InversionConfig(), iterations=p.iterations)
+    dcfg = replace(distill or p.distill or DistillConfig(), epochs=p.epochs)
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rt = resolve(device, accel)
+    preflight(
+        teacher,
+        out,
+        p.n,
+        p.batch_size,
+        spec.size,
+        eval_data,
+        clean=rt.is_main,
+        read_as=read_as(spec),
+    )
+    clock = _StageClock(out / "timing.json", rt.is_main)
+    stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
+
+    with clock("prune"):
+        how = {"scope": scope, "exclude": exclude, "structure": structure, "channel": channel}
+        student = _prune_stage(teacher, amount, how, out / "pruned.pt", rt, overwrite)
+    pruned_snapshot = copy_model(student) if eval_data is not None else None
+    with clock("synthesize"):
+        synth = {"config": inv, "batch_size": p.batch_size, **_input_kwargs(spec), **stage}
+        synth["overwrite"] = overwrite
+        synthetic = synthesize(teacher, p.n, out_dir=out / "synthetic", **synth)
+        check = synthesize(
+            teacher, p.check_n, out_dir=out / "check", **{**synth, "seed": seed + CHECK_SEED}
+        )
+    if rt.is_main and (overwrite or not (out / "synthetic-grid.png").exists()):
+        synthetic.save_grid(out / "synthetic-grid.png")
+    with clock("recover"):
+        student = run_stage(
+            partial(
+                recover, teacher, student, synthetic, config=dcfg, out_dir=out / "recover", **stage
+            ),
+            [out / "recover", out / "student.pt", out / "report.json"],
+            overwrite,
+        )
+    report = make_report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
+    report["input"] = spec.to_dict()
+    report["structure"] = structure
+    report["channel"] = asdict(channel) if channel else None
+    if eval_data is not None:
+        with clock("evaluate"):
+            report["top1"] = measure_top1(
+                teacher, pruned_snapshot, student, eval_data, device, spec
+            )
+    report["seconds"] = clock.times
+    if rt.is_main:
+        final = {
+            "state_dict": student.state_dict(),
+            "amount": amount,
+            "input": spec.to_dict(),
+            "channel_spec": channel_spec(student),
+        }
+        save_atomic(final, out / "student.pt")
+        write_json_atomic(report, out / "report.json")
+        if progress:
+            print_report(report)
+    return CompressResult(spec.attach(student), report)
+
+
+def _input_kwargs(spec: InputSpec) -> dict[str, Any]:
+    return {"image_size": spec.size, "mean": spec.mean, "std": spec.std, "channels": spec.channels}
+
+
+def _budget(preset: str | Preset, **overrides: int | None) -> Preset:
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    return replace(p, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class _StageClock:
+    """Wall time per stage, accumulated over interrupted and resumed runs (timing.json)."""
+
+    def __init__(self, path: Path, write: bool) -> None:
+        self.path, self.write = path, write
+        self.times: dict[str, float] = read_json(path) if path.is_file() else {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+            if self.write:
+                write_json_atomic(self.times, self.path)
+
+
+def _prune_stage(
+    teacher: nn.Module,
+    amount: float,
+    how: dict[str, Any],
+    path: Path,
+    rt: Runtime,
+    overwrite: bool,
+) -> nn.Module:
+    """``prune(teacher, amount, **how)``, or the pruned student ``path`` holds for exactly that."""
+    channel = how["channel"]
+    key = stage_key(
+        teacher=fingerprint(teacher),
+        amount=amount,
+        **{**how, "channel": asdict(channel) if channel else None},
+    )
+    if reuse_pruned(path, key, overwrite):
+        return _load_pruned(path, teacher)
+    student = prune(teacher, amount, **how)
+    if rt.is_main:
+        state = {
+            "state_dict": student.state_dict(),
+            "amount": amount,
+            "scope": how["scope"],
+            "structure": how["structure"],
+            "channel_spec": channel_spec(student),
+            "teacher": fingerprint(teacher),
+            "key": key,
+        }
+        save_atomic(state, path)
+    return student

@@ -1,0 +1,77 @@
+"""How long a compress run will roughly take, from one timed pass of the teacher.
+
+A DeepInversion step costs about one forward + backward pass of the teacher per image; a
+distillation step about two (a teacher forward, a student forward + backward with weight
+gradients). The factors below turn one measured pass into stage estimates; they are
+rough (the progress lines then report the measured rate and ETA).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from recoverprune.core.runtime import resolve
+
+__all__ = ["rough_seconds"]
+
+
+#: Cost of one image-step relative to one forward + input-gradient pass of the teacher.
+DI_FACTOR = 1.2
+
+
+KD_FACTOR = 2.0
+
+
+def _pass_seconds(teacher: nn.Module, x: torch.Tensor, sync: bool) -> float:
+    x = x.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    out = teacher(x)
+    torch.autograd.grad(out.float().sum(), x)  # leaves the teacher's .grad untouched
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def rough_seconds(
+    teacher: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    n: int,
+    iterations: int,
+    epochs: int,
+    batch_size: int,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Estimated seconds of ``{"DeepInversion": ..., "Recovery": ...}`` for these budgets.
+
+    Times one forward + input-gradient pass of ``teacher`` (eval mode, left unchanged) on a
+    batch of up to 32 random inputs of ``shape`` after a warm-up pass.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+        >>> est = rough_seconds(net, (3, 8, 8), n=64, iterations=10, epochs=2, batch_size=16)
+        >>> sorted(est), est["Recovery"] > 0
+        (['DeepInversion', 'Recovery'], True)
+    """
+    rt = resolve(device)
+    where = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    rt.prepare_model(teacher)
+    try:
+        b = max(2, min(batch_size, 32))
+        x = rt.prepare_input(torch.randn(b, *shape))
+        sync = rt.device.type == "cuda"
+        _pass_seconds(teacher, x, sync)
+        per_image = _pass_seconds(teacher, x, sync) / b
+    finally:
+        teacher.to(where)
+        teacher.train(was_training)
+    return {
+        "DeepInversion": n * iterations * per_image * DI_FACTOR,
+        "Recovery": epochs * n * per_image * KD_FACTOR,
+    }

@@ -1,0 +1,1 @@
+"""Layer 4: images from a teacher's BatchNorm statistics (DeepInversion)."""

@@ -1,0 +1,69 @@
+"""BatchNorm statistics: the forward hooks that read what enters every BN layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["bn_statistics"]
+
+
+def _bn_hook(
+    module: nn.modules.batchnorm._BatchNorm,
+    inputs: tuple[Tensor, ...],
+    output: Tensor,
+    *,
+    out: list[Tensor],
+    weight: float,
+) -> None:
+    x = inputs[0].float()
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    loss = torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(
+        var - module.running_var.float()
+    )
+    out.append(loss * weight if weight != 1.0 else loss)
+
+
+def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that carry running statistics, in module order."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and m.running_mean is not None
+    ]
+
+
+@contextmanager
+def bn_statistics(model: nn.Module, first_multiplier: float = 1.0) -> Iterator[list[Tensor]]:
+    """Collect DeepInversion's BN-statistics loss of every BatchNorm layer's input.
+
+    Yields a list that each forward pass appends one loss per BN layer to
+    (``‖μ_batch − running_mean‖₂ + ‖σ²_batch − running_var‖₂``). Clear it between
+    passes. Every hook is removed on exit, also on an exception.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+        >>> with bn_statistics(net) as losses:
+        ...     _ = net(torch.randn(2, 3, 8, 8))
+        >>> len(losses), len(net[1]._forward_hooks)
+        (1, 0)
+    """
+    losses: list[Tensor] = []
+    handles = []
+    try:
+        for i, m in enumerate(bn_layers(model)):
+            w = first_multiplier if i == 0 else 1.0
+            handles.append(m.register_forward_hook(partial(_bn_hook, out=losses, weight=w)))
+        yield losses
+    finally:
+        for h in handles:
+            h.remove()

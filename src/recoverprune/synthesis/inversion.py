@@ -1,0 +1,372 @@
+"""DeepInversion (Yin et al., CVPR 2020): images from a teacher's BatchNorm statistics.
+
+Each batch starts from Gaussian noise in the teacher's (normalised) input space and its
+pixels are optimised with Adam so that
+
+* the per-channel mean and variance of the input of every BatchNorm layer match that
+  layer's running statistics (collected by forward hooks, :func:`bn_statistics`),
+* the teacher assigns the batch's target labels (cross-entropy),
+* total-variation and L2 priors keep the images smooth and bounded,
+* optionally (Adaptive DeepInversion) a student disagrees with the teacher on them.
+
+Randomness of batch ``i`` depends only on ``(seed, i)``: the set does not depend on how
+many processes made it, and resuming an interrupted run gives the same images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recoverprune.core.borrow import borrowed
+from recoverprune.core.io import save_atomic
+from recoverprune.core.progress import progress as progress_bar
+from recoverprune.core.runtime import Accel, Runtime, generator, resolve
+from recoverprune.core.spec import InputSpec
+from recoverprune.data.synthetic import SyntheticImages, shard_name
+from recoverprune.synthesis.bn import bn_layers, bn_statistics
+from recoverprune.synthesis.config import InversionConfig
+from recoverprune.synthesis.priors import js_competition, total_variation
+from recoverprune.synthesis.shards import (
+    check_or_write_manifest,
+    keep_storage,
+    make_manifest,
+    unreadable_shards,
+)
+
+__all__ = ["synthesize"]
+
+
+def _batch_sizes(n: int, batch_size: int) -> list[int]:
+    """Split ``n`` into ``ceil(n / batch_size)`` near-equal batches (none smaller than 2).
+
+    With ``batch_size=2`` and an odd ``n`` one batch holds 3 images: a batch of one image
+    has no batch statistics to match.
+    """
+    count = max(1, min(math.ceil(n / batch_size), n // 2))
+    base, extra = divmod(n, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+def _balanced_labels(n: int, num_classes: int, seed: int) -> Tensor:
+    labels = torch.arange(n) % num_classes
+    return labels[torch.randperm(n, generator=generator(seed, "labels"))]
+
+
+# --------------------------------------------------------------------------- engine
+class _Inverter:
+    """Optimises one batch. Holds the hooks context and the (optionally compiled) step."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module | None,
+        cfg: InversionConfig,
+        runtime: Runtime,
+        losses: list[Tensor],
+        lo: Tensor,
+        hi: Tensor,
+    ) -> None:
+        self.teacher, self.student, self.cfg, self.rt = teacher, student, cfg, runtime
+        self.losses, self.lo, self.hi = losses, lo, hi
+        self._loss_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]] = (
+            runtime.maybe_compile(self._loss) if runtime.compile else self._loss
+        )
+
+    def _loss(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        cfg = self.cfg
+        self.losses.clear()
+        with self.rt.autocast():
+            logits = self.teacher(x)
+        bn = torch.stack(self.losses).sum()
+        ce = F.cross_entropy(logits.float(), labels)
+        tv_l1, tv_l2 = total_variation(x)
+        loss = cfg.bn_weight * bn + cfg.ce_weight * ce
+        if cfg.tv_l2_weight:
+            loss = loss + cfg.tv_l2_weight * tv_l2
+        if cfg.tv_l1_weight:
+            loss = loss + cfg.tv_l1_weight * tv_l1
+        if cfg.l2_weight:
+            loss = loss + cfg.l2_weight * torch.linalg.vector_norm(x) / x.shape[0]
+        if self.student is not None and cfg.competition_weight > 0:
+            with self.rt.autocast():
+                s_logits = self.student(x)
+            comp = js_competition(s_logits, logits, cfg.competition_temperature)
+            loss = loss + cfg.competition_weight * comp
+        return loss, bn, ce, logits
+
+    def run(
+        self,
+        labels: Tensor,
+        shape: tuple[int, ...],
+        g: torch.Generator,
+        on_step: Callable[[int, dict[str, float]], None],
+    ) -> tuple[Tensor, dict[str, float]]:
+        cfg, rt = self.cfg, self.rt
+        x = rt.prepare_input(torch.randn(shape, generator=g)).requires_grad_(True)
+        labels = labels.to(rt.device)
+        opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+        # all per-step randomness drawn up front from the batch's own generator
+        shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.iterations, 2), generator=g)
+        flips = torch.rand(cfg.iterations, generator=g) < 0.5
+        best_loss, best = math.inf, x.detach().clone()
+        stats: dict[str, float] = {}
+        for it in range(cfg.iterations):
+            if cfg.lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * it / cfg.iterations))
+            dx, dy = int(shifts[it, 0]), int(shifts[it, 1])
+            view = torch.roll(x, shifts=(dx, dy), dims=(2, 3)) if cfg.jitter else x
+            if cfg.flip and bool(flips[it]):
+                view = torch.flip(view, dims=(3,))
+            opt.zero_grad(set_to_none=True)
+            loss, bn, ce, logits = self._loss_fn(view, labels)
+            loss_v = float(loss.detach())
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(
+                    f"non-finite DeepInversion loss ({loss_v}) at iteration {it}; try a lower lr"
+                )
+            if it == 0:
+                stats["bn_loss_first"] = float(bn.detach())
+            if cfg.keep_best and loss_v < best_loss:
+                best_loss = loss_v
+                best = x.detach().clone()
+            loss.backward()
+            opt.step()
+            if cfg.clip:
+                with torch.no_grad():
+                    x.data = torch.max(torch.min(x, self.hi), self.lo)
+            stats.update(loss=loss_v, bn_loss=float(bn.detach()), ce=float(ce.detach()))
+            on_step(it, stats)
+        if not cfg.keep_best:
+            best = x.detach().clone()
+        # final measurement on the returned images (no jitter): BN loss and target accuracy
+        with torch.no_grad():
+            _, bn, ce, logits = self._loss(best, labels)
+        stats.update(
+            bn_loss_final=float(bn),
+            ce_final=float(ce),
+            accuracy=float((logits.argmax(1) == labels).float().mean()),
+        )
+        return best.float().contiguous().cpu(), stats
+
+
+def synthesize(
+    teacher: nn.Module,
+    n: int,
+    *,
+    config: InversionConfig | None = None,
+    batch_size: int = 256,
+    iterations: int | None = None,
+    labels: Sequence[int] | Tensor | None = None,
+    image_size: int | Sequence[int] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    channels: int | None = None,
+    student: nn.Module | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    accel: Accel | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> SyntheticImages:
+    """Synthesise ``n`` images from ``teacher`` alone with DeepInversion.
+
+    Args:
+        teacher: a trained classifier with BatchNorm layers. Left exactly as it was.
+        n: number of images.
+        config: hyper-parameters (:class:`InversionConfig`); defaults work for CIFAR.
+        batch_size: images optimised together (BN statistics are batch statistics).
+        iterations: shortcut overriding ``config.iterations``.
+        labels: target class of each image (length ``n``); default balanced over classes.
+        image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
+        mean: the teacher's input mean (for clipping and PNG grids), one value or one per
+            channel; default from ``pretrained_cfg``, else the ImageNet/CIFAR values for an
+            RGB input (required for other channel counts).
+        std: the teacher's input standard deviation, as ``mean``.
+        channels: input channels, when the first ``Conv2d`` does not tell them.
+        student: for Adaptive DeepInversion (with ``config.competition_weight > 0``).
+        out_dir: stream each finished batch there as a shard (atomic) and resume from
+            it (unreadable shards are made again); a directory made with other settings
+            is refused.
+        seed: batch ``i`` depends only on ``(seed, i)``.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
+        accel: GPU fast-path switches (default automatic).
+        progress: show a rich progress bar.
+        overwrite: empty an ``out_dir`` made with other settings and synthesise anew,
+            instead of refusing it.
+
+    Returns:
+        A :class:`SyntheticImages` dataset of ``(image, label)``.
+
+    Raises:
+        ValueError: no BatchNorm layer, ``n < 1``, ``batch_size < 2``, bad labels,
+            unknown image size, or (:class:`~recoverprune.core.stages.StageMismatch`) an
+            ``out_dir`` made with other settings.
+        FloatingPointError: the loss became non-finite (finished shards are kept).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from recoverprune import synthesize
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+        >>> ds = synthesize(net, n=8, batch_size=4, iterations=5, image_size=16, progress=False)
+        >>> ds.images.shape, sorted(ds.labels.tolist())
+        (torch.Size([8, 3, 16, 16]), [0, 0, 1, 1, 2, 2, 3, 3])
+    """
+    cfg = config or InversionConfig()
+    if iterations is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, iterations=iterations)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if batch_size < 2:
+        raise ValueError(
+            f"batch_size must be >= 2 (DeepInversion matches batch statistics), got {batch_size}"
+        )
+    if n < 2:
+        raise ValueError("n must be >= 2: a batch of one image has no batch statistics")
+    if not bn_layers(teacher):
+        raise ValueError(
+            f"{type(teacher).__name__} has no BatchNorm layer with running statistics. "
+            "DeepInversion reconstructs images from those statistics, so it cannot work on this "
+            "teacher; use a BN network or bring your own transfer images to recover()."
+        )
+    if cfg.competition_weight > 0 and student is None:
+        raise ValueError("competition_weight > 0 (Adaptive DeepInversion) needs student=")
+    rt = resolve(device, accel)
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
+    shape = spec.shape
+    mean, std = spec.normalisation()
+
+    batch_sizes = _batch_sizes(n, batch_size)
+    out = Path(out_dir) if out_dir is not None else None
+    if rt.world_size > 1 and out is None:
+        raise ValueError("distributed synthesis needs out_dir= (a directory all ranks can reach)")
+
+    with ExitStack() as stack:
+        stack.enter_context(borrowed(teacher, student))
+        stack.callback(keep_storage(teacher))
+        rt.prepare_model(teacher)
+        if student is not None:
+            stack.callback(keep_storage(student))
+            rt.prepare_model(student)
+        with torch.no_grad():
+            probe = teacher(rt.prepare_input(torch.zeros(2, *shape)))
+        num_classes = int(probe.shape[1])
+        if labels is None:
+            all_labels = _balanced_labels(n, num_classes, seed)
+        else:
+            all_labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+            if all_labels.numel() != n:
+                raise ValueError(f"labels has {all_labels.numel()} entries, expected n={n}")
+            if all_labels.min() < 0 or all_labels.max() >= num_classes:
+                raise ValueError(
+                    f"labels must lie in [0, {num_classes}) (the teacher has {num_classes} "
+                    f"classes), got values from {int(all_labels.min())} to {int(all_labels.max())}"
+                )
+        manifest = make_manifest(
+            teacher,
+            student,
+            cfg,
+            n=n,
+            batch_sizes=batch_sizes,
+            seed=seed,
+            shape=shape,
+            num_classes=num_classes,
+            labels=all_labels,
+            mean=mean,
+            std=std,
+        )
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            check_or_write_manifest(out, manifest, rt.is_main, overwrite)
+            if rt.world_size > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # rank 0 has emptied an overwritten out_dir
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+        std_t = torch.tensor(std).view(1, -1, 1, 1)
+        lo, hi = ((0 - mean_t) / std_t).to(rt.device), ((1 - mean_t) / std_t).to(rt.device)
+        if not cfg.clip:
+            lo, hi = torch.full_like(lo, -math.inf), torch.full_like(hi, math.inf)
+
+        starts = [0, *torch.tensor(batch_sizes).cumsum(0).tolist()]
+        mine = [i for i in range(len(batch_sizes)) if i % rt.world_size == rt.rank]
+        if out is not None:
+            unreadable_shards(out, mine)
+        todo = [i for i in mine if out is None or not (out / shard_name(i)).is_file()]
+        kept_images: dict[int, Tensor] = {}
+        kept_stats: dict[int, dict[str, float]] = {}
+        losses = stack.enter_context(bn_statistics(teacher, cfg.first_bn_multiplier))
+        inverter = _Inverter(teacher, student, cfg, rt, losses, lo, hi)
+        total = len(todo) * cfg.iterations
+        with progress_bar("DeepInversion", total, progress and rt.is_main and bool(todo)) as bar:
+            t0 = time.perf_counter()
+            done_images = 0
+            for k, i in enumerate(todo):
+                lb = all_labels[starts[i] : starts[i + 1]]
+                g = generator(seed, "batch", i)
+                t_batch = time.perf_counter()
+
+                def on_step(
+                    it: int,
+                    s: dict[str, float],
+                    k: int = k,
+                    done: int = done_images,
+                    size: int = len(lb),
+                ) -> None:
+                    if it % 10 == 0 or it == cfg.iterations - 1:
+                        rate = (done * cfg.iterations + size * (it + 1)) / max(
+                            time.perf_counter() - t0, 1e-9
+                        )
+                        bar.update(
+                            batch=f"{k + 1}/{len(todo)}",
+                            loss=s["loss"],
+                            bn=s["bn_loss"],
+                            ce=s["ce"],
+                            img_it_s=rate,
+                        )
+                    bar.advance(1)
+
+                try:
+                    images, stats = inverter.run(lb, (len(lb), *shape), g, on_step)
+                except FloatingPointError as exc:
+                    where = f"batch {i}" + (f"; finished shards kept in {out}" if out else "")
+                    raise FloatingPointError(f"{exc} ({where})") from exc
+                stats["seconds"] = time.perf_counter() - t_batch
+                done_images += len(lb)
+                if out is not None:
+                    save_atomic(
+                        {"images": images, "labels": lb.clone(), "batch": i, "stats": stats},
+                        out / shard_name(i),
+                    )
+                else:
+                    kept_images[i], kept_stats[i] = images, stats
+    if out is not None:
+        if rt.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return SyntheticImages.load(out)
+    order = sorted(kept_images)
+    meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
+    meta["stats"] = [kept_stats[i] for i in order]
+    return SyntheticImages(
+        [kept_images[i] for i in order],
+        [all_labels[starts[i] : starts[i + 1]] for i in order],
+        mean=mean,
+        std=std,
+        meta=meta,
+    )
