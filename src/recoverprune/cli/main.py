@@ -290,7 +290,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             structure="channel",
             channel=_channel_config(args),
         )
-        _save_model(pruned, args.out, arch=args.arch, amount=args.amount, structure="channel")
+        _save_model(
+            pruned,
+            args.out,
+            arch=args.arch,
+            amount=args.amount,
+            structure="channel",
+            input=_input(model),
+        )
         x = torch.zeros(1, *model.pretrained_cfg["input_size"])
         params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
         print(

@@ -1,8 +1,11 @@
-"""The one checkpoint loader: a model built from a spec (or given), its saved channel
-widths, pruning masks and input description restored, the weights loaded strictly."""
+"""The one checkpoint loader: a model built from a spec (or copied from one given), its
+saved channel widths, pruning masks and input description restored, its weights loaded
+strictly, with an error that says what does not fit and what to pass instead.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -12,12 +15,12 @@ from torch import nn
 
 from recoverprune.core.io import CheckpointError, extract_state_dict, load_checkpoint
 from recoverprune.core.spec import InputSpec
-from recoverprune.models.builders import build_model, create_model, infer_num_classes, parse_spec
+from recoverprune.models.builders import build_model, infer_num_classes, parse_spec
 from recoverprune.models.registry import list_models, matching_archs, zoo_entry, zoo_num_classes
 from recoverprune.pruning.channel_spec import apply_channel_spec
 from recoverprune.pruning.masks import refresh_pruned, restore_pruning
 
-__all__ = ["key_report", "load_any", "load_model"]
+__all__ = ["key_report", "load_into", "load_model"]
 
 
 def key_report(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]) -> str:
@@ -47,77 +50,15 @@ def key_report(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, An
     )
 
 
-def load_any(
-    spec: str,
-    checkpoint: str | os.PathLike[str],
-    *,
-    num_classes: int | None = None,
-    map_location: str | torch.device = "cpu",
-) -> nn.Module:
-    """Build ``spec`` and load a checkpoint into it strictly (non-zoo specs; see ``load_model``).
-
-    Raises:
-        CheckpointError: the checkpoint does not fit (missing/unexpected keys named).
-    """
-
-    raw = load_checkpoint(checkpoint, map_location)
-    state_dict = extract_state_dict(raw, str(checkpoint))
-    if num_classes is None:
-        num_classes = infer_num_classes(spec, state_dict)
-    model = build_model(spec, num_classes)
-    restore_pruning(model, state_dict)
-    problem = key_report(model.state_dict(), state_dict)
-    if problem:
-        n = infer_num_classes(spec, state_dict)
-        hint = (
-            f"\nThe head has {n} outputs in the checkpoint: pass num_classes={n} (--num-classes)."
-            if n is not None and n != num_classes
-            else "\nIs the spec right, and was the head replaced the way this constructor builds it?"
-        )
-        raise CheckpointError(f"{checkpoint}: checkpoint does not fit {spec!r}:{problem}{hint}")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: checkpoint does not fit {spec!r}: {exc}") from exc
-    refresh_pruned(model)
-    attach_saved_input(model, raw)
-    return model.eval()
-
-
-def attach_saved_input(model: nn.Module, checkpoint: Any) -> None:
-    """Attach the :class:`InputSpec` a checkpoint was saved with (its ``"input"`` entry)."""
-    saved = checkpoint.get("input") if isinstance(checkpoint, Mapping) else None
-    if isinstance(saved, Mapping):
-        InputSpec.from_dict(saved).attach(model)
-
-
-def _fit_report(arch: str, model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Describe how ``state_dict`` fails to fit ``model``; empty if it fits."""
-
-    keys = key_report(model.state_dict(), state_dict)
-    if not keys:
-        return ""
-    guess = matching_archs(state_dict)
-    if arch in guess:
-        n = zoo_num_classes(state_dict, zoo_entry(arch)[1])
-        hint = f"\nThe checkpoint fits {arch!r} with num_classes={n}: pass num_classes=None to infer it."
-    else:
-        looks = f"it looks like {' or '.join(guess)}; " if guess else ""
-        hint = (
-            f"\nIs the architecture right? Pass the arch the checkpoint was trained with "
-            f"({looks}valid names: {', '.join(list_models())})."
-        )
-    return f"checkpoint does not fit {arch!r}:{keys}{hint}"
-
-
 def load_model(
-    arch: str,
+    arch: str | nn.Module,
     checkpoint: str | os.PathLike[str],
     *,
     num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Build ``arch`` (a zoo name or any model spec) and load a checkpoint into it strictly.
+    """Build ``arch`` (a zoo name, any model spec, or a copy of your model) and load a
+    checkpoint into it strictly: the one loader of every checkpoint this library reads.
 
     The checkpoint may be a plain state dict or a dict holding one under ``state_dict``,
     ``model``, ``student`` or ``model_state_dict``; ``module.``/``_orig_mod.`` prefixes are
@@ -128,10 +69,11 @@ def load_model(
     Args:
         arch: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
             ``module:pkg.mod:factory`` (a head replaced for N classes: ``num_classes=None``
-            reads N from the checkpoint).
+            reads N from the checkpoint); or an ``nn.Module`` of the checkpoint's
+            architecture (your own), which is copied, never changed.
         checkpoint: path of a file written by ``torch.save``; loaded with ``weights_only=True``.
         num_classes: outputs of the classifier; ``None`` infers it from the checkpoint's
-            classifier weight (10 if there is none).
+            classifier weight (10 if there is none). Ignored for an ``nn.Module``.
         map_location: where the checkpoint tensors are deserialised. The model itself is
             built on the CPU; move it with ``.to()``.
 
@@ -153,29 +95,89 @@ def load_model(
         >>> model.linear.out_features, model.training
         (7, False)
     """
-
-    kind, arch = parse_spec(arch)
-    if kind != "zoo":
-        return load_any(
-            f"{kind}:{arch}", checkpoint, num_classes=num_classes, map_location=map_location
-        )
-    classifier = zoo_entry(arch)[1]
     raw = load_checkpoint(checkpoint, map_location)
     state_dict = extract_state_dict(raw, str(checkpoint))
+    if isinstance(arch, nn.Module):
+        return load_into(copy.deepcopy(arch), raw, state_dict, where=checkpoint)
+    kind, target = parse_spec(arch)
+    spec = target if kind == "zoo" else f"{kind}:{target}"
     if num_classes is None:
-        num_classes = zoo_num_classes(state_dict, classifier) or 10
-    model = create_model(arch, num_classes)
-    spec = raw.get("channel_spec") if isinstance(raw, dict) else None
-    if spec:  # channel-pruned: reshape to the recorded channel counts before loading
-        apply_channel_spec(model, spec, state_dict)
+        num_classes = _saved_num_classes(kind, target, spec, state_dict)
+    model = build_model(spec, num_classes)
+    return load_into(model, raw, state_dict, where=checkpoint, spec=spec, num_classes=num_classes)
+
+
+def load_into(
+    model: nn.Module,
+    raw: Any,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    where: str | os.PathLike[str],
+    spec: str | None = None,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """Load a checkpoint (``raw``, and the ``state_dict`` extracted from it) into ``model``.
+
+    Reshapes ``model`` in place to a saved ``channel_spec``, restores pruning masks, loads
+    strictly, keeps the masks' zeros and attaches the saved input description.
+
+    Raises:
+        CheckpointError: the checkpoint does not fit; ``spec``/``num_classes`` (what
+            ``model`` was built from) make the message say what to pass instead.
+
+    Example:
+        >>> from torch import nn
+        >>> net = load_into(nn.Linear(2, 3), {}, nn.Linear(2, 3).state_dict(), where="x.pt")
+        >>> net.training
+        False
+    """
+    saved_channels = raw.get("channel_spec") if isinstance(raw, Mapping) else None
+    if saved_channels:  # channel-pruned: reshape to the recorded widths before loading
+        apply_channel_spec(model, saved_channels, state_dict)
     restore_pruning(model, state_dict)
-    problem = _fit_report(arch, model, state_dict)
+    label = repr(spec) if spec else type(model).__name__
+    problem = key_report(model.state_dict(), state_dict)
     if problem:
-        raise CheckpointError(f"{checkpoint}: {problem}")
+        hint = _fit_hint(spec, state_dict, num_classes)
+        raise CheckpointError(f"{where}: checkpoint does not fit {label}:{problem}{hint}")
     try:
         model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:  # anything _fit_report did not foresee
-        raise CheckpointError(f"{checkpoint}: checkpoint does not fit {arch!r}: {exc}") from exc
+    except RuntimeError as exc:  # anything key_report did not foresee
+        raise CheckpointError(f"{where}: checkpoint does not fit {label}: {exc}") from exc
     refresh_pruned(model)
-    attach_saved_input(model, raw)
+    saved_input = raw.get("input") if isinstance(raw, Mapping) else None
+    if isinstance(saved_input, Mapping):
+        InputSpec.from_dict(saved_input).attach(model)
     return model.eval()
+
+
+def _saved_num_classes(
+    kind: str, target: str, spec: str, state_dict: Mapping[str, torch.Tensor]
+) -> int | None:
+    """The head width the checkpoint was saved with (zoo: 10 when it cannot tell)."""
+    if kind == "zoo":
+        return zoo_num_classes(state_dict, zoo_entry(target)[1]) or 10
+    return infer_num_classes(spec, state_dict)
+
+
+def _fit_hint(
+    spec: str | None, state_dict: Mapping[str, torch.Tensor], num_classes: int | None
+) -> str:
+    """What to pass instead when a checkpoint does not fit the model built from ``spec``."""
+    if spec is None:
+        return "\nWas the checkpoint saved from this architecture, at these widths?"
+    kind, target = parse_spec(spec)
+    if kind != "zoo":
+        n = infer_num_classes(spec, state_dict)
+        if n is not None and n != num_classes:
+            return f"\nThe head has {n} outputs in the checkpoint: pass num_classes={n} (--num-classes)."
+        return "\nIs the spec right, and was the head replaced the way this constructor builds it?"
+    guess = matching_archs(state_dict)
+    if target in guess:
+        n = zoo_num_classes(state_dict, zoo_entry(target)[1])
+        return f"\nThe checkpoint fits {target!r} with num_classes={n}: pass num_classes=None to infer it."
+    looks = f"it looks like {' or '.join(guess)}; " if guess else ""
+    return (
+        f"\nIs the architecture right? Pass the arch the checkpoint was trained with "
+        f"({looks}valid names: {', '.join(list_models())})."
+    )

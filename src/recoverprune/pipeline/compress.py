@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from recoverprune.core.io import (
-    extract_state_dict,
     fingerprint,
-    load_checkpoint,
     read_json,
     save_atomic,
     write_json_atomic,
@@ -29,6 +27,7 @@ from recoverprune.data.evaluate import read_as
 from recoverprune.distill.config import DistillConfig
 from recoverprune.distill.loop import recover
 from recoverprune.models.default import default_teacher
+from recoverprune.models.loading import load_model
 from recoverprune.pipeline.checks import preflight, reuse_pruned
 from recoverprune.pipeline.presets import PRESETS, Preset
 from recoverprune.pipeline.prune import prune
@@ -39,24 +38,13 @@ from recoverprune.pipeline.report import (
     measure_top1,
     print_report,
 )
-from recoverprune.pruning.channel_spec import apply_channel_spec, channel_spec
+from recoverprune.pruning.channel_spec import channel_spec
 from recoverprune.pruning.channels import ChannelConfig
-from recoverprune.pruning.masks import copy_model, restore_pruning
+from recoverprune.pruning.masks import copy_model
 from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.inversion import synthesize
 
 __all__ = ["compress"]
-
-
-def _load_pruned(path: Path, template: nn.Module) -> nn.Module:
-    model = copy_model(template)
-    raw = load_checkpoint(path)
-    state = extract_state_dict(raw, str(path))
-    if raw.get("channel_spec"):  # channel-pruned: reshape the copy to the saved widths
-        apply_channel_spec(model, raw["channel_spec"], state)
-    restore_pruning(model, state)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def compress(
@@ -245,7 +233,7 @@ def _prune_stage(
         **{**how, "channel": asdict(channel) if channel else None},
     )
     if reuse_pruned(path, key, overwrite):
-        return _load_pruned(path, teacher)
+        return load_model(teacher, path)
     student = prune(teacher, amount, **how)
     if rt.is_main:
         state = {
