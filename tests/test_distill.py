@@ -251,3 +251,18 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
     )
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         recover(teacher, prune(teacher, 0.5), bad, config=cfg, out_dir=tmp_path, progress=False)
+
+
+def test_recover_leaves_teacher_and_student_in_their_memory_format():
+    from recoverprune import Accel
+
+    teacher = sharp_teacher()
+    ptrs = [p.data_ptr() for p in teacher.parameters()]
+    student = prune(teacher, 0.5)
+    cfg = DistillConfig(epochs=1, batch_size=16)
+    accel = Accel(channels_last=True)  # what CUDA picks automatically
+    out = recover(teacher, student, random_synthetic(), config=cfg, accel=accel, progress=False)
+    assert [p.data_ptr() for p in teacher.parameters()] == ptrs  # the very same storage
+    assert all(p.is_contiguous() for p in teacher.parameters())
+    assert all(p.is_contiguous() for p in out.parameters())
+    assert all(b.is_contiguous() for b in out.buffers())

@@ -1,25 +1,71 @@
-"""Borrowing models for a stage: eval mode and frozen parameters, restored afterwards."""
+"""Borrowing models for a stage: eval mode, frozen parameters, the runtime's device and memory
+format for the stage; all of it restored afterwards, also on an exception.
+
+Two ways to lend a model:
+
+- :func:`borrowed`: a model the stage only reads (the teacher). Afterwards it is exactly as
+  it was: training flags, ``requires_grad``, and the very tensors it held (device, memory
+  format, storage).
+- :func:`placed`: a model the stage trains in place (the student). Afterwards it keeps its
+  new values but is back on its device and in its memory format.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
+import torch
 from torch import nn
 
-__all__ = ["borrowed"]
+__all__ = ["Placement", "borrowed", "keep_storage", "placed"]
 
 
-# --------------------------------------------------------------------------- helpers
-@contextmanager
-def borrowed(*models: nn.Module | None) -> Iterator[None]:
-    """Put models in eval mode with frozen parameters; restore every flag afterwards.
+class Placement(Protocol):
+    """What moves a model for a stage (:class:`~recoverprune.core.runtime.Runtime`)."""
 
-    The ``training`` flag of every submodule and the ``requires_grad`` flag of every
-    parameter are snapshotted and restored in ``finally``, also on an exception.
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+
+def keep_storage(model: nn.Module) -> Callable[[], None]:
+    """Snapshot the tensors of ``model``; the returned function puts them back.
+
+    ``Runtime.prepare_model`` moves a model to the device and, for ``channels_last``,
+    changes the memory format of its 4-D weights; ``model.to(device)`` alone would bring
+    the device back but leave the memory format changed. Restoring the original tensors
+    leaves the model exactly as it was (device, memory format, storage).
 
     Example:
-        >>> from torch import nn
+        >>> net = nn.Conv2d(2, 2, 3)
+        >>> restore, ptr = keep_storage(net), net.weight.data_ptr()
+        >>> _ = net.to(memory_format=torch.channels_last); restore()
+        >>> net.weight.data_ptr() == ptr, net.weight.is_contiguous()
+        (True, True)
+    """
+    params = [(p, p.data, p.grad) for p in model.parameters()]
+    buffers = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if b is not None]
+
+    def restore() -> None:
+        for p, data, grad in params:
+            p.data = data
+            p.grad = grad
+        for m, k, b in buffers:
+            m._buffers[k] = b
+
+    return restore
+
+
+@contextmanager
+def borrowed(*models: nn.Module | None, runtime: Placement | None = None) -> Iterator[None]:
+    """Put models in eval mode with frozen parameters (on ``runtime``'s device and memory
+    format when given); restore every flag and tensor afterwards.
+
+    The ``training`` flag of every submodule, the ``requires_grad`` flag of every
+    parameter and (with ``runtime``) every tensor are snapshotted and restored in
+    ``finally``, also on an exception. ``None`` entries are skipped.
+
+    Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
         >>> with borrowed(net):
         ...     net.training, net[0].weight.requires_grad
@@ -30,16 +76,67 @@ def borrowed(*models: nn.Module | None) -> Iterator[None]:
     mods = [m for m in models if m is not None]
     modes = [[(sub, sub.training) for sub in m.modules()] for m in mods]
     grads = [[(p, p.requires_grad) for p in m.parameters()] for m in mods]
+    restores = [keep_storage(m) for m in mods] if runtime is not None else []
     try:
         for m in mods:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
+            if runtime is not None:
+                runtime.prepare_model(m)
         yield
     finally:
+        for restore in restores:
+            restore()
         for snapshot in modes:
             for sub, flag in snapshot:
                 sub.training = flag
         for snapshot in grads:
             for p, flag in snapshot:
                 p.requires_grad_(flag)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@contextmanager
+def placed(model: nn.Module, runtime: Placement) -> Iterator[nn.Module]:
+    """``model`` on ``runtime``'s device and memory format while it trains in place; afterwards
+    its new values stay, on the device and in the memory format each tensor had before.
+
+    Example:
+        >>> from recoverprune.core.runtime import Accel, resolve
+        >>> net = nn.Conv2d(2, 2, 3)
+        >>> with placed(net, resolve("cpu", Accel(channels_last=True))):
+        ...     _ = net.weight.data.mul_(0)
+        >>> net.weight.is_contiguous(), float(net.weight.abs().sum())
+        (True, 0.0)
+    """
+    where = {
+        name: (t.device, _memory_format(t))
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    runtime.prepare_model(model)
+    try:
+        yield model
+    finally:
+        for name, p in model.named_parameters():
+            if name in where:
+                device, fmt = where[name]
+                p.data = p.data.to(device).contiguous(memory_format=fmt)
+                if p.grad is not None:
+                    p.grad = p.grad.to(device)
+        for name, b in list(model.named_buffers()):
+            if name in where:
+                module_name, _, attr = name.rpartition(".")
+                device, fmt = where[name]
+                model.get_submodule(module_name)._buffers[attr] = b.to(device).contiguous(
+                    memory_format=fmt
+                )

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from recoverprune.core.borrow import borrowed
+from recoverprune.core.borrow import borrowed, placed
 from recoverprune.core.files import check_free_space, check_writable, clean_stale
 from recoverprune.core.io import fingerprint, load_own, save_atomic, write_json_atomic
 from recoverprune.core.progress import Bar, console
@@ -329,7 +329,8 @@ def recover(
         "seed": seed,
     }
     with ExitStack() as stack:
-        _borrow_models(stack, teacher, student, rt)
+        stack.enter_context(borrowed(teacher, runtime=rt))  # frozen, exactly restored
+        stack.enter_context(placed(student, rt))  # trained in place, then back where it was
         _check_fit(teacher, student, synthetic, rt)
         state = _resume(out, meta, student) if out is not None else None
         if state is not None and state.get("done"):
@@ -362,17 +363,6 @@ def recover(
         if out is not None and rt.is_main:
             _write_final(out, cfg, student, history, meta)
         return _finished(student, history)
-
-
-def _borrow_models(stack: ExitStack, teacher: nn.Module, student: nn.Module, rt: Runtime) -> None:
-    """Teacher frozen in eval mode; both on the device until the stack closes."""
-    teacher_device = next(teacher.parameters()).device
-    student_device = next(student.parameters()).device
-    stack.enter_context(borrowed(teacher))
-    rt.prepare_model(teacher)
-    stack.callback(teacher.to, teacher_device)
-    rt.prepare_model(student)
-    stack.callback(student.to, student_device)
 
 
 def _build_loop(

@@ -20,7 +20,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,6 @@ from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.priors import js_competition, total_variation
 from recoverprune.synthesis.shards import (
     check_or_write_manifest,
-    keep_storage,
     make_manifest,
     unreadable_shards,
 )
@@ -224,10 +225,65 @@ def synthesize(
         >>> ds.images.shape, sorted(ds.labels.tolist())
         (torch.Size([8, 3, 16, 16]), [0, 0, 1, 1, 2, 2, 3, 3])
     """
+    cfg = _checked_config(teacher, student, n, batch_size, config, iterations)
+    rt = resolve(device, accel)
+    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
+    shape, (mean, std) = spec.shape, spec.normalisation()
+    batch_sizes = _batch_sizes(n, batch_size)
+    out = Path(out_dir) if out_dir is not None else None
+    if rt.world_size > 1 and out is None:
+        raise ValueError("distributed synthesis needs out_dir= (a directory all ranks can reach)")
+    with ExitStack() as stack:
+        stack.enter_context(borrowed(teacher, student, runtime=rt))
+        with torch.no_grad():
+            probe = teacher(rt.prepare_input(torch.zeros(2, *shape)))
+        num_classes = int(probe.shape[1])
+        all_labels = _target_labels(labels, n, num_classes, seed)
+        manifest = make_manifest(
+            teacher,
+            student,
+            cfg,
+            n=n,
+            batch_sizes=batch_sizes,
+            seed=seed,
+            shape=shape,
+            num_classes=num_classes,
+            labels=all_labels,
+            mean=mean,
+            std=std,
+        )
+        if out is not None:
+            _open_out_dir(out, manifest, rt, overwrite)
+        losses = stack.enter_context(bn_statistics(teacher, cfg.first_bn_multiplier))
+        lo, hi = _clip_bounds(mean, std, cfg.clip, rt.device)
+        inverter = _Inverter(teacher, student, cfg, rt, losses, lo, hi)
+        plan = _Plan(batch_sizes, all_labels, shape, seed, out, rt)
+        kept = _run_batches(inverter, plan, progress and rt.is_main)
+    if out is not None:
+        _barrier(rt)
+        return SyntheticImages.load(out)
+    meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
+    meta["stats"] = [stats for _, stats in kept.values()]
+    return SyntheticImages(
+        [images for images, _ in kept.values()],
+        [plan.labels_of(i) for i in kept],
+        mean=mean,
+        std=std,
+        meta=meta,
+    )
+
+
+def _checked_config(
+    teacher: nn.Module,
+    student: nn.Module | None,
+    n: int,
+    batch_size: int,
+    config: InversionConfig | None,
+    iterations: int | None,
+) -> InversionConfig:
+    """The settings of this call, after every argument check that needs no compute."""
     cfg = config or InversionConfig()
     if iterations is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, iterations=iterations)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive number of images, got {n!r}")
@@ -245,128 +301,119 @@ def synthesize(
         )
     if cfg.competition_weight > 0 and student is None:
         raise ValueError("competition_weight > 0 (Adaptive DeepInversion) needs student=")
-    rt = resolve(device, accel)
-    spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
-    shape = spec.shape
-    mean, std = spec.normalisation()
+    return cfg
 
-    batch_sizes = _batch_sizes(n, batch_size)
-    out = Path(out_dir) if out_dir is not None else None
-    if rt.world_size > 1 and out is None:
-        raise ValueError("distributed synthesis needs out_dir= (a directory all ranks can reach)")
 
-    with ExitStack() as stack:
-        stack.enter_context(borrowed(teacher, student))
-        stack.callback(keep_storage(teacher))
-        rt.prepare_model(teacher)
-        if student is not None:
-            stack.callback(keep_storage(student))
-            rt.prepare_model(student)
-        with torch.no_grad():
-            probe = teacher(rt.prepare_input(torch.zeros(2, *shape)))
-        num_classes = int(probe.shape[1])
-        if labels is None:
-            all_labels = _balanced_labels(n, num_classes, seed)
-        else:
-            all_labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
-            if all_labels.numel() != n:
-                raise ValueError(f"labels has {all_labels.numel()} entries, expected n={n}")
-            if all_labels.min() < 0 or all_labels.max() >= num_classes:
-                raise ValueError(
-                    f"labels must lie in [0, {num_classes}) (the teacher has {num_classes} "
-                    f"classes), got values from {int(all_labels.min())} to {int(all_labels.max())}"
-                )
-        manifest = make_manifest(
-            teacher,
-            student,
-            cfg,
-            n=n,
-            batch_sizes=batch_sizes,
-            seed=seed,
-            shape=shape,
-            num_classes=num_classes,
-            labels=all_labels,
-            mean=mean,
-            std=std,
+def _target_labels(
+    labels: Sequence[int] | Tensor | None, n: int, num_classes: int, seed: int
+) -> Tensor:
+    """The target class of every image: as given (checked), or balanced over the classes."""
+    if labels is None:
+        return _balanced_labels(n, num_classes, seed)
+    all_labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+    if all_labels.numel() != n:
+        raise ValueError(f"labels has {all_labels.numel()} entries, expected n={n}")
+    if all_labels.min() < 0 or all_labels.max() >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (the teacher has {num_classes} "
+            f"classes), got values from {int(all_labels.min())} to {int(all_labels.max())}"
         )
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            check_or_write_manifest(out, manifest, rt.is_main, overwrite)
-            if rt.world_size > 1:
-                import torch.distributed as dist
+    return all_labels
 
-                dist.barrier()  # rank 0 has emptied an overwritten out_dir
-        mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-        std_t = torch.tensor(std).view(1, -1, 1, 1)
-        lo, hi = ((0 - mean_t) / std_t).to(rt.device), ((1 - mean_t) / std_t).to(rt.device)
-        if not cfg.clip:
-            lo, hi = torch.full_like(lo, -math.inf), torch.full_like(hi, math.inf)
 
-        starts = [0, *torch.tensor(batch_sizes).cumsum(0).tolist()]
-        mine = [i for i in range(len(batch_sizes)) if i % rt.world_size == rt.rank]
-        if out is not None:
-            unreadable_shards(out, mine)
-        todo = [i for i in mine if out is None or not (out / shard_name(i)).is_file()]
-        kept_images: dict[int, Tensor] = {}
-        kept_stats: dict[int, dict[str, float]] = {}
-        losses = stack.enter_context(bn_statistics(teacher, cfg.first_bn_multiplier))
-        inverter = _Inverter(teacher, student, cfg, rt, losses, lo, hi)
-        total = len(todo) * cfg.iterations
-        with progress_bar("DeepInversion", total, progress and rt.is_main and bool(todo)) as bar:
-            t0 = time.perf_counter()
-            done_images = 0
-            for k, i in enumerate(todo):
-                lb = all_labels[starts[i] : starts[i + 1]]
-                g = generator(seed, "batch", i)
-                t_batch = time.perf_counter()
+def _barrier(rt: Runtime) -> None:
+    if rt.world_size > 1:
+        import torch.distributed as dist
 
-                def on_step(
-                    it: int,
-                    s: dict[str, float],
-                    k: int = k,
-                    done: int = done_images,
-                    size: int = len(lb),
-                ) -> None:
-                    if it % 10 == 0 or it == cfg.iterations - 1:
-                        rate = (done * cfg.iterations + size * (it + 1)) / max(
-                            time.perf_counter() - t0, 1e-9
-                        )
-                        bar.update(
-                            batch=f"{k + 1}/{len(todo)}",
-                            loss=s["loss"],
-                            bn=s["bn_loss"],
-                            ce=s["ce"],
-                            img_it_s=rate,
-                        )
-                    bar.advance(1)
+        dist.barrier()
 
-                try:
-                    images, stats = inverter.run(lb, (len(lb), *shape), g, on_step)
-                except FloatingPointError as exc:
-                    where = f"batch {i}" + (f"; finished shards kept in {out}" if out else "")
-                    raise FloatingPointError(f"{exc} ({where})") from exc
-                stats["seconds"] = time.perf_counter() - t_batch
-                done_images += len(lb)
-                if out is not None:
-                    save_atomic(
-                        {"images": images, "labels": lb.clone(), "batch": i, "stats": stats},
-                        out / shard_name(i),
+
+def _open_out_dir(out: Path, manifest: dict[str, Any], rt: Runtime, overwrite: bool) -> None:
+    """Create ``out`` and check (rank 0: write) its manifest; every rank waits for rank 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_or_write_manifest(out, manifest, rt.is_main, overwrite)
+    _barrier(rt)  # rank 0 has emptied an overwritten out_dir
+
+
+def _clip_bounds(
+    mean: Sequence[float], std: Sequence[float], clip: bool, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-channel bounds of a valid image ([0, 1] pixels) in the normalised input space."""
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    lo, hi = ((0 - mean_t) / std_t).to(device), ((1 - mean_t) / std_t).to(device)
+    if not clip:
+        lo, hi = torch.full_like(lo, -math.inf), torch.full_like(hi, math.inf)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which batches this process makes, their labels, and where finished ones go."""
+
+    sizes: list[int]
+    labels: Tensor
+    shape: tuple[int, int, int]
+    seed: int
+    out: Path | None
+    rt: Runtime
+
+    def labels_of(self, i: int) -> Tensor:
+        start = sum(self.sizes[:i])
+        return self.labels[start : start + self.sizes[i]]
+
+    def todo(self) -> list[int]:
+        """This rank's batches not yet on disk (unreadable shards are removed first)."""
+        mine = [i for i in range(len(self.sizes)) if i % self.rt.world_size == self.rt.rank]
+        if self.out is None:
+            return mine
+        unreadable_shards(self.out, mine)
+        return [i for i in mine if not (self.out / shard_name(i)).is_file()]
+
+
+def _run_batches(
+    inverter: _Inverter, plan: _Plan, show: bool
+) -> dict[int, tuple[Tensor, dict[str, float]]]:
+    """Optimise every batch still to do; stream each to a shard, or keep it in memory."""
+    todo = plan.todo()
+    iterations = inverter.cfg.iterations
+    kept: dict[int, tuple[Tensor, dict[str, float]]] = {}
+    with progress_bar("DeepInversion", len(todo) * iterations, show and bool(todo)) as bar:
+        t0, done_images = time.perf_counter(), 0
+        for k, i in enumerate(todo):
+            lb = plan.labels_of(i)
+            t_batch = time.perf_counter()
+
+            def on_step(
+                it: int,
+                s: dict[str, float],
+                k: int = k,
+                done: int = done_images,
+                size: int = len(lb),
+            ) -> None:
+                if it % 10 == 0 or it == iterations - 1:
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    rate = (done * iterations + size * (it + 1)) / elapsed
+                    bar.update(
+                        batch=f"{k + 1}/{len(todo)}",
+                        loss=s["loss"],
+                        bn=s["bn_loss"],
+                        ce=s["ce"],
+                        img_it_s=rate,
                     )
-                else:
-                    kept_images[i], kept_stats[i] = images, stats
-    if out is not None:
-        if rt.world_size > 1:
-            import torch.distributed as dist
+                bar.advance(1)
 
-            dist.barrier()
-        return SyntheticImages.load(out)
-    order = sorted(kept_images)
-    meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
-    meta["stats"] = [kept_stats[i] for i in order]
-    return SyntheticImages(
-        [kept_images[i] for i in order],
-        [all_labels[starts[i] : starts[i + 1]] for i in order],
-        mean=mean,
-        std=std,
-        meta=meta,
-    )
+            try:
+                g = generator(plan.seed, "batch", i)
+                images, stats = inverter.run(lb, (len(lb), *plan.shape), g, on_step)
+            except FloatingPointError as exc:
+                kept_where = f"; finished shards kept in {plan.out}" if plan.out else ""
+                raise FloatingPointError(f"{exc} (batch {i}{kept_where})") from exc
+            stats["seconds"] = time.perf_counter() - t_batch
+            done_images += len(lb)
+            if plan.out is not None:
+                shard = {"images": images, "labels": lb.clone(), "batch": i, "stats": stats}
+                save_atomic(shard, plan.out / shard_name(i))
+            else:
+                kept[i] = (images, stats)
+    return dict(sorted(kept.items()))

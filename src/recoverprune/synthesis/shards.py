@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,28 +20,7 @@ from recoverprune.core.version import __version__
 from recoverprune.data.synthetic import MANIFEST, shard_name
 from recoverprune.synthesis.config import InversionConfig
 
-__all__ = ["check_or_write_manifest", "keep_storage", "make_manifest", "unreadable_shards"]
-
-
-def keep_storage(model: nn.Module) -> Callable[[], None]:
-    """Snapshot the tensors of ``model``; the returned function puts them back.
-
-    ``Runtime.prepare_model`` moves a model to the device and, for ``channels_last``,
-    changes the memory format of its 4-D weights; ``model.to(device)`` alone would bring
-    the device back but leave the memory format changed. Restoring the original tensors
-    leaves the model exactly as it was (device, memory format, storage).
-    """
-    params = [(p, p.data, p.grad) for p in model.parameters()]
-    buffers = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if b is not None]
-
-    def restore() -> None:
-        for p, data, grad in params:
-            p.data = data
-            p.grad = grad
-        for m, k, b in buffers:
-            m._buffers[k] = b
-
-    return restore
+__all__ = ["check_or_write_manifest", "make_manifest", "unreadable_shards"]
 
 
 def make_manifest(
