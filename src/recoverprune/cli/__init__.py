@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from recoverprune.cli.main import build_parser, main
+from recoverprune.cli.main import main
+from recoverprune.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]

@@ -20,10 +20,12 @@ from recoverprune.core.io import (
 )
 from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
 
-__all__ = ["MANIFEST", "SyntheticImages", "data_fingerprint", "shard_name"]
+__all__ = ["MANIFEST", "SHARD_GLOB", "SyntheticImages", "data_fingerprint", "shard_name"]
 
 
 MANIFEST = "manifest.json"
+#: the shards of a synthetic set on disk (see :func:`shard_name`)
+SHARD_GLOB = "shard-*.pt"
 
 
 FORMAT_VERSION = 1

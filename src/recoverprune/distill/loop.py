@@ -41,13 +41,15 @@ from recoverprune.distill.repair import recalibrate_bn, reconstruct
 from recoverprune.pruning.masks import refresh_pruned, reselect_masks
 from recoverprune.pruning.sparsity import sparsity
 
-__all__ = ["CHECKPOINT", "recover"]
+__all__ = ["CHECKPOINT", "FINAL", "HISTORY", "recover"]
 
 
 CHECKPOINT = "recover-checkpoint.pt"
 
 
 FINAL = "student.pt"
+#: the per-epoch history (loss, agreement, top-1) of a recovery
+HISTORY = "recover-history.json"
 
 
 #: synthetic images the layer-wise reconstruction fits on (every spatial position counts)
@@ -455,7 +457,7 @@ def _write_final(
         "done": True,
     }
     save_atomic(final, out / CHECKPOINT)
-    write_json_atomic({"history": history, **meta}, out / "recover-history.json")
+    write_json_atomic({"history": history, **meta}, out / HISTORY)
 
 
 def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:

@@ -16,6 +16,8 @@ from recoverprune.core.spec import infer_input_shape
 from recoverprune.core.stages import StageMismatch, check_key
 from recoverprune.core.validate import check_finite
 from recoverprune.data.evaluate import resolve_data
+from recoverprune.data.synthetic import SHARD_GLOB
+from recoverprune.pipeline.layout import RECOVER, REPORT, STUDENT, SYNTHETIC
 
 __all__ = ["preflight", "reuse_pruned"]
 
@@ -49,7 +51,7 @@ def preflight(
     if clean:
         clean_stale(out)
     shape = infer_input_shape(teacher, image_size)
-    done = len(list((out / "synthetic").glob("shard-*.pt"))) * batch_size
+    done = len(list((out / SYNTHETIC).glob(SHARD_GLOB))) * batch_size
     image_bytes = max(n - done, 0) * math.prod(shape) * 4
     model_bytes = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())
     check_free_space(out, image_bytes + 8 * model_bytes)  # pruned, checkpoints, student
@@ -82,5 +84,5 @@ def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:
         if not overwrite:
             raise
     out = path.parent
-    remove_outputs([path, out / "recover", out / "student.pt", out / "report.json"])
+    remove_outputs([path, out / RECOVER, out / STUDENT, out / REPORT])
     return False

@@ -24,11 +24,22 @@ from recoverprune.core.runtime import Accel, Runtime, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import run_stage, stage_key
 from recoverprune.data.evaluate import read_as
+from recoverprune.data.synthetic import SyntheticImages
 from recoverprune.distill.config import DistillConfig
 from recoverprune.distill.loop import recover
 from recoverprune.models.default import default_teacher
 from recoverprune.models.loading import load_model
 from recoverprune.pipeline.checks import preflight, reuse_pruned
+from recoverprune.pipeline.layout import (
+    CHECK,
+    GRID,
+    PRUNED,
+    RECOVER,
+    REPORT,
+    STUDENT,
+    SYNTHETIC,
+    TIMING,
+)
 from recoverprune.pipeline.presets import PRESETS, Preset
 from recoverprune.pipeline.prune import prune
 from recoverprune.pipeline.report import (
@@ -142,33 +153,25 @@ def compress(
         clean=rt.is_main,
         read_as=read_as(spec),
     )
-    clock = _StageClock(out / "timing.json", rt.is_main)
+    clock = _StageClock(out / TIMING, rt.is_main)
     stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
-
     with clock("prune"):
         how = {"scope": scope, "exclude": exclude, "structure": structure, "channel": channel}
-        student = _prune_stage(teacher, amount, how, out / "pruned.pt", rt, overwrite)
+        student = _prune_stage(teacher, amount, how, out / PRUNED, rt, overwrite)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
         synth = {"config": inv, "batch_size": p.batch_size, **_input_kwargs(spec), **stage}
-        synth["overwrite"] = overwrite
-        synthetic = synthesize(teacher, p.n, out_dir=out / "synthetic", **synth)
-        check = synthesize(
-            teacher, p.check_n, out_dir=out / "check", **{**synth, "seed": seed + CHECK_SEED}
-        )
-    if rt.is_main and (overwrite or not (out / "synthetic-grid.png").exists()):
-        synthetic.save_grid(out / "synthetic-grid.png")
+        synthetic, check = _synthesize_stage(teacher, p, synth, out, rt, overwrite)
     with clock("recover"):
         student = run_stage(
             partial(
-                recover, teacher, student, synthetic, config=dcfg, out_dir=out / "recover", **stage
+                recover, teacher, student, synthetic, config=dcfg, out_dir=out / RECOVER, **stage
             ),
-            [out / "recover", out / "student.pt", out / "report.json"],
+            [out / RECOVER, out / STUDENT, out / REPORT],
             overwrite,
         )
     report = make_report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
-    report["input"] = spec.to_dict()
-    report["structure"] = structure
+    report.update(input=spec.to_dict(), structure=structure)
     report["channel"] = asdict(channel) if channel else None
     if eval_data is not None:
         with clock("evaluate"):
@@ -177,17 +180,52 @@ def compress(
             )
     report["seconds"] = clock.times
     if rt.is_main:
-        final = {
-            "state_dict": student.state_dict(),
-            "amount": amount,
-            "input": spec.to_dict(),
-            "channel_spec": channel_spec(student),
-        }
-        save_atomic(final, out / "student.pt")
-        write_json_atomic(report, out / "report.json")
-        if progress:
-            print_report(report)
+        _write_outputs(out, student, amount, spec, report, progress)
     return CompressResult(spec.attach(student), report)
+
+
+def _synthesize_stage(
+    teacher: nn.Module,
+    p: Preset,
+    synth: dict[str, Any],
+    out: Path,
+    rt: Runtime,
+    overwrite: bool,
+) -> tuple[SyntheticImages, SyntheticImages]:
+    """The transfer set and the independently seeded check set (both resumable), and a grid."""
+    synthetic = synthesize(teacher, p.n, out_dir=out / SYNTHETIC, overwrite=overwrite, **synth)
+    check_seed = synth["seed"] + CHECK_SEED
+    check = synthesize(
+        teacher,
+        p.check_n,
+        out_dir=out / CHECK,
+        overwrite=overwrite,
+        **{**synth, "seed": check_seed},
+    )
+    if rt.is_main and (overwrite or not (out / GRID).exists()):
+        synthetic.save_grid(out / GRID)
+    return synthetic, check
+
+
+def _write_outputs(
+    out: Path,
+    student: nn.Module,
+    amount: float,
+    spec: InputSpec,
+    report: dict[str, Any],
+    progress: bool,
+) -> None:
+    """``student.pt`` (with the input description and channel widths) and ``report.json``."""
+    final = {
+        "state_dict": student.state_dict(),
+        "amount": amount,
+        "input": spec.to_dict(),
+        "channel_spec": channel_spec(student),
+    }
+    save_atomic(final, out / STUDENT)
+    write_json_atomic(report, out / REPORT)
+    if progress:
+        print_report(report)
 
 
 def _input_kwargs(spec: InputSpec) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from recoverprune.core.files import check_free_space, clean_stale, remove_output
 from recoverprune.core.io import fingerprint, read_json, write_json_atomic
 from recoverprune.core.stages import StageMismatch, check_key
 from recoverprune.core.version import __version__
-from recoverprune.data.synthetic import MANIFEST, shard_name
+from recoverprune.data.synthetic import MANIFEST, SHARD_GLOB, shard_name
 from recoverprune.synthesis.config import InversionConfig
 
 __all__ = ["check_or_write_manifest", "make_manifest", "unreadable_shards"]
@@ -87,7 +87,7 @@ def check_or_write_manifest(
             if not overwrite:
                 raise
         if is_main:
-            remove_outputs([path, *sorted(out.glob("shard-*.pt"))])
+            remove_outputs([path, *sorted(out.glob(SHARD_GLOB))])
     _check_room(out, manifest)
     if is_main:
         write_json_atomic({**manifest, "library": __version__}, path)

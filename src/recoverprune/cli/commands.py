@@ -1,0 +1,296 @@
+"""The commands: each reads its arguments, calls the library and prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from recoverprune.cli.options import accel, apply_overrides, bars, channel_config
+
+__all__ = [
+    "cmd_compress",
+    "cmd_evaluate",
+    "cmd_models",
+    "cmd_prune",
+    "cmd_recover",
+    "cmd_synthesize",
+    "init_distributed",
+]
+
+
+def _load(args: argparse.Namespace, path: str) -> Any:
+    """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint)."""
+    from recoverprune.core.spec import InputSpec
+    from recoverprune.models import load_model
+
+    model = load_model(args.arch, path, num_classes=args.num_classes)
+    spec = InputSpec.of(
+        model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
+    )
+    return spec.attach(model)
+
+
+def _input(model: Any) -> dict[str, Any]:
+    from recoverprune.core.spec import InputSpec
+
+    return InputSpec.of(model).to_dict()
+
+
+def _labelled(model: Any, data: str | None, resize: int | None) -> Any:
+    """``data`` as given, or read now at ``--resize`` when that is set."""
+    if data is None or resize is None:
+        return data
+    from recoverprune.data.evaluate import resolve_data
+
+    return resolve_data(model, data, resize=resize)
+
+
+def _save_model(model: Any, path: str, **extra: Any) -> None:
+    from recoverprune.core.io import save_atomic
+    from recoverprune.pruning.channel_spec import channel_spec
+
+    if channel_spec(model) is not None:  # channel-pruned: load_model reshapes from this
+        extra["channel_spec"] = channel_spec(model)
+
+    save_atomic({"state_dict": model.state_dict(), **extra}, path)
+
+
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        timeout = datetime.timedelta(
+            seconds=float(os.environ.get("RECOVERPRUNE_DIST_TIMEOUT", "1800"))
+        )
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from recoverprune.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recoverprune.data.evaluate import evaluate
+
+    model = _load(args, args.checkpoint)
+    res = evaluate(
+        model,
+        args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        resize=args.resize,
+        progress=bars(args),
+    )
+    print(
+        f"top-1 {res.top1:.2f} %  loss {res.loss:.4f}  ({res.n} images, {args.split} split, "
+        f"{res.seconds:.1f} s)"
+    )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from rich import print as rprint
+
+    from recoverprune import prune, sparsity
+
+    model = _load(args, args.checkpoint)
+    if args.structure == "channel":
+        import torch
+
+        from recoverprune.pruning.channels import count_macs
+
+        pruned = prune(
+            model,
+            args.amount,
+            exclude=args.exclude or (),
+            structure="channel",
+            channel=channel_config(args),
+        )
+        _save_model(
+            pruned,
+            args.out,
+            arch=args.arch,
+            amount=args.amount,
+            structure="channel",
+            input=_input(model),
+        )
+        x = torch.zeros(1, *model.pretrained_cfg["input_size"])
+        params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
+        print(
+            f"{args.arch} channel-pruned: {params[0]:,} -> {params[1]:,} parameters, "
+            f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"
+        )
+        print(f"wrote {args.out}")
+        return 0
+    pruned = prune(
+        model, args.amount, scope=args.scope, exclude=args.exclude or (), include=args.include
+    )
+    _save_model(
+        pruned, args.out, arch=args.arch, amount=args.amount, scope=args.scope, input=_input(model)
+    )
+    rprint(sparsity(pruned).table(title=f"{args.arch} pruned ({args.scope}, amount {args.amount})"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from recoverprune import InversionConfig, synthesize
+
+    teacher = _load(args, args.checkpoint)
+    cfg = apply_overrides(InversionConfig(), args, "di-")
+    ds = synthesize(
+        teacher,
+        args.n,
+        config=cfg,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
+        image_size=args.image_size,
+        out_dir=args.out,
+        seed=args.seed,
+        device=args.device,
+        accel=accel(args),
+        progress=bars(args),
+        overwrite=args.overwrite,
+    )
+    grid = Path(args.out) / "grid.png"
+    ds.save_grid(grid)
+    print(f"wrote {len(ds)} images to {args.out} (preview: {grid})")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from recoverprune import DistillConfig, SyntheticImages, recover
+    from recoverprune.core.stages import run_stage
+    from recoverprune.distill.loop import CHECKPOINT, FINAL, HISTORY
+
+    teacher = _load(args, args.teacher)
+    student = _load(args, args.student)
+    synthetic = SyntheticImages.load(args.synthetic)
+    cfg = apply_overrides(DistillConfig(), args, "kd-")
+    student = run_stage(
+        partial(
+            recover,
+            teacher,
+            student,
+            synthetic,
+            config=cfg,
+            epochs=args.epochs,
+            val_data=_labelled(student, args.val_data, args.resize),
+            out_dir=args.out,
+            seed=args.seed,
+            device=args.device,
+            accel=accel(args),
+            progress=bars(args),
+        ),
+        [Path(args.out) / f for f in (CHECKPOINT, FINAL, HISTORY)],
+        args.overwrite,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # with the input description, for `evaluate`
+        _save_model(student, str(Path(args.out) / FINAL), arch=args.arch, input=_input(student))
+    print(f"wrote {Path(args.out) / 'student.pt'}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from recoverprune import PRESETS, DistillConfig, InversionConfig, compress
+    from recoverprune.models import default_teacher
+
+    if args.checkpoint is not None:
+        if args.arch is None:
+            raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
+        teacher = _load(args, args.checkpoint)
+    else:
+        teacher = default_teacher()
+    if not args.quiet:
+        _startup(args, teacher)
+    res = compress(
+        teacher,
+        args.amount,
+        out_dir=args.out,
+        preset=args.preset,
+        n=args.n,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        scope=args.scope,
+        exclude=args.exclude or (),
+        structure=args.structure,
+        channel=channel_config(args),
+        inversion=apply_overrides(InversionConfig(), args, "di-"),
+        distill=apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
+        eval_data=_labelled(teacher, args.eval_data, args.resize),
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        channels=args.channels,
+        seed=args.seed,
+        device=args.device,
+        accel=accel(args),
+        progress=bars(args),
+        overwrite=args.overwrite,
+    )
+    if args.no_progress and not args.quiet:
+        from recoverprune.pipeline.report import print_report
+
+        print_report(res.report)
+    print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
+    return 0 if res.student is not None else 1
+
+
+def _startup(args: argparse.Namespace, teacher: Any) -> None:
+    """The start-up summary of ``compress``: teacher, stages, budgets, output, threads, time."""
+    from recoverprune import PRESETS
+    from recoverprune.core.progress import console, duration, plan
+    from recoverprune.core.spec import infer_input_shape
+    from recoverprune.core.threads import threads
+    from recoverprune.pipeline.estimate import rough_seconds
+
+    p = PRESETS[args.preset]
+    n, iterations = args.n or p.n, args.iterations or p.iterations
+    epochs = args.epochs or p.epochs
+    who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
+    lines = [
+        f"recoverprune compress: teacher {who}; prune {args.amount:.0%} ({args.scope}); "
+        f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
+        f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
+        threads().line(),
+    ]
+    try:
+        shape = infer_input_shape(teacher, getattr(args, "image_size", None))
+        est = rough_seconds(
+            teacher,
+            shape,
+            n=n,
+            iterations=iterations,
+            epochs=epochs,
+            batch_size=p.batch_size,
+            device=args.device,
+        )
+    except (ValueError, RuntimeError) as exc:  # the stages will say what is wrong
+        lines.append(f"time estimate unavailable ({exc})")
+    else:
+        plan(est)
+        again = "; a resumed run skips finished work" if Path(args.out).is_dir() else ""
+        lines.append(
+            f"rough time: synthesis {duration(est['DeepInversion'])}, recovery "
+            f"{duration(est['Recovery'])}, about {duration(sum(est.values()))} in all "
+            f"(from one timed pass of the teacher{again})"
+        )
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

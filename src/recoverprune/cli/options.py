@@ -1,0 +1,210 @@
+"""Option groups the commands share: model, input, runtime, output, structure, config overrides."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from typing import Any
+
+__all__ = [
+    "ARCH_HELP",
+    "accel",
+    "add_input",
+    "add_model",
+    "add_output",
+    "add_overwrite",
+    "add_runtime",
+    "add_structure",
+    "apply_overrides",
+    "bars",
+    "channel_config",
+    "config_default",
+    "config_overrides",
+    "configs",
+]
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
+    )
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="autocast precision on CUDA (default auto: bf16 where supported)",
+    )
+    p.add_argument("--no-compile", action="store_true", help="disable torch.compile on CUDA")
+    p.add_argument("--no-channels-last", action="store_true", help="disable channels_last on CUDA")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_output(p)
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this "
+        "process may use less those other jobs keep busy; printed at the start)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or lines (the start-up summary and results are still shown)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only errors and the final 'wrote' line"
+    )
+
+
+def add_model(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    flag: str = "--checkpoint",
+    resize: bool = False,
+) -> None:
+    default = "" if required else " (default: none, the bundled ResNet-20 teacher)"
+    p.add_argument("--arch", required=required, help=f"{ARCH_HELP}{default}")
+    p.add_argument(
+        flag, required=required, help=f"checkpoint file (state_dict or dict holding one){default}"
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
+    )
+    add_input(p, resize)
+
+
+ARCH_HELP = (
+    "model spec: a zoo name (see `recoverprune models`), torchvision:NAME, timm:NAME or "
+    "module:pkg.mod:factory (weights come from the checkpoint, never downloaded)"
+)
+
+
+def add_input(p: argparse.ArgumentParser, resize: bool = False) -> None:
+    """The model's input description; defaults come from the checkpoint or the model."""
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size (default: from the model)"
+    )
+    p.add_argument(
+        "--channels", type=int, default=None, help="input channels (default: first conv)"
+    )
+    p.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        default=None,
+        help="normalisation mean, one value or one per channel (default: from the checkpoint "
+        "or the model's hint; ImageNet values for RGB)",
+    )
+    p.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        default=None,
+        help="normalisation std, one value or one per channel (default: as --mean)",
+    )
+    if resize:
+        p.add_argument(
+            "--resize",
+            type=int,
+            default=None,
+            help="resize labelled images to this size (default: the input size)",
+        )
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute what --out holds from other settings instead of refusing it",
+    )
+
+
+def accel(args: argparse.Namespace) -> Any:
+    from recoverprune import Accel
+
+    return Accel(
+        amp=args.amp,
+        compile=False if args.no_compile else None,
+        channels_last=False if args.no_channels_last else None,
+    )
+
+
+def config_overrides(
+    p: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str]
+) -> None:
+    """One ``--prefix-field`` option per scalar field (int, float, bool, str) of a config."""
+    for f in fields(cls):
+        kind = type(f.default)
+        if f.name in skip or kind not in (int, float, bool, str):
+            continue
+        opt = f"--{prefix}{f.name.replace('_', '-')}"
+        if kind is bool:
+            p.add_argument(
+                opt,
+                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                default=None,
+                metavar="BOOL",
+                help=f"(default {f.default})",
+            )
+        else:
+            p.add_argument(opt, type=kind, default=None, help=f"(default {f.default})")
+
+
+def apply_overrides(cfg: Any, args: argparse.Namespace, prefix: str) -> Any:
+    dest = prefix.replace("-", "_")
+    changes = {
+        f.name: getattr(args, dest + f.name)
+        for f in fields(cfg)
+        if getattr(args, dest + f.name, None) is not None
+    }
+    return replace(cfg, **changes)
+
+
+def add_structure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--structure",
+        default="unstructured",
+        choices=["unstructured", "channel"],
+        help="unstructured masks, or remove whole channels (a smaller, faster dense model; "
+        'needs pip install "recoverprune[channel]") (default unstructured)',
+    )
+    p.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="channel: prune to this many times fewer MACs instead of --amount (default: none)",
+    )
+    p.add_argument(
+        "--importance",
+        default="magnitude",
+        choices=["magnitude", "taylor"],
+        help="channel: how channels are ranked; taylor scores them on DeepInversion images "
+        "(default magnitude)",
+    )
+
+
+def channel_config(args: argparse.Namespace) -> Any:
+    from recoverprune import ChannelConfig
+
+    if args.structure != "channel":
+        return None
+    return ChannelConfig(importance=args.importance, speedup=args.speedup)
+
+
+def configs() -> tuple[type, type]:
+    from recoverprune import DistillConfig, InversionConfig
+
+    return InversionConfig, DistillConfig
+
+
+def config_default(known: bool, which: int, name: str) -> str:
+    """A config field's default for a help text (only needed when that help is shown)."""
+    return str(getattr(configs()[which], name)) if known else "from the config"
+
+
+def bars(args: argparse.Namespace) -> bool:
+    return not (args.no_progress or args.quiet)
