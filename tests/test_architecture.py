@@ -216,27 +216,25 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
+PLANTED = {
+    "upward import": {
+        "core/io.py": "from recoverprune.pipeline.compress import compress\n",
+        "pipeline/compress.py": "def compress():\n    pass\n",
+    },
+    "cycle inside a layer": {
+        "data/a.py": "from recoverprune.data.b import g\n\ndef f():\n    return g\n",
+        "data/b.py": "def g():\n    from recoverprune.data.a import f\n    return f\n",
+    },
+}
+
+
 def test_checker_fails_on_a_planted_upward_import(tmp_path):
-    root = _plant(
-        tmp_path,
-        {
-            "core/io.py": "from recoverprune.pipeline.compress import compress\n",
-            "pipeline/compress.py": "def compress():\n    pass\n",
-        },
-    )
-    problems = check_tree(root)
+    problems = check_tree(_plant(tmp_path, PLANTED["upward import"]))
     assert any("higher layer pipeline" in p and "core/io.py:1" in p for p in problems), problems
 
 
 def test_checker_fails_on_a_planted_cycle_inside_a_layer(tmp_path):
-    root = _plant(
-        tmp_path,
-        {
-            "data/a.py": "from recoverprune.data.b import g\n\ndef f():\n    return g\n",
-            "data/b.py": "def g():\n    from recoverprune.data.a import f\n    return f\n",
-        },
-    )
-    problems = check_tree(root)
+    problems = check_tree(_plant(tmp_path, PLANTED["cycle inside a layer"]))
     assert "import cycle: recoverprune.data.a -> recoverprune.data.b" in problems, problems
     assert any("function-level import of recoverprune.data.a" in p for p in problems), problems
 
@@ -268,5 +266,7 @@ def test_deferred_imports_are_allowed_in_the_cli_and_the_public_face(tmp_path):
 
 def test_a_docstring_does_not_count_towards_a_function_length(tmp_path):
     doc = '    """' + "\n" * 60 + '    """\n'
-    root = _plant(tmp_path, {"core/a.py": "def f():\n" + doc + "    x = 1\n" * 70 + "    return x\n"})
+    root = _plant(
+        tmp_path, {"core/a.py": "def f():\n" + doc + "    x = 1\n" * 70 + "    return x\n"}
+    )
     assert check_tree(root) == []
