@@ -45,10 +45,8 @@ def test_channel_pruned_torchvision_model_round_trips_through_the_cli(tmp_path, 
     teacher, t_path = _teacher(tmp_path)
     out = tmp_path / "pruned.pt"
     common = ["--arch", "torchvision:resnet18", "--image-size", "32"]
-    rc = main(
-        ["prune", *common, "--checkpoint", t_path, "--amount", "0.5", "--structure", "channel"]
-        + ["--out", str(out)]
-    )
+    how = ["--amount", "0.5", "--structure", "channel", "--out", str(out)]
+    rc = main(["prune", *common, "--checkpoint", t_path, *how])
     assert rc == 0
     loaded = load_model("torchvision:resnet18", out)
     expected = prune(teacher, 0.5, structure="channel").eval()
@@ -56,10 +54,9 @@ def test_channel_pruned_torchvision_model_round_trips_through_the_cli(tmp_path, 
         assert torch.equal(loaded(X), expected(X))
     assert loaded.pretrained_cfg["input_size"] == (3, 32, 32)  # saved with the checkpoint
     data = tmp_path / "data"
-    for label, c in enumerate("ab"):
-        (data / "test" / c).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (32, 32), (label * 100, i, 0)).save(data / "test" / c / f"{i}.png")
+    for label in range(10):  # one folder per output of the model
+        (data / "test" / f"c{label}").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (label * 20, 0, 0)).save(data / "test" / f"c{label}" / "0.png")
     capsys.readouterr()
     rc = main(["evaluate", *common, "--checkpoint", str(out), "--data", str(data)])
     assert rc == 0 and "top-1" in capsys.readouterr().out
@@ -85,5 +82,5 @@ def test_a_checkpoint_that_does_not_fit_names_keys_and_what_to_pass(tmp_path):
     torch.save(build_model("torchvision:resnet18", num_classes=7).state_dict(), tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="num_classes=7"):
         load_model("torchvision:resnet18", tmp_path / "x.pt", num_classes=10)
-    with pytest.raises(CheckpointError, match="looks like|valid names"):
+    with pytest.raises(CheckpointError, match=r"looks like|valid names"):
         load_model("resnet20", tmp_path / "x.pt")

@@ -1,53 +1,196 @@
-"""The CPU thread policy: what the user set is kept, otherwise CPUs available less load."""
+"""The CPU thread policy: what the user set is kept, otherwise the CPUs idle now.
+
+The machine is simulated: ``FakeCpus`` stands in for ``/proc/stat``, the clock, the sleep
+of the start-up sample and this process's CPU time, so nothing here waits or depends on
+what else runs on the test machine (except the one smoke test of the real ``/proc/stat``).
+"""
 
 from __future__ import annotations
+
+import sys
+import time
 
 import pytest
 import torch
 
 from recoverprune.core import threads as _runtime
 from recoverprune.core.runtime import resolve
-from recoverprune.core.threads import set_threads, threads
+from recoverprune.core.threads import revisit, set_threads, threads
+
+
+class FakeCpus:
+    """Two CPUs: ``others`` of them kept busy by other processes, ``mine`` by this one."""
+
+    def __init__(self, others: float = 0.0, mine: float = 0.0, cpus: int = 2) -> None:
+        self.cpus, self.others, self.mine = cpus, others, mine
+        self.t, self.busy, self.total, self.own = 1000.0, 0.0, 0.0, 0.0
+        self.sleeps: list[float] = []
+
+    def run(self, seconds: float) -> None:
+        """Let ``seconds`` pass with the current ``others`` and ``mine`` (100 jiffies/s)."""
+        self.total += self.cpus * 100 * seconds
+        self.busy += min(self.cpus, self.others + self.mine) * 100 * seconds
+        self.own += self.mine * seconds
+        self.t += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.run(seconds)
+
+    def snapshot(self) -> _runtime._Sample:
+        return _runtime._Sample(self.t, round(self.busy), round(self.total), self.cpus, self.own)
 
 
 @pytest.fixture()
-def fresh(monkeypatch):
-    """No choice made yet, no OMP_NUM_THREADS, torch's default 2 threads on 2 free CPUs."""
+def fake(monkeypatch):
+    """No choice made yet, no OMP_NUM_THREADS, torch's default 2 threads on 2 CPUs."""
+    cpus = FakeCpus()
     monkeypatch.setattr(_runtime, "_chosen", None)
+    monkeypatch.setattr(_runtime, "_mark", None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(_runtime, "_TORCH_DEFAULT", 2)
     monkeypatch.setattr(_runtime, "available_cpus", lambda: 2)
+    monkeypatch.setattr(_runtime, "_snapshot", cpus.snapshot)
+    monkeypatch.setattr(_runtime, "_clock", lambda: cpus.t)
+    monkeypatch.setattr(_runtime, "_sleep", cpus.sleep)
+    monkeypatch.setattr(_runtime, "_load", lambda: 0.0)
     torch.set_num_threads(2)  # the conftest fixture restores its own value afterwards
-    yield monkeypatch
+    yield cpus
     monkeypatch.setattr(_runtime, "_chosen", None)
+    monkeypatch.setattr(_runtime, "_mark", None)
 
 
-@pytest.mark.parametrize(("load", "expected"), [(0.1, 2), (1.0, 1), (2.4, 1)])
-def test_auto_takes_available_cpus_less_the_load(fresh, load, expected):
-    fresh.setattr(_runtime, "_load", lambda: load)
+def _load(monkeypatch, value: float) -> None:
+    monkeypatch.setattr(_runtime, "_load", lambda: value)
+
+
+def test_idle_now_after_a_burst_takes_both_cpus(fake, monkeypatch):
+    _load(monkeypatch, 1.9)  # a 50-s burst of two jobs has just ended: the load lags
     chosen = threads()
-    assert (chosen.intra, chosen.source, chosen.available) == (expected, "auto", 2)
-    assert torch.get_num_threads() == expected
+    assert (chosen.intra, chosen.source, chosen.available, chosen.busy) == (2, "auto", 2, 0.0)
+    assert torch.get_num_threads() == 2
+    assert fake.sleeps == [_runtime.SAMPLE_S] and _runtime.SAMPLE_S <= 0.5
+    assert "2 CPUs available, 0.0 busy elsewhere (sampled 0.3 s)" in chosen.line()
     assert "set --threads or OMP_NUM_THREADS" in chosen.line()
 
 
-def test_omp_num_threads_is_respected(fresh):
-    fresh.setenv("OMP_NUM_THREADS", "2")
-    fresh.setattr(_runtime, "_load", lambda: 1.0)
+def test_one_busy_neighbour_leaves_one_cpu(fake, monkeypatch):
+    fake.others = 1.0
+    _load(monkeypatch, 0.1)  # the neighbour has just started: the load has not caught up
+    chosen = threads()
+    assert (chosen.intra, chosen.busy) == (1, 1.0) and torch.get_num_threads() == 1
+    assert "1.0 busy elsewhere" in chosen.line()
+
+
+def test_own_busy_threads_do_not_count(fake, monkeypatch):
+    fake.mine = 1.0  # say a thread of this process works through the start-up sample
+    assert threads().intra == 2
+    fake.mine, fake.others = 2.0, 0.0  # both CPUs busy, all of it this process's own work
+    _load(monkeypatch, 2.0)
+    fake.run(12)
+    assert revisit() is None and torch.get_num_threads() == 2
+
+
+def test_revisit_steps_up_when_the_neighbour_ends(fake, capsys):
+    fake.others = 1.0
+    assert threads().intra == 1
+    fake.mine, fake.others = 1.0, 1.0
+    fake.run(12)
+    assert revisit() is None  # the neighbour is still there
+    fake.others = 0.0  # it ends
+    fake.run(4)
+    assert revisit() is None  # at most one look in REVISIT_EVERY_S
+    fake.run(8)
+    new = revisit()
+    assert new is not None and (new.intra, new.source, new.busy) == (2, "auto", 0.0)
+    assert torch.get_num_threads() == 2 and threads() is new
+    assert len(fake.sleeps) == 1  # only the start-up sample slept
+    err = capsys.readouterr().err
+    assert "threads: 1 -> 2 (2 CPUs available, 0.0 busy elsewhere (sampled 12.0 s)" in err
+
+
+def test_revisit_steps_down_when_a_neighbour_appears(fake, capsys):
+    assert threads().intra == 2
+    fake.mine, fake.others = 1.33, 0.67  # a neighbour's fair share beside our 2 threads
+    fake.run(12)
+    new = revisit(verbose=False)
+    assert new is not None and new.intra == 1 and torch.get_num_threads() == 1
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("start", [0.0, 1.0])
+def test_revisit_does_not_flap_on_a_neighbour_working_on_and_off(fake, start):
+    fake.others = start
+    first = threads().intra
+    fake.mine, fake.others = first, 0.35  # neither clearly busy nor clearly idle
+    for _ in range(3):
+        fake.run(12)
+        assert revisit() is None
+    assert torch.get_num_threads() == first
+
+
+def _user_sets_threads(how: str, monkeypatch) -> int:
+    if how == "--threads":
+        return set_threads(1).intra
+    if how == "--threads after":
+        threads()  # the automatic choice, then the user's own number
+        return set_threads(1).intra
+    if how == "OMP_NUM_THREADS":
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        return threads().intra
+    if how == "torch before":
+        torch.set_num_threads(1)
+        return threads().intra
+    threads()  # the automatic choice, then the user's own number
+    torch.set_num_threads(1)
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("how", "source"),
+    [
+        ("--threads", "--threads"),
+        ("--threads after", "--threads"),
+        ("OMP_NUM_THREADS", "OMP_NUM_THREADS"),
+        ("torch before", "torch.set_num_threads"),
+        ("torch after", "torch.set_num_threads"),
+    ],
+)
+def test_a_number_the_user_set_is_never_revisited(fake, monkeypatch, how, source):
+    n = _user_sets_threads(how, monkeypatch)
+    for others in (0.0, 1.0, 0.0):
+        fake.others, fake.mine = others, n
+        fake.run(12)
+        assert revisit() is None and torch.get_num_threads() == n
+    assert threads().source == source
+
+
+def test_without_proc_stat_the_load_average_decides_once(fake, monkeypatch):
+    monkeypatch.setattr(_runtime, "_snapshot", lambda: None)
+    _load(monkeypatch, 1.0)
+    chosen = threads()
+    assert (chosen.intra, chosen.busy, chosen.load) == (1, None, 1.0)
+    assert "2 CPUs available, load 1.0;" in chosen.line()
+    _load(monkeypatch, 0.0)
+    fake.run(12)
+    assert revisit() is None and torch.get_num_threads() == 1
+
+
+def test_omp_num_threads_is_respected(fake, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    fake.others = 1.0
     assert (threads().intra, threads().source) == (2, "OMP_NUM_THREADS")
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and fake.sleeps == []  # no sample needed
 
 
-def test_torch_set_num_threads_is_respected_before_and_after_the_choice(fresh):
-    fresh.setattr(_runtime, "_load", lambda: 0.0)
+def test_torch_set_num_threads_is_respected_before_and_after_the_choice(fake):
     torch.set_num_threads(1)
     assert (threads().intra, threads().source) == (1, "torch.set_num_threads")
     torch.set_num_threads(2)  # changed again after recoverprune chose: still the user's
     assert (threads().intra, threads().source) == (2, "torch.set_num_threads")
 
 
-def test_set_threads_overrides_and_is_recorded(fresh):
-    fresh.setattr(_runtime, "_load", lambda: 1.0)
+def test_set_threads_overrides_and_is_recorded(fake):
     assert set_threads(2).source == "--threads"
     desc = resolve("cpu").describe()
     assert desc["threads"]["intra"] == 2 and desc["threads"]["source"] == "--threads"
@@ -59,3 +202,15 @@ def test_set_threads_overrides_and_is_recorded(fresh):
 def test_cgroup_quota_caps_available_cpus(monkeypatch):
     monkeypatch.setattr(_runtime, "_cgroup_cpu_limit", lambda: 0.5)
     assert _runtime.available_cpus() == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
+def test_the_real_proc_stat_gives_a_sample():
+    start = _runtime._snapshot()
+    sum(range(300_000))  # a little own work, never counted as someone else's
+    torch.randn(64, 64).sum()
+    time.sleep(0.05)
+    end = _runtime._snapshot()
+    assert start is not None and end is not None and end.cpus == len(_runtime._affinity())
+    busy = _runtime._busy_elsewhere(start, end)
+    assert busy is None or 0.0 <= busy <= end.cpus

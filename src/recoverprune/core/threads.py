@@ -1,10 +1,18 @@
-"""CPU threads: how many a run uses on a machine shared with other work, and the machine's name."""
+"""CPU threads: how many a run uses on a machine shared with other work, and the machine's name.
+
+The automatic choice looks at what the CPUs do *now*: a short sample of ``/proc/stat`` on
+the CPUs this process may run on, less this process's own CPU time over the same window,
+says how many CPUs other processes keep busy. :func:`revisit`, called at the natural
+boundaries of a long loop (a synthesis batch, a distillation epoch), looks again over the
+time since the last look and steps the choice up or down. A number the user set is kept.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +21,19 @@ from typing import Any
 import torch
 import torch._dynamo  # eager on purpose, see below
 
-__all__ = ["Threads", "available_cpus", "cpu_model", "machine", "set_threads", "threads"]
+from recoverprune.core.progress import console
+
+__all__ = [
+    "REVISIT_EVERY_S",
+    "SAMPLE_S",
+    "Threads",
+    "available_cpus",
+    "cpu_model",
+    "machine",
+    "revisit",
+    "set_threads",
+    "threads",
+]
 
 
 #: torch's own thread count when recoverprune was imported; a different value later means
@@ -22,6 +42,22 @@ _TORCH_DEFAULT = torch.get_num_threads()
 
 
 _WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+
+#: Seconds of ``/proc/stat`` the first, start-up choice looks at.
+SAMPLE_S = 0.3
+
+#: :func:`revisit` decides at most once in this many seconds (by default).
+REVISIT_EVERY_S = 10.0
+
+#: A step up needs the CPUs busy elsewhere to stay this far below the rounding point, so
+#: that a neighbour working on and off does not make the choice flap.
+_UP_MARGIN = 0.25
+
+_PROC_STAT = Path("/proc/stat")
+
+#: The clock of the samples (monotonic seconds); tests replace it, and ``_sleep``.
+_clock = time.monotonic
+_sleep = time.sleep
 
 
 @dataclass(frozen=True)
@@ -36,10 +72,14 @@ class Threads:
         available: CPUs this process may use (affinity and cgroup quota).
         load: the 1-minute load average when the choice was made (``None`` if unknown).
         wait_policy: ``OMP_WAIT_POLICY`` as torch loaded it (the CLI sets ``PASSIVE``).
+        busy: CPUs other processes kept busy over the sample (``None``: not sampled).
+        sampled: seconds the sample behind ``busy`` covered.
 
     Example:
-        >>> Threads(1, 1, "auto", 2, 1.0).line()
-        'threads: 1 (2 CPUs available, load 1.0; set --threads or OMP_NUM_THREADS to override)'
+        >>> Threads(2, 2, "auto", 2, 1.9, busy=0.0, sampled=0.3).line()
+        'threads: 2 (2 CPUs available, 0.0 busy elsewhere (sampled 0.3 s); set --threads or OMP_NUM_THREADS to override)'
+        >>> Threads(1, 1, "--threads", 2, 1.0).line()
+        'threads: 1 (from --threads; 2 CPUs available, load 1.0)'
     """
 
     intra: int
@@ -48,18 +88,42 @@ class Threads:
     available: int
     load: float | None = None
     wait_policy: str | None = None
+    busy: float | None = None
+    sampled: float | None = None
+
+    def seen(self) -> str:
+        """What the choice was based on: CPUs available, and the sample (else the load)."""
+        seen = f"{self.available} CPUs available"
+        if self.busy is not None:
+            seen += f", {self.busy:.1f} busy elsewhere (sampled {self.sampled or 0:.1f} s)"
+        elif self.load is not None:
+            seen += f", load {self.load:.1f}"
+        return seen
 
     def line(self) -> str:
         """One line for the log: how many threads, and how the number came about."""
-        seen = f"{self.available} CPUs available"
-        if self.load is not None:
-            seen += f", load {self.load:.1f}"
         if self.source == "auto":
-            return f"threads: {self.intra} ({seen}; set --threads or OMP_NUM_THREADS to override)"
-        return f"threads: {self.intra} (from {self.source}; {seen})"
+            return (
+                f"threads: {self.intra} ({self.seen()}; set --threads or OMP_NUM_THREADS "
+                "to override)"
+            )
+        return f"threads: {self.intra} (from {self.source}; {self.seen()})"
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """Cumulative CPU counters at one moment: the two ends of a window make a sample."""
+
+    wall: float  # ``_clock()`` seconds
+    busy: int  # jiffies not idle (nor waiting for I/O) on this process's CPUs
+    total: int  # all jiffies on them
+    cpus: int  # how many CPUs the counters cover
+    own: float  # this process's CPU seconds, all its threads (``time.process_time()``)
 
 
 _chosen: Threads | None = None
+#: The end of the last window the automatic choice looked at (``None``: cannot sample).
+_mark: _Sample | None = None
 
 
 def _cgroup_cpu_limit() -> float | None:
@@ -77,6 +141,13 @@ def _cgroup_cpu_limit() -> float | None:
         return None
 
 
+def _affinity() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return None
+
+
 def available_cpus() -> int:
     """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
 
@@ -84,10 +155,8 @@ def available_cpus() -> int:
         >>> available_cpus() >= 1
         True
     """
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
+    mask = _affinity()
+    n = len(mask) if mask is not None else os.cpu_count() or 1
     limit = _cgroup_cpu_limit()
     if limit is not None:
         n = min(n, math.ceil(limit))
@@ -101,27 +170,108 @@ def _load() -> float | None:
         return None
 
 
-def _auto_threads(available: int, load: float | None, cap: int | None = None) -> int:
-    """The CPUs available less those other processes keep busy, at most ``cap``.
+def _read_stat(text: str, mask: set[int] | None) -> tuple[int, int, int] | None:
+    """Busy jiffies, all jiffies and CPUs counted, over the CPUs in ``mask``.
+
+    The ``cpuN`` lines of the CPUs in ``mask`` (all of them if ``None``), else the
+    aggregate ``cpu`` line. Busy is all but idle and iowait; guest time is already in user.
+
+    Example:
+        >>> text = "cpu  9 0 1 10 0 0 0 0 0 0\\ncpu0 3 0 1 6 0 0 0 0\\ncpu1 6 0 0 4 0 0 0 0\\n"
+        >>> _read_stat(text, {0, 1}), _read_stat(text, {1}), _read_stat(text, {7})
+        ((10, 20, 2), (6, 10, 1), (10, 20, 2))
+    """
+    counted, whole = [0, 0, 0], None
+    for line in text.splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu"):
+            break  # the cpu lines come first
+        jiffies = [int(v) for v in values[:8]]
+        busy, total = sum(jiffies) - sum(jiffies[3:5]), sum(jiffies)
+        if name == "cpu":
+            whole = (busy, total, os.cpu_count() or 1)
+        elif mask is None or int(name[3:]) in mask:
+            counted = [counted[0] + busy, counted[1] + total, counted[2] + 1]
+    return (counted[0], counted[1], counted[2]) if counted[2] else whole
+
+
+def _snapshot() -> _Sample | None:
+    """The CPU counters now, ``None`` where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        counters = _read_stat(_PROC_STAT.read_text(), _affinity())
+    except (OSError, ValueError, IndexError):
+        return None
+    if counters is None:
+        return None
+    return _Sample(_clock(), *counters, time.process_time())
+
+
+def _busy_elsewhere(start: _Sample, end: _Sample) -> float | None:
+    """CPUs other processes kept busy between two samples (``None`` if too close).
+
+    The busy CPUs of the window less this process's own CPU time over it, so the
+    process's own threads, however many, never count against it.
+
+    Example:
+        >>> a = _Sample(0.0, 0, 0, 2, 0.0)
+        >>> _busy_elsewhere(a, _Sample(1.0, 200, 200, 2, 2.0))  # two busy CPUs, all ours
+        0.0
+        >>> _busy_elsewhere(a, _Sample(1.0, 150, 200, 2, 0.5))
+        1.0
+    """
+    seconds, total = end.wall - start.wall, end.total - start.total
+    if seconds <= 0 or total <= 0:
+        return None
+    cpus_busy = end.cpus * (end.busy - start.busy) / total
+    return round(max(0.0, cpus_busy - (end.own - start.own) / seconds), 2)
+
+
+def _decide(available: int, busy: float, cap: int | None = None) -> int:
+    """The CPUs available less those busy elsewhere (rounded), from 1 to ``cap``.
 
     ``cap`` defaults to torch's own choice (one thread per physical core).
 
     Example:
-        >>> _auto_threads(2, 1.0, 8), _auto_threads(2, 0.2, 8), _auto_threads(2, 3.0, 8)
-        (1, 2, 1)
+        >>> _decide(2, 1.0, 8), _decide(2, 0.2, 8), _decide(2, 3.0, 8), _decide(8, 0.0, 4)
+        (1, 2, 1, 4)
     """
-    busy = 0 if load is None else math.floor(load + 0.5)
-    return max(1, min(available - busy, cap or _TORCH_DEFAULT))
+    return max(1, min(available - math.floor(busy + 0.5), cap or _TORCH_DEFAULT))
 
 
-def _set(n: int, source: str) -> Threads:
+def _step(current: int, available: int, busy: float, cap: int | None = None) -> int:
+    """The new choice: down as soon as ``busy`` says so, up only with ``_UP_MARGIN`` to spare.
+
+    Example:
+        >>> [_step(n, 2, busy, 8) for n, busy in [(1, 0.1), (1, 0.3), (2, 0.3), (2, 0.7)]]
+        [2, 1, 2, 1]
+    """
+    down = _decide(available, busy, cap)
+    if down < current:
+        return down
+    return max(current, _decide(available, busy + _UP_MARGIN, cap))
+
+
+def _set(
+    n: int,
+    source: str,
+    busy: float | None = None,
+    sampled: float | None = None,
+    interop: bool = True,
+) -> Threads:
     global _chosen
     torch.set_num_threads(n)
-    # torch allows this once, before any inter-op work; otherwise keep what is there
-    with suppress(RuntimeError):
-        torch.set_num_interop_threads(n)
+    if interop:  # torch allows this once, before any inter-op work; else keep what is there
+        with suppress(RuntimeError):
+            torch.set_num_interop_threads(n)
     _chosen = Threads(
-        n, torch.get_num_interop_threads(), source, available_cpus(), _load(), _WAIT_POLICY
+        n,
+        torch.get_num_interop_threads(),
+        source,
+        available_cpus(),
+        _load(),
+        _WAIT_POLICY,
+        busy,
+        None if sampled is None else round(sampled, 2),
     )
     return _chosen
 
@@ -141,12 +291,39 @@ def set_threads(n: int) -> Threads:
     return _set(n, "--threads")
 
 
+def _sample() -> tuple[float, float, _Sample] | None:
+    """CPUs busy elsewhere over a fresh ``SAMPLE_S`` sample, its seconds, and its end."""
+    start = _snapshot()
+    if start is None:
+        return None
+    _sleep(SAMPLE_S)
+    end = _snapshot()
+    busy = None if end is None else _busy_elsewhere(start, end)
+    if end is None or busy is None:
+        return None
+    return busy, end.wall - start.wall, end
+
+
+def _auto() -> Threads:
+    """The automatic choice at start, from a sample (else from the load average)."""
+    global _mark
+    seen = _sample()
+    if seen is None:  # not Linux: the load average, looked at once
+        _mark = None
+        return _set(_decide(available_cpus(), _load() or 0.0), "auto")
+    busy, seconds, _mark = seen
+    return _set(_decide(available_cpus(), busy), "auto", busy, seconds)
+
+
 def threads() -> Threads:
     """Settle the CPU threads of this process (once) and say what was chosen.
 
     A value the user set (``OMP_NUM_THREADS``, ``torch.set_num_threads``, ``--threads``)
-    is kept; otherwise the number is the CPUs available to the process (affinity and
-    cgroup quota) less the load other processes put on them, at least one.
+    is kept. Otherwise the number is the CPUs available to the process (affinity and
+    cgroup quota) less the CPUs other processes keep busy over a ``SAMPLE_S`` sample of
+    ``/proc/stat`` (this process's own CPU time subtracted; the 1-minute load average
+    where ``/proc/stat`` cannot be read), at least one and at most torch's own default.
+    :func:`revisit` looks again later.
 
     Example:
         >>> t = threads()
@@ -163,11 +340,55 @@ def threads() -> Threads:
     elif _chosen is not None or current != _TORCH_DEFAULT:
         source = "torch.set_num_threads"
     else:
-        return _set(_auto_threads(available_cpus(), _load()), "auto")
+        return _auto()
     _chosen = Threads(
         current, torch.get_num_interop_threads(), source, available_cpus(), _load(), _WAIT_POLICY
     )
     return _chosen
+
+
+def revisit(every: float = REVISIT_EVERY_S, verbose: bool = True) -> Threads | None:
+    """Look at the CPUs again and step the automatic choice up or down.
+
+    Cheap, for the boundaries of a long loop: no sleeping, it reuses the window since the
+    last look and decides at most once in ``every`` seconds. Only an automatic choice
+    moves; a number the user set (also with ``torch.set_num_threads`` after the choice)
+    is never revisited. A step down needs half a CPU busy elsewhere, a step up
+    ``_UP_MARGIN`` less, so a neighbour working on and off does not make it flap.
+
+    Args:
+        every: seconds since the last look before it looks again.
+        verbose: print a line when the number changes.
+
+    Returns:
+        The new :class:`Threads` when the number changed, else ``None``.
+
+    Example:
+        >>> _ = set_threads(1)
+        >>> revisit() is None  # a number the user set is never revisited
+        True
+    """
+    global _mark
+    if _chosen is None or _chosen.source != "auto" or _mark is None:
+        return None
+    if torch.get_num_threads() != _chosen.intra:
+        threads()  # the user set their own number: record it, never revisit again
+        return None
+    if _clock() - _mark.wall < every:
+        return None
+    start, end = _mark, _snapshot()
+    busy = None if end is None else _busy_elsewhere(start, end)
+    if end is None or busy is None:
+        return None
+    _mark, before = end, _chosen.intra
+    n = _step(before, available_cpus(), busy)
+    if n == before:
+        return None
+    new = _set(n, "auto", busy, end.wall - start.wall, interop=False)
+    if verbose:
+        say = f"threads: {before} -> {n} ({new.seen()}; set --threads to keep a number)"
+        console.print(say, markup=False, highlight=False)
+    return new
 
 
 def cpu_model() -> str:

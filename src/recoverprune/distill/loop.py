@@ -30,6 +30,7 @@ from recoverprune.core.progress import Bar, console
 from recoverprune.core.progress import progress as progress_bar
 from recoverprune.core.runtime import Accel, Runtime, generator, resolve
 from recoverprune.core.stages import architecture, check_key
+from recoverprune.core.threads import revisit
 from recoverprune.data.evaluate import evaluate, resolve_data
 from recoverprune.data.synthetic import SyntheticImages, data_fingerprint
 from recoverprune.data.transfer import as_transfer_set
@@ -351,6 +352,7 @@ def recover(
         with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:
             bar.advance(start * loop.steps_per_epoch)
             for epoch in range(start, cfg.epochs):
+                revisit(verbose=progress and rt.is_main)  # threads follow the machine
                 record: dict[str, float] = {"epoch": epoch + 1, **prep}
                 record["loss"] = _train_epoch(loop, epoch, sampler, bar)
                 record["lr"] = _lr_at((epoch + 1) * loop.steps_per_epoch - 1, loop.total_steps, cfg)

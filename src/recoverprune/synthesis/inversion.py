@@ -33,6 +33,7 @@ from recoverprune.core.io import save_atomic
 from recoverprune.core.progress import progress as progress_bar
 from recoverprune.core.runtime import Accel, Runtime, generator, resolve
 from recoverprune.core.spec import InputSpec
+from recoverprune.core.threads import revisit
 from recoverprune.data.synthetic import SyntheticImages, shard_name
 from recoverprune.synthesis.bn import bn_layers, bn_statistics
 from recoverprune.synthesis.config import InversionConfig
@@ -381,6 +382,7 @@ def _run_batches(
     with progress_bar("DeepInversion", len(todo) * iterations, show and bool(todo)) as bar:
         t0, done_images = time.perf_counter(), 0
         for k, i in enumerate(todo):
+            revisit(verbose=show)  # the CPU threads follow the machine
             lb = plan.labels_of(i)
             t_batch = time.perf_counter()
 
