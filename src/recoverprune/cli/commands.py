@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from recoverprune.cli.options import accel, apply_overrides, bars, channel_config
+from recoverprune.core.paths import check_outputs
 
 __all__ = [
     "cmd_compress",
@@ -24,12 +25,17 @@ __all__ = [
 def _load(args: argparse.Namespace, path: str) -> Any:
     """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint)."""
     from recoverprune.core.spec import InputSpec
+    from recoverprune.core.validate import check_image_size, check_plausible
     from recoverprune.models import load_model
 
     model = load_model(args.arch, path, num_classes=args.num_classes)
+    check_plausible(model, f"checkpoint {path}")
+    recorded = InputSpec.of(model).size
     spec = InputSpec.of(
         model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
     )
+    if args.image_size is not None:
+        check_image_size(model, spec.shape, trained=recorded, what=f"checkpoint {path}")
     return spec.attach(model)
 
 
@@ -39,21 +45,25 @@ def _input(model: Any) -> dict[str, Any]:
     return InputSpec.of(model).to_dict()
 
 
-def _labelled(model: Any, data: str | None, resize: int | None) -> Any:
-    """``data`` as given, or read now at ``--resize`` when that is set."""
-    if data is None or resize is None:
+def _labelled(model: Any, data: str | None, args: argparse.Namespace) -> Any:
+    """``data`` as given, or read now when ``--resize`` or ``--classes`` asks for it."""
+    classes, subset = getattr(args, "classes", None), getattr(args, "subset", False)
+    if data is None or (args.resize is None and classes is None and not subset):
         return data
     from recoverprune.data.evaluate import resolve_data
 
-    return resolve_data(model, data, resize=resize)
+    return resolve_data(model, data, resize=args.resize, classes=classes, subset=subset)
 
 
 def _save_model(model: Any, path: str, **extra: Any) -> None:
     from recoverprune.core.io import save_atomic
+    from recoverprune.data.evaluate import model_classes
     from recoverprune.pruning.channel_spec import channel_spec
 
     if channel_spec(model) is not None:  # channel-pruned: load_model reshapes from this
         extra["channel_spec"] = channel_spec(model)
+    if model_classes(model):  # class names travel with the checkpoint
+        extra["label_names"] = model_classes(model)
 
     save_atomic({"state_dict": model.state_dict(), **extra}, path)
 
@@ -96,6 +106,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
         resize=args.resize,
+        classes=args.classes,
+        subset=args.subset,
         progress=bars(args),
     )
     print(
@@ -110,6 +122,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from recoverprune import prune, sparsity
 
+    check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     model = _load(args, args.checkpoint)
     if args.structure == "channel":
         import torch
@@ -153,6 +166,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from recoverprune import InversionConfig, synthesize
 
+    check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     teacher = _load(args, args.checkpoint)
     cfg = apply_overrides(InversionConfig(), args, "di-")
     ds = synthesize(
@@ -180,6 +194,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from recoverprune.core.stages import run_stage
     from recoverprune.distill.loop import CHECKPOINT, FINAL, HISTORY
 
+    out = Path(args.out)
+    check_outputs(
+        {
+            "--teacher": args.teacher,
+            "--student": args.student,
+            "--synthetic": args.synthetic,
+            "--val-data": args.val_data,
+        },
+        {"--out": out, **{name: out / name for name in (CHECKPOINT, FINAL, HISTORY)}},
+        untouched=["--val-data"],
+    )
     teacher = _load(args, args.teacher)
     student = _load(args, args.student)
     synthetic = SyntheticImages.load(args.synthetic)
@@ -192,7 +217,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
             synthetic,
             config=cfg,
             epochs=args.epochs,
-            val_data=_labelled(student, args.val_data, args.resize),
+            val_data=_labelled(student, args.val_data, args),
             out_dir=args.out,
             seed=args.seed,
             device=args.device,
@@ -211,7 +236,15 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from recoverprune import PRESETS, DistillConfig, InversionConfig, compress
     from recoverprune.models import default_teacher
+    from recoverprune.pipeline.layout import CHECK, PRUNED, RECOVER, REPORT, STUDENT, SYNTHETIC
 
+    out = Path(args.out)
+    written = (PRUNED, SYNTHETIC, CHECK, RECOVER, STUDENT, REPORT)
+    check_outputs(
+        {"--checkpoint": args.checkpoint, "--eval-data": args.eval_data},
+        {"--out": out, **{name: out / name for name in written}},
+        untouched=["--eval-data"],
+    )
     if args.checkpoint is not None:
         if args.arch is None:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
@@ -234,7 +267,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         channel=channel_config(args),
         inversion=apply_overrides(InversionConfig(), args, "di-"),
         distill=apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
-        eval_data=_labelled(teacher, args.eval_data, args.resize),
+        eval_data=_labelled(teacher, args.eval_data, args),
         image_size=args.image_size,
         mean=args.mean,
         std=args.std,
@@ -249,7 +282,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from recoverprune.pipeline.report import print_report
 
         print_report(res.report)
-    print(f"wrote {Path(args.out) / 'student.pt'} and {Path(args.out) / 'report.json'}")
+    print(f"wrote {out / STUDENT} and {out / REPORT}")
     return 0 if res.student is not None else 1
 
 

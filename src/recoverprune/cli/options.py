@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "ARCH_HELP",
     "accel",
+    "add_classes",
     "add_input",
     "add_model",
     "add_output",
@@ -208,3 +209,21 @@ def config_default(known: bool, which: int, name: str) -> str:
 
 def bars(args: argparse.Namespace) -> bool:
     return not (args.no_progress or args.quiet)
+
+
+def add_classes(p: argparse.ArgumentParser) -> None:
+    """``--classes`` / ``--subset``: how labelled folders map onto the model's outputs."""
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the model's class names in output order; class folders are then matched by "
+        "name (default: the names the checkpoint records, else folders in sorted order)",
+    )
+    p.add_argument(
+        "--subset",
+        action="store_true",
+        help="the labelled data holds only some of the classes: folders are labelled by "
+        "name (needs --classes or names recorded in the checkpoint)",
+    )

@@ -15,6 +15,7 @@ from recoverprune.cli.commands import (
 )
 from recoverprune.cli.options import (
     ARCH_HELP,
+    add_classes,
     add_input,
     add_model,
     add_output,
@@ -99,6 +100,7 @@ def _evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="top-1 of a (pruned) checkpoint on labelled images")
     add_model(p, resize=True)
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
+    add_classes(p)
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default 512)")
     p.add_argument(
@@ -185,6 +187,7 @@ def _recover_parser(sub: Any, full: bool) -> None:
         help=f"distillation epochs (default {config_default(full, 1, 'epochs')})",
     )
     p.add_argument("--val-data", default=None, help="labelled data to track top-1 (default: none)")
+    add_classes(p)
     add_input(p, resize=True)
     if full:
         config_overrides(p, configs()[1], "kd-", skip=("epochs",))
@@ -245,6 +248,7 @@ def _compress_parser(sub: Any, full: bool) -> None:
         help="labelled ImageFolder directory or .tar.gz to measure top-1 of teacher, pruned "
         "and recovered (default: none; then only teacher-student agreement is reported)",
     )
+    add_classes(p)
     p.add_argument(
         "--out",
         default="recoverprune-out",

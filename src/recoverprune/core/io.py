@@ -3,7 +3,10 @@
 Everything a long job writes goes through :func:`atomic_path`, so a crash or Ctrl-C
 never leaves a half-written file under its final name. Everything read from a user
 goes through :func:`load_checkpoint`, which uses ``torch.load(..., weights_only=True)``:
-checkpoint files are data, never code.
+checkpoint files are data, never code. A checkpoint is also what it claims to be: a
+hub-style hash in its name (``resnet20-12fca82f.th``) is checked against the file's
+SHA-256, and the tensors of a checkpoint this library wrote against the digest written
+with them (:data:`DIGEST_KEY`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +26,34 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DIGEST_KEY",
+    "STATE_KEYS",
     "CheckpointError",
     "atomic_path",
     "extract_state_dict",
     "fingerprint",
     "load_checkpoint",
     "load_own",
+    "name_hash",
     "read_json",
     "save_atomic",
+    "sha256_file",
+    "state_digest",
     "write_json_atomic",
 ]
+
+
+#: where a dict checkpoint keeps its state dict, in the order :func:`extract_state_dict` looks
+STATE_KEYS = ("state_dict", "model", "student", "model_state_dict")
+
+
+#: the entry :func:`save_atomic` adds to a dict holding a state dict:
+#: ``{"of": <its key>, "sha256": <state_digest of it>}``, verified by :func:`load_checkpoint`
+DIGEST_KEY = "state_sha256"
+
+
+#: torch.hub's naming: ``<name>-<first hex digits of the file's SHA-256>.<ext>``
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^-]*$")
 
 
 class CheckpointError(ValueError):
@@ -65,10 +87,103 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically and return the path."""
+    """``torch.save`` ``obj`` to ``path`` atomically and return the path.
+
+    A dict holding a state dict (under one of :data:`STATE_KEYS`) is saved with the digest
+    of its tensors under :data:`DIGEST_KEY` (``obj`` itself is not changed), which
+    :func:`load_checkpoint` verifies: a file changed on disk afterwards is refused.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "m.pt"
+        >>> _ = save_atomic({"state_dict": {"w": torch.ones(2)}}, p)
+        >>> sorted(load_checkpoint(p))
+        ['state_dict', 'state_sha256']
+    """
+    key = _state_key(obj)
+    if key is not None:
+        obj = {**obj, DIGEST_KEY: {"of": key, "sha256": state_digest(obj[key])}}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def _state_key(obj: Any) -> str | None:
+    """The key of ``obj`` holding a state dict (all tensors), or ``None``."""
+    if not isinstance(obj, Mapping):
+        return None
+    return next((key for key in STATE_KEYS if _is_state(obj.get(key))), None)
+
+
+def _is_state(x: Any) -> bool:
+    return (
+        isinstance(x, Mapping) and bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
+    )
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: every entry's name, shape, dtype and bytes.
+
+    Independent of the device the tensors are on and of the order of the entries.
+
+    Example:
+        >>> a = state_digest({"w": torch.ones(2), "b": torch.zeros(1)})
+        >>> a == state_digest({"b": torch.zeros(1), "w": torch.ones(2)}), len(a)
+        (True, 64)
+        >>> a == state_digest({"w": torch.tensor([1.0, 1.5]), "b": torch.zeros(1)})
+        False
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy
+    return h.hexdigest()
+
+
+_SHA_CACHE: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks.
+
+    Kept for the process while the file's device, inode, size, modification and change
+    times stay the same (any write changes them), so a file read twice is hashed once.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "x"
+        >>> _ = p.write_bytes(b"abc")
+        >>> sha256_file(p)[:12]
+        'ba7816bf8f01'
+    """
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def name_hash(path: str | os.PathLike[str]) -> str | None:
+    """The hash prefix a hub-style file name claims (``resnet20-12fca82f.th``), or ``None``.
+
+    As torch.hub's ``check_hash``: 8 to 64 lower-case hex digits after the last ``-``,
+    before the extension. A tag of decimal digits only (``epoch-00000100.pt``, a date) is
+    a counter, not a hash.
+
+    Example:
+        >>> name_hash("resnet20-12fca82f.th"), name_hash("epoch-00000100.pt"), name_hash("a.pt")
+        ('12fca82f', None, None)
+    """
+    m = _HASH_IN_NAME.search(Path(path).name)
+    if m is None or m[1].isdigit():
+        return None
+    return m[1]
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -97,14 +212,84 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint as data (``weights_only=True``) with errors that say what to do.
 
+    A hash prefix in the file name (see :func:`name_hash`) is compared with the file's
+    SHA-256 (streamed, and hashed once per process while the file is unchanged), and the
+    digest a checkpoint written by :func:`save_atomic` carries with its tensors (files
+    without one, written elsewhere or by older versions, load as before). A name whose hash does not match is
+    tolerated, with a warning, only when the file carries a digest that verifies: then its
+    contents are intact and the name's hex is a coincidence.
+
     Raises:
-        CheckpointError: the file does not exist or is not a PyTorch checkpoint.
+        CheckpointError: the file does not exist, is not a PyTorch checkpoint, or is not
+            the file its name or digest says (corrupted or changed on disk).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "net-0123abcd.pt"
+        >>> torch.save({"w": torch.ones(1)}, p)
+        >>> load_checkpoint(p)
+        Traceback (most recent call last):
+        ...
+        recoverprune.core.io.CheckpointError: ...net-0123abcd.pt is not the file its name claims: ...
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p} (check the path)")
     if p.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, expected a file: {p}")
+    claimed = name_hash(p)
+    actual = sha256_file(p)[: len(claimed)] if claimed is not None else None
+    obj, unreadable = None, None
+    try:
+        obj = _torch_load(p, map_location)
+    except CheckpointError as exc:
+        if actual == claimed:
+            raise
+        unreadable = exc  # a file that is not what its name says: say that instead
+    digest_ok = _verify_digest(obj, p)
+    if actual != claimed:
+        problem = (
+            f"{p} is not the file its name claims: the name says its SHA-256 starts with "
+            f"{claimed}, the file's starts with {actual}"
+        )
+        if not digest_ok:
+            raise CheckpointError(
+                f"{problem}. It was corrupted or changed after it was named; get an intact "
+                "copy (compare `sha256sum` with its source), or, if the hex in the name is "
+                "not a hash, rename the file."
+            ) from unreadable
+        warnings.warn(
+            f"{problem}; its tensors match the digest recoverprune wrote with them, so it "
+            "is loaded. Rename it so that the name does not look like a hash.",
+            stacklevel=2,
+        )
+    return obj
+
+
+def _verify_digest(obj: Any, p: Path) -> bool:
+    """Whether ``obj`` carries a :data:`DIGEST_KEY` that matches its tensors.
+
+    Raises:
+        CheckpointError: it carries one that does not match.
+    """
+    record = obj.get(DIGEST_KEY) if isinstance(obj, Mapping) else None
+    if not isinstance(record, Mapping):
+        return False
+    key, expected = record.get("of"), record.get("sha256")
+    state = obj.get(key) if isinstance(key, str) else None
+    actual = state_digest(state) if _is_state(state) else None
+    if actual != expected:
+        raise CheckpointError(
+            f"{p} is corrupt: its tensors do not match the digest written with them "
+            f"(expected {str(expected)[:16]}, got {str(actual)[:16]}). The file was changed "
+            "or damaged on disk after it was saved; delete it and rerun the command that "
+            "wrote it, or restore an intact copy."
+        )
+    return True
+
+
+def _torch_load(p: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with a :class:`CheckpointError` that says what to do."""
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file

@@ -111,26 +111,69 @@ def dist_info() -> tuple[int, int]:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on; ``ValueError`` (shown without a traceback) for one this
+    machine does not have or torch does not know, naming the devices it has."""
     if device is None or device == "auto":
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))
             return torch.device("cuda", local % torch.cuda.device_count())
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device!r} requested but CUDA is not available; pass device='cpu' "
-            "or leave device unset to choose automatically"
+    here = f"(this machine has: {_devices()})"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"unknown device {device!r}: pass cpu, cuda or cuda:N, or leave it unset to "
+            f"choose automatically {here}"
+        ) from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type not in ("cuda", "mps", "xpu"):
+        raise ValueError(
+            f"device {device!r} is not one recoverprune runs on: pass cpu, cuda or cuda:N, "
+            f"or leave it unset to choose automatically {here}"
+        )
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(
+            f"device {device!r} requested but torch finds no {dev.type.upper()} device here; "
+            f"pass --device cpu (device='cpu'), or leave it unset to choose automatically {here}"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(
+            f"device {device!r} requested but there are {count} {dev.type} device(s); pass an "
+            f"index below {count}, or leave it unset to choose automatically {here}"
         )
     return dev
+
+
+def _devices() -> str:
+    """The devices torch can use here, for a message."""
+    found = ["cpu"]
+    for kind in ("cuda", "mps", "xpu"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            count = getattr(backend, "device_count", lambda: 1)()
+            found += [f"{kind}:{i}" for i in range(count)]
+    return ", ".join(found)
 
 
 def resolve(device: str | torch.device | None = None, accel: Accel | None = None) -> Runtime:
     """Decide the execution settings for ``device`` and the ``accel`` switches.
 
+    Raises:
+        ValueError: ``device`` is unknown to torch or absent from this machine (the
+            message lists the devices it has).
+
     Example:
         >>> resolve("cpu").amp_dtype is None
         True
+        >>> resolve("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown device 'gpu': pass cpu, cuda or cuda:N, or leave it unset to choose automatically (this machine has: cpu...)
     """
     accel = accel or Accel()
     dev = _resolve_device(device)

@@ -5,6 +5,7 @@ stored in every checkpoint, manifest and report."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,8 +69,9 @@ class InputSpec:
     Attributes:
         channels: input channels (1 for grayscale, 3 for RGB).
         size: ``(H, W)``; an int means a square. ``None``: unknown.
-        mean, std: per-channel normalisation (one value is repeated for every channel).
-            ``None``: unknown (the ImageNet values are the default for 3 channels).
+        mean, std: per-channel normalisation (one value is repeated for every channel),
+            finite, ``std > 0``. ``None``: unknown (the ImageNet values are the default for
+            3 channels).
 
     Example:
         >>> spec = InputSpec(channels=1, size=28, mean=0.286, std=0.353)
@@ -100,6 +102,13 @@ class InputSpec:
         std = per_channel(self.std, self.channels, "std")
         if mean is None and std is None and self.channels == 3:
             mean, std = DEFAULT_MEAN, DEFAULT_STD
+        for name, vals in (("mean", mean), ("std", std)):
+            if vals is not None and not all(math.isfinite(v) for v in vals):
+                raise ValueError(
+                    f"{name} must be finite numbers, got {vals}: pass the normalisation the "
+                    "model was trained with (--mean/--std), e.g. 0.485 0.456 0.406 and "
+                    "0.229 0.224 0.225 for ImageNet-style RGB"
+                )
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
         if std is not None and min(std) <= 0:

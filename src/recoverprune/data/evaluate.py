@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,11 @@ from torch.utils.data import DataLoader, IterableDataset
 from recoverprune.core.progress import progress as progress_bar
 from recoverprune.core.runtime import resolve
 from recoverprune.core.spec import InputSpec
-from recoverprune.data.folders import load_split
+from recoverprune.core.validate import check_image_size
+from recoverprune.data.folders import DataError, load_split, match_classes
 from recoverprune.data.transfer import as_transfer_set
 
-__all__ = ["EvalResult", "evaluate", "read_as", "resolve_data"]
+__all__ = ["EvalResult", "evaluate", "model_classes", "output_width", "read_as", "resolve_data"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,65 @@ class EvalResult:
     seconds: float
 
 
+def model_classes(model: nn.Module) -> list[str] | None:
+    """The class names ``model`` records, in output order, or ``None``.
+
+    Read from its timm-style ``pretrained_cfg["label_names"]`` (where a checkpoint's
+    class names are kept when it is loaded).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(2, 2)
+        >>> model_classes(net) is None
+        True
+        >>> net.pretrained_cfg = {"label_names": ["cat", "dog"]}
+        >>> model_classes(net)
+        ['cat', 'dog']
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = cfg.get("label_names") if isinstance(cfg, dict) else None
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def output_width(
+    model: nn.Module, shape: Sequence[int], trained: Sequence[int] | None = None
+) -> int | None:
+    """How many classes ``model`` scores, from one probe image of ``shape`` ``(C, H, W)``.
+
+    ``None`` when its output is not ``(batch, classes)``. ``trained``: the ``(H, W)`` the
+    model records, when ``shape`` was asked for instead (see
+    :func:`~recoverprune.core.validate.check_image_size`).
+
+    Raises:
+        ValueError: the model cannot take inputs of this shape, or it is far below
+            ``trained``.
+
+    Example:
+        >>> from torch import nn
+        >>> output_width(nn.Sequential(nn.Flatten(), nn.Linear(12, 7)), (3, 2, 2))
+        7
+    """
+    out = check_image_size(model, shape, trained=trained)
+    return int(out[1]) if len(out) == 2 else None
+
+
+def _names_for(model: nn.Module, classes: Sequence[str] | None, width: int | None) -> Any:
+    """The class names to label folders by: given ones, else the model's when they fit."""
+    if classes is not None:
+        return list(classes)
+    names = model_classes(model)
+    if names is not None and width is not None and len(names) != width:
+        warnings.warn(
+            f"the model records {len(names)} class names but has {width} outputs (a replaced "
+            "head?); its names are not used, class folders are labelled in sorted order",
+            stacklevel=3,
+        )
+        return None
+    return names
+
+
 def resolve_data(
     model: nn.Module,
     data: Any,
@@ -53,6 +114,8 @@ def resolve_data(
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
     resize: int | Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+    subset: bool = False,
 ) -> Any:
     """Turn a path into a dataset read as ``model`` expects; pass datasets through.
 
@@ -60,13 +123,52 @@ def resolve_data(
     :class:`~recoverprune.InputSpec` (its ``pretrained_cfg`` hint, channels from its first
     convolution): a 1-channel model reads images as grayscale. Images are resized to
     ``resize``, else to the model's input size when known.
+
+    Every labelled folder or archive that evaluation, ``recover(val_data=)`` and
+    ``compress(eval_data=)`` read comes through here, and its labels are made to mean
+    what the model's outputs mean: one probe image through the model gives its number
+    of outputs (and refuses an input size it cannot take, or a ``resize`` below a quarter
+    of the size the model records), and the class folders must
+    match them (:func:`~recoverprune.data.folders.match_classes`), checked before the
+    images are decoded when the input size is known, right after otherwise. Folders are
+    labelled by name when class names are known: ``classes`` (the model's names in output
+    order), else the names the model records (:func:`model_classes`), else in sorted
+    order. A missing, extra or misnamed class folder is a
+    :class:`~recoverprune.data.DataError` naming the folders; ``subset=True``, with class
+    names, reads a deliberate subset of the classes, each labelled by its name.
+
+    Raises:
+        DataError: class folders that do not match the model's outputs, or a path that is
+            not an ImageFolder tree (see :func:`~recoverprune.data.load_split`).
+        ValueError: the model cannot take images of the input size.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> from torch import nn
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     (root / "test" / c).mkdir(parents=True)
+        ...     Image.new("RGB", (4, 4)).save(root / "test" / c / "0.png")
+        >>> three = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+        >>> resolve_data(three, root, resize=4, cache_dir=root / "c")
+        Traceback (most recent call last):
+        ...
+        recoverprune.data.folders.DataError: ...test has 2 class folders (cat, dog) but the model has 3 outputs: ...
+        >>> ds = resolve_data(three, root, resize=4, cache_dir=root / "c",
+        ...                   classes=["bird", "cat", "dog"], subset=True)
+        >>> ds.labels.tolist()
+        [1, 2]
     """
     if not isinstance(data, (str, os.PathLike)):
         return data
 
     spec = InputSpec.of(model, image_size=resize, channels=channels, mean=mean, std=std)
     mean_, std_ = spec.normalisation()
-    return load_split(
+    recorded = InputSpec.of(model).size if resize is not None else None
+    width = output_width(model, spec.shape, recorded) if spec.size is not None else None
+    names = _names_for(model, classes, width)
+    ds = load_split(
         data,
         split,
         mean=mean_,
@@ -74,7 +176,14 @@ def resolve_data(
         cache_dir=cache_dir,
         image_size=spec.size,
         channels=spec.channels,
+        num_classes=width,
+        classes=names,
+        subset=subset,
     )
+    if width is None:  # the input size was unknown: probe at the size the images have
+        width = output_width(model, tuple(ds.images.shape[1:]))
+        match_classes(ds.classes, width, _names_for(model, names, width), where=data)
+    return ds
 
 
 def _batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
@@ -102,6 +211,8 @@ def evaluate(
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
     resize: int | Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+    subset: bool = False,
     progress: bool = True,
 ) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on labelled images.
@@ -126,7 +237,15 @@ def evaluate(
         std: normalisation standard deviation, as ``mean``.
         resize: size to resize a path's images to (default: the model's input size when
             known, else as stored), e.g. 224 to evaluate a 224x224 model on CIFAR-10.
+        classes: the model's class names in output order, to label a path's class folders
+            by name (default: the names the model records, else folder order); see
+            :func:`resolve_data`.
+        subset: a path holds a deliberate subset of the classes (needs class names).
         progress: show a rich progress bar.
+
+    Raises:
+        DataError: a path's class folders do not match the model's outputs, or labels
+            (of any data) fall outside them: the labels would not mean what the model means.
 
     Example:
         >>> import torch
@@ -151,7 +270,10 @@ def evaluate(
         mean=mean,
         std=std,
         resize=resize,
+        classes=classes,
+        subset=subset,
     )
+    declared = getattr(data, "classes", None)
     modes = [(m, m.training) for m in model.modules()]
     first = next(model.parameters(), None)
     old_device = first.device if first is not None else None
@@ -170,6 +292,7 @@ def evaluate(
                 x, y = x.to(rt.device), y.to(rt.device)
                 with rt.autocast():
                     logits = model(x).float()
+                _check_labels(logits, y, declared)
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
@@ -182,6 +305,24 @@ def evaluate(
     if seen == 0:
         raise ValueError("evaluate() got no images: the dataset is empty")
     return EvalResult(100.0 * correct / seen, loss_sum / seen, seen, time.perf_counter() - t0)
+
+
+def _check_labels(logits: torch.Tensor, y: torch.Tensor, declared: Any) -> None:
+    """Labels that the model's outputs cannot mean: a clear error, never an IndexError."""
+    width = int(logits.shape[-1])
+    if isinstance(declared, (list, tuple)) and declared and len(declared) != width:
+        raise DataError(
+            f"the data has {len(declared)} classes ({', '.join(map(str, declared[:8]))}"
+            f"{' ...' if len(declared) > 8 else ''}) but the model has {width} outputs: its "
+            "labels would not mean what the model means. Evaluate on data of the model's "
+            "classes, or read a subset of them by name (classes=, subset=True)."
+        )
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= width):
+        raise DataError(
+            f"labels range from {int(y.min())} to {int(y.max())} but the model has {width} "
+            "outputs: the data has classes the model does not. Evaluate on data of the "
+            f"model's classes, labelled 0 to {width - 1}."
+        )
 
 
 def read_as(spec: InputSpec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,19 @@ import torch
 from torch.utils.data import Dataset
 
 from recoverprune.core.files import clean_stale
-from recoverprune.core.io import read_json, save_atomic, write_json_atomic
+from recoverprune.core.io import read_json, save_atomic, sha256_file, write_json_atomic
 from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
 
-__all__ = ["DataError", "ImageTensorDataset", "default_cache_dir", "extract", "load_split"]
+__all__ = [
+    "DataError",
+    "ImageTensorDataset",
+    "class_folders",
+    "default_cache_dir",
+    "extract",
+    "load_split",
+    "match_classes",
+    "split_folder",
+]
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -54,14 +64,6 @@ def default_cache_dir() -> Path:
         True
     """
     return Path(os.environ.get("RECOVERPRUNE_CACHE", Path.home() / ".cache" / "recoverprune"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _archive_stem(path: Path) -> str:
@@ -97,7 +99,7 @@ def extract(
     src = Path(archive)
     if not src.is_file():
         raise DataError(f"archive not found: {src}")
-    digest = _sha256(src)
+    digest = sha256_file(src)  # hashed once per process while the archive is unchanged
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / f"{_archive_stem(src)}-{digest[:12]}"
     if _complete(target, digest):
@@ -260,11 +262,143 @@ def _hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return h, w
 
 
-def _decode_folder(
-    folder: Path, image_size: int | Sequence[int] | None, channels: int = 3
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def class_folders(
+    folder: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The class folders of an ImageFolder split, sorted: what its labels are made from.
 
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    Hidden entries and files are not classes. Nor is a symlinked directory that resolves
+    inside the data ``root`` (default ``folder``) or to a directory holding ``folder``: a
+    loop (``test/again -> .``) or a second view of the data, which would be counted as an
+    extra class and shift every label after it. Such links are skipped with a warning;
+    links to directories outside the data root (class folders kept elsewhere) are classes.
+
+    Example:
+        >>> import tempfile, pathlib, warnings
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> (d / "cat").mkdir(); (d / ".cache").mkdir(); (d / "again").symlink_to(d)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     class_folders(d)
+        ['cat']
+        >>> "again" in str(caught[0].message)
+        True
+    """
+    here = Path(folder)
+    top = Path(root if root is not None else folder).resolve()
+    inside = here.resolve()
+    names = []
+    for p in sorted(here.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        if p.is_symlink():
+            target = p.resolve()
+            if target == top or top in target.parents or target in (inside, *inside.parents):
+                warnings.warn(
+                    f"skipped {p}: a symlink to {target}, inside the data root {top} or "
+                    "above the split (a loop or a second view of the data), is not a class "
+                    "folder. Remove the link, or replace it with the folder itself.",
+                    stacklevel=2,
+                )
+                continue
+        names.append(p.name)
+    return names
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+_SUBSET_HINT = (
+    "To read a deliberate subset of the classes, give the model's class names in output order "
+    "(classes=[...] in Python, --classes on the command line) and subset=True (--subset): "
+    "folders are then labelled by name, not by position."
+)
+
+
+def match_classes(
+    found: Sequence[str],
+    num_classes: int | None = None,
+    names: Sequence[str] | None = None,
+    *,
+    subset: bool = False,
+    where: str | os.PathLike[str] = "the data",
+) -> list[int]:
+    """The label of each class folder in ``found``: the model output it stands for.
+
+    Folders are labelled by name when the model's class ``names`` (output ``i`` means
+    ``names[i]``) are known, else by sorted position (the ImageFolder convention). Either
+    way they must be exactly the model's classes, or a missing, extra or misnamed folder
+    would silently shift labels: ``num_classes`` folders, or exactly ``names``. With
+    ``subset=True`` some classes may be absent (a deliberate subset); it needs ``names``,
+    since positions cannot say which classes are left.
+
+    Raises:
+        DataError: the folders do not match the model's outputs; the message names them.
+
+    Example:
+        >>> match_classes(["cat", "dog"], 2)
+        [0, 1]
+        >>> match_classes(["dog"], 3, ["bird", "cat", "dog"], subset=True)
+        [2]
+        >>> match_classes(["b", "c"], 3, where="data/test")
+        Traceback (most recent call last):
+        ...
+        recoverprune.data.folders.DataError: data/test has 2 class folders (b, c) but the model has 3 outputs: a class folder is missing or extra, and labels follow folder order, so they would be shifted. Restore the missing folder or remove the extra one. To read a deliberate subset ...
+    """
+    found = list(found)
+    if names is not None:
+        names = [str(n) for n in names]
+        if num_classes is not None and len(names) != num_classes:
+            raise DataError(
+                f"{len(names)} class names were given but the model has {num_classes} outputs; "
+                "give one name per output, in output order"
+            )
+        if len(set(names)) != len(names):
+            raise DataError(f"the class names repeat a name: {_listing(names)}")
+        return _match_names(found, names, subset, where)
+    if subset:
+        raise DataError(
+            "subset=True (--subset) labels class folders by name, so it needs the model's class "
+            "names in output order: pass classes=[...] (--classes), or save them with the model"
+        )
+    if num_classes is not None and len(found) != num_classes:
+        raise DataError(
+            f"{where} has {len(found)} class folders ({_listing(found)}) but the model has "
+            f"{num_classes} outputs: a class folder is missing or extra, and labels follow "
+            "folder order, so they would be shifted. Restore the missing folder or remove the "
+            f"extra one. {_SUBSET_HINT}"
+        )
+    return list(range(len(found)))
+
+
+def _match_names(found: list[str], names: list[str], subset: bool, where: object) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [f for f in found if f not in index]
+    missing = [n for n in names if n not in set(found)]
+    if unknown:
+        raise DataError(
+            f"{where} has class folders that are not among the model's classes: "
+            f"{_listing(unknown)} (its classes: {_listing(names)}). Rename or remove those "
+            "folders; a folder is labelled by its name."
+        )
+    if missing and not subset:
+        raise DataError(
+            f"{where} lacks the class folders {_listing(missing)} of the model's "
+            f"{len(names)} classes. Restore them, or pass subset=True (--subset) to read the "
+            f"{len(found)} classes present, each labelled by its name."
+        )
+    return [index[f] for f in found]
+
+
+def _decode_folder(
+    folder: Path,
+    image_size: int | Sequence[int] | None,
+    channels: int = 3,
+    classes: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    classes = list(classes) if classes is not None else class_folders(folder)
     if not classes:
         raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
     arrays, labels = [], []
@@ -272,7 +406,11 @@ def _decode_folder(
     import numpy as np
 
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in (folder / cls).iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         for f in files:
             arrays.append(_decode(f, hw, channels))
             labels.append(label)
@@ -320,6 +458,34 @@ def _load_cached(cached: Path) -> dict[str, Any] | None:
     return None
 
 
+def split_folder(
+    path: str | os.PathLike[str],
+    split: str = "test",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """``(root, folder)``: the data root and the folder holding the split's class folders.
+
+    An archive is extracted once into ``cache_dir`` (its root is the extraction).
+
+    Raises:
+        DataError: as :func:`load_split`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "test" / "cat").mkdir(parents=True)
+        >>> split_folder(root)[1] == root / "test"
+        True
+    """
+    src = Path(path)
+    if not src.exists():
+        raise DataError(
+            f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)"
+        )
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = extract(src, cache) if src.is_file() else src
+    return root, _split_root(root, split)
+
+
 def load_split(
     path: str | os.PathLike[str],
     split: str = "test",
@@ -329,18 +495,31 @@ def load_split(
     cache_dir: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] | None = None,
     channels: int = 3,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    subset: bool = False,
 ) -> ImageTensorDataset:
     """Load one split of an ImageFolder tree (directory or archive) as a tensor dataset.
 
     ``path`` is a directory holding ``<split>/<class>/<image>`` (or, with ``split=""``, a
     directory of class folders), or a ``.tar``/``.tar.gz`` of such a tree. Images are
     decoded once, in ``channels``' mode (1: grayscale, 3: RGB, 4: RGBA) and resized to
-    ``image_size`` (an int or ``(H, W)``) when given; the decoded tensor is cached (``<cache>/decoded/...``) and read back with
-    ``torch.load(weights_only=True)`` next time.
+    ``image_size`` (an int or ``(H, W)``) when given; the decoded tensor is cached
+    (``<cache>/decoded/...``) and read back with ``torch.load(weights_only=True)`` next time.
+
+    Labels mean what the model means. Before anything is decoded, the class folders
+    (:func:`class_folders`: symlinked loops are not classes) are checked against the
+    model's outputs by :func:`match_classes`: ``num_classes`` folders, labelled in sorted
+    order; or, given ``classes`` (the model's class names in output order), exactly those
+    names, each folder labelled by the index of its name. ``subset=True`` (with
+    ``classes``) accepts a deliberate subset of the classes, still labelled by name. The
+    dataset's ``classes`` are then the model's names (``classes[label]``); without either
+    argument, the folders as found, labelled in order, unchecked.
 
     Raises:
         DataError: missing/empty path, no such split, no class folders or images, mixed
-            image sizes without ``image_size``, or a corrupt archive.
+            image sizes without ``image_size``, a corrupt archive, or class folders that
+            do not match ``num_classes``/``classes``.
 
     Example:
         >>> import tempfile, pathlib
@@ -352,17 +531,19 @@ def load_split(
         >>> ds = load_split(root, "test", cache_dir=root / "cache")
         >>> len(ds), ds.classes, tuple(ds.images.shape)
         (2, ['cat', 'dog'], (2, 3, 4, 4))
+        >>> ds = load_split(root, cache_dir=root / "cache", classes=["bird", "cat", "dog"],
+        ...                 subset=True)
+        >>> ds.labels.tolist(), ds.classes
+        ([1, 2], ['bird', 'cat', 'dog'])
     """
-    src = Path(path)
-    if not src.exists():
-        raise DataError(
-            f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)"
-        )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = extract(src, cache) if src.is_file() else src
-    folder = _split_root(root, split)
+    root, folder = split_folder(path, split, cache)
+    found = class_folders(folder, root)
+    if not found:
+        raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
+    label_of = match_classes(found, num_classes, classes, subset=subset, where=folder)
     # the key changes when the folder's class directories change (files added/removed)
-    stamp = [(d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()) if d.is_dir()]
+    stamp = [(name, (folder / name).stat().st_mtime_ns) for name in found]
     mode = _image_mode(channels)
     size = _hw(image_size)
     # the key of an RGB square (the original layout) is unchanged, so old caches stay valid
@@ -372,9 +553,11 @@ def load_split(
     cached = cache / "decoded" / f"{folder.name}-{key}.pt"
     clean_stale(cached.parent)
     state = _load_cached(cached)
-    if state is not None:
-        images, labels, classes = state["images"], state["labels"], state["classes"]
+    if state is not None and list(state["classes"]) == found:
+        images, labels = state["images"], state["labels"]
     else:
-        images, labels, classes = _decode_folder(folder, size, channels)
-        save_atomic({"images": images, "labels": labels, "classes": classes}, cached)
-    return ImageTensorDataset(images, labels, classes, mean, std)
+        images, labels, _ = _decode_folder(folder, size, channels, found)
+        save_atomic({"images": images, "labels": labels, "classes": found}, cached)
+    labels = torch.tensor(label_of, dtype=torch.long)[labels]  # folder order -> model outputs
+    names = list(classes) if classes is not None else found
+    return ImageTensorDataset(images, labels, names, mean, std)

@@ -119,7 +119,8 @@ def load_into(
     """Load a checkpoint (``raw``, and the ``state_dict`` extracted from it) into ``model``.
 
     Reshapes ``model`` in place to a saved ``channel_spec``, restores pruning masks, loads
-    strictly, keeps the masks' zeros and attaches the saved input description.
+    strictly, keeps the masks' zeros and attaches the saved input description and class
+    names (``label_names``, as timm records them in ``pretrained_cfg``).
 
     Raises:
         CheckpointError: the checkpoint does not fit; ``spec``/``num_classes`` (what
@@ -148,6 +149,9 @@ def load_into(
     saved_input = raw.get("input") if isinstance(raw, Mapping) else None
     if isinstance(saved_input, Mapping):
         InputSpec.from_dict(saved_input).attach(model)
+    names = raw.get("label_names") if isinstance(raw, Mapping) else None
+    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "label_names": list(names)}
     return model.eval()
 
 

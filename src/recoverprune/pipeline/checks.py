@@ -14,7 +14,7 @@ from recoverprune.core.files import check_free_space, check_writable, clean_stal
 from recoverprune.core.io import load_own
 from recoverprune.core.spec import infer_input_shape
 from recoverprune.core.stages import StageMismatch, check_key
-from recoverprune.core.validate import check_finite
+from recoverprune.core.validate import check_finite, check_plausible
 from recoverprune.data.evaluate import resolve_data
 from recoverprune.data.synthetic import SHARD_GLOB
 from recoverprune.pipeline.layout import RECOVER, REPORT, STUDENT, SYNTHETIC
@@ -35,7 +35,7 @@ def preflight(
 ) -> None:
     """Check every input of :func:`~recoverprune.compress` before any compute.
 
-    Finite teacher weights, a writable ``out`` (its stale temporaries removed when
+    Finite and plausible teacher weights, a writable ``out`` (its stale temporaries removed when
     ``clean``), free space for the shards still to make plus checkpoints, and an
     ``eval_data`` path whose layout and every image decode (the result is cached), read
     as ``read_as`` says (``channels``, ``mean``, ``std``, ``resize``).
@@ -47,6 +47,7 @@ def preflight(
     """
 
     check_finite(teacher, "teacher")
+    check_plausible(teacher, "teacher")
     check_writable(out)
     if clean:
         clean_stale(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,12 +26,14 @@ from recoverprune.pruning.sparsity import sparsity
 from recoverprune.synthesis.config import InversionConfig
 
 __all__ = [
+    "CHECK_MEANING",
     "CompressResult",
     "check_quality",
     "make_report",
     "measure_top1",
     "print_report",
     "sparse_size_bytes",
+    "wilson_interval",
 ]
 
 
@@ -89,26 +93,66 @@ def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
 CHECK_SEED = 1_000_003
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of a proportion, in percent.
+
+    Unlike ``p ± z·sqrt(p(1-p)/n)`` it stays inside [0, 100] and does not shrink to a
+    point at 0 % or 100 %: 64 of 64 agreeing images only show the rate is above ~94 %.
+
+    Example:
+        >>> wilson_interval(64, 64)
+        (94.3, 100.0)
+        >>> wilson_interval(0, 0)
+        (0.0, 100.0)
+    """
+    if n <= 0:
+        return 0.0, 100.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(100 * max(centre - half, 0.0), 1), round(100 * min(centre + half, 1.0), 1)
+
+
+#: what the check measures, stored with it in every report
+CHECK_MEANING = (
+    "fidelity to the teacher on independently seeded synthetic images, not accuracy: it is "
+    "typically higher than the agreement on real images; measure top-1 on labelled data "
+    "(eval_data=, --eval-data) for accuracy"
+)
+
+
 @torch.no_grad()
 def check_quality(
     teacher: nn.Module, student: nn.Module, check: SyntheticImages, batch_size: int = 256
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Teacher–student agreement (%) and ``KL(teacher ‖ student)`` on a check set.
 
     The data-free signal of how well a recovery worked: ``check`` should be synthetic
-    images the student never trained on (``compress`` seeds them independently).
+    images the student never trained on (``compress`` seeds them independently). It
+    measures fidelity to the teacher on synthetic images, not accuracy, and it flatters:
+    DeepInversion images are ones the teacher is sure about, so a student agrees with it
+    more often on them than on real images. The agreement therefore comes with its Wilson
+    95 % interval (``agreement_low``, ``agreement_high``), whose width shows how little a
+    small check set can tell, and the report says what it measures (``measures``).
 
     Example:
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
         >>> data = SyntheticImages(torch.randn(8, 3, 2, 2), torch.zeros(8, dtype=torch.long))
-        >>> check_quality(net, net, data)
-        {'images': 8, 'agreement': 100.0, 'kl': 0.0}
+        >>> q = check_quality(net, net, data)
+        >>> q["images"], q["agreement"], q["agreement_low"], q["agreement_high"], q["kl"]
+        (8, 100.0, 67.6, 100.0, 0.0)
     """
     device = next(teacher.parameters()).device
     with borrowed(teacher, student):
-        return agreement_and_kl(teacher, student, check, resolve(device), batch_size)
+        q: dict[str, Any] = dict(
+            agreement_and_kl(teacher, student, check, resolve(device), batch_size)
+        )
+    agree = round(q["agreement"] * q["images"] / 100)
+    q["agreement_low"], q["agreement_high"] = wilson_interval(agree, int(q["images"]))
+    q["measures"] = CHECK_MEANING
+    return q
 
 
 def make_report(
@@ -147,9 +191,16 @@ def measure_top1(
     data: Any,
     device: Any,
     spec: InputSpec,
+    *,
+    classes: Sequence[str] | None = None,
+    subset: bool = False,
 ) -> dict[str, float]:
+    """Top-1 of teacher, pruned and recovered student on labelled ``data``, read once.
 
-    data = resolve_data(teacher, data, **read_as(spec))
+    A path is read as ``spec`` says and its class folders checked against the teacher's
+    outputs (``classes``/``subset``: see :func:`~recoverprune.data.evaluate.resolve_data`).
+    """
+    data = resolve_data(teacher, data, **read_as(spec), classes=classes, subset=subset)
     models = {"teacher": teacher, "pruned": pruned, "recovered": student}
     return {
         name: evaluate(model, data, device=device, progress=False).top1
@@ -171,7 +222,13 @@ def print_report(report: dict[str, Any]) -> None:
     if check:
         where = f"{check['images']} independent synthetic images"
         t.add_row(f"teacher-student agreement ({where})", f"{check['agreement']:.2f} %")
+        if "agreement_low" in check:
+            t.add_row(
+                "  its 95 % CI (Wilson)",
+                f"{check['agreement_low']:.1f} to {check['agreement_high']:.1f} %",
+            )
         t.add_row(f"KL(teacher ‖ student) ({where})", f"{check['kl']:.4f}")
+        t.caption = "agreement and KL: fidelity to the teacher on synthetic images, not accuracy"
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
     size = report["size_bytes"]
     t.add_row(

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from recoverprune.core.borrow import borrowed
 from recoverprune.core.io import save_atomic
 from recoverprune.core.progress import progress as progress_bar
+from recoverprune.core.resources import check_job_size
 from recoverprune.core.runtime import Accel, Runtime, generator, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.threads import revisit
@@ -230,6 +231,7 @@ def synthesize(
     rt = resolve(device, accel)
     spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
     shape, (mean, std) = spec.shape, spec.normalisation()
+    check_job_size(n, shape, batch_size, out_dir=out_dir)  # before anything of size n
     batch_sizes = _batch_sizes(n, batch_size)
     out = Path(out_dir) if out_dir is not None else None
     if rt.world_size > 1 and out is None:

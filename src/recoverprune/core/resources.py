@@ -1,0 +1,150 @@
+"""Room for a job: memory and disk checked against its size before anything is allocated."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["available_memory", "check_job_size", "job_bytes"]
+
+
+#: bytes of book-keeping per image besides its pixels: an int64 label, the shuffled copy it
+#: is drawn from, its slot in the batch plan
+PER_IMAGE_BYTES = 24
+
+
+#: bytes of book-keeping per batch (Python ints and list slots of the batch plan)
+PER_BATCH_BYTES = 128
+
+
+def _cgroup_room() -> int | None:
+    """Bytes the cgroup (v2 or v1) still lets this process use, if it sets a limit."""
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            cap = Path(limit).read_text().strip()
+            used = int(Path(usage).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 1 << 60:  # "max" or a huge v1 value: no limit
+            return max(int(cap) - used, 0)
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM a new allocation can get: ``MemAvailable`` from ``/proc/meminfo``
+    (else ``os.sysconf``), lowered to what the cgroup still allows; ``None`` if unknown.
+
+    Example:
+        >>> room = available_memory()
+        >>> room is None or room > 0
+        True
+    """
+    room: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        room = None
+    if room is None:
+        try:
+            room = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            room = None
+    group = _cgroup_room()
+    if group is not None:
+        room = group if room is None else min(room, group)
+    return room
+
+
+def job_bytes(
+    n: int, shape: Sequence[int], batch_size: int, *, in_memory: bool, value_bytes: int = 4
+) -> tuple[int, int]:
+    """``(memory, disk)`` bytes a job over ``n`` images of ``shape`` needs, roughly.
+
+    Memory: the per-image and per-batch book-keeping, plus, with ``in_memory``, the
+    images twice (the batches kept, and the set assembled from them). Disk: the images
+    once, as shards of ``value_bytes`` per value (``float32``).
+
+    Example:
+        >>> job_bytes(1000, (3, 32, 32), 100, in_memory=False)
+        (25280, 12288000)
+    """
+    pixels = n * math.prod(int(s) for s in shape) * value_bytes
+    batches = math.ceil(n / max(int(batch_size), 1))
+    memory = n * PER_IMAGE_BYTES + batches * PER_BATCH_BYTES + (2 * pixels if in_memory else 0)
+    return memory, pixels
+
+
+def _size(b: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if b >= scale:
+            return f"{b / scale:,.1f} {unit}"
+    return f"{b / 1e3:,.1f} kB"
+
+
+def check_job_size(
+    n: int,
+    shape: Sequence[int],
+    batch_size: int,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    what: str = "synthesising",
+) -> None:
+    """Refuse a job whose images clearly do not fit in memory or, with ``out_dir``, on disk.
+
+    Called with the job's arguments, before anything of the size of ``n`` is allocated.
+    Without ``out_dir`` the images are kept in memory; with it they are streamed to
+    shards there (the disk must hold them; the directory need not exist yet: the nearest
+    existing parent is asked). Unknown free memory (no ``/proc/meminfo``, no ``sysconf``)
+    is not checked.
+
+    Raises:
+        ValueError: not enough memory; the message says how much is needed and available.
+        OSError: ``ENOSPC``, not enough disk (worded by :func:`~recoverprune.core.errors.explain`).
+
+    Example:
+        >>> check_job_size(64, (3, 32, 32), 32)
+        >>> check_job_size(10**13, (3, 32, 32), 256)
+        Traceback (most recent call last):
+        ...
+        ValueError: synthesising 10,000,000,000,000 images of 3x32x32 needs about ... TB of memory (the images twice and their labels); ... are available. Pass a smaller n (--n), or an output directory (out_dir=, --out) to stream the images to disk.
+    """
+    dims = "x".join(str(int(s)) for s in shape)
+    memory, disk = job_bytes(n, shape, batch_size, in_memory=out_dir is None)
+    room = available_memory()
+    if room is not None and memory > room:
+        how = "the images twice and their labels" if out_dir is None else "labels and batch plan"
+        fix = (
+            ""
+            if out_dir is not None
+            else ", or an output directory (out_dir=, --out) to stream the images to disk"
+        )
+        raise ValueError(
+            f"{what} {n:,} images of {dims} needs about {_size(memory)} of memory ({how}); "
+            f"{_size(room)} are available. Pass a smaller n (--n){fix}."
+        )
+    if out_dir is None:
+        return
+    where = Path(out_dir)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if disk > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"{what} {n:,} images of {dims} needs about {_size(disk)} for its shards, "
+            f"{_size(free)} are free; pass a smaller n (--n) or another output directory",
+            str(out_dir),
+        )
