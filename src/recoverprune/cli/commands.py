@@ -27,10 +27,13 @@ def _load(args: argparse.Namespace, path: str) -> Any:
     from recoverprune.core.spec import InputSpec
     from recoverprune.core.validate import check_image_size, check_plausible
     from recoverprune.models import load_model
+    from recoverprune.models.builders import parse_spec
 
     model = load_model(args.arch, path, num_classes=args.num_classes)
     check_plausible(model, f"checkpoint {path}")
-    recorded = InputSpec.of(model).size
+    # the zoo's size hint is what its models are trained at; a torchvision/timm builder's
+    # hint is its reference weights' size, which says nothing about the user's checkpoint
+    recorded = InputSpec.of(model).size if parse_spec(args.arch)[0] == "zoo" else None
     spec = InputSpec.of(
         model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
     )
