@@ -36,6 +36,7 @@ def kept_channels(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
     Example:
         >>> from recoverprune.models import resnet20
+        >>> from recoverprune.pruning.channels import channel_prune
         >>> kept = kept_channels(channel_prune(resnet20(), 0.25))
         >>> kept["layer1.0.bn1"].shape, kept_channels(resnet20()) is None
         (torch.Size([12]), True)
@@ -54,6 +55,7 @@ def channel_spec(model: nn.Module) -> dict[str, Any] | None:
 
     Example:
         >>> from recoverprune.models import resnet20
+        >>> from recoverprune.pruning.channels import channel_prune
         >>> spec = channel_spec(channel_prune(resnet20(), 0.5))
         >>> spec["modules"].get("layer1.0.conv1").get("out_channels")
         8
@@ -84,6 +86,7 @@ def apply_channel_spec(
 
     Example:
         >>> from recoverprune.models import resnet20
+        >>> from recoverprune.pruning.channels import channel_prune
         >>> small = channel_prune(resnet20(), 0.5)
         >>> fresh = apply_channel_spec(resnet20(), channel_spec(small), small.state_dict())
         >>> fresh.load_state_dict(small.state_dict())

@@ -21,6 +21,7 @@ def export(model: nn.Module, path: str, *, example: torch.Tensor | None = None) 
     Example:
         >>> import tempfile, torch
         >>> from recoverprune.models import resnet20
+        >>> from recoverprune.pruning.channels import channel_prune
         >>> small = channel_prune(resnet20(), 0.5).eval()
         >>> path = export(small, tempfile.mkdtemp() + "/small.pt2")
         >>> x = torch.randn(2, 3, 32, 32)

@@ -207,6 +207,7 @@ def is_pruned(model: nn.Module) -> bool:
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import prune
         >>> is_pruned(prune(nn.Linear(4, 4), 0.5)), is_pruned(nn.Linear(4, 4))
         (True, False)
     """
@@ -247,6 +248,7 @@ def finalize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import prune
         >>> net = finalize(prune(nn.Linear(4, 4), 0.5))
         >>> sorted(net.state_dict()), int((net.weight == 0).sum())
         (['bias', 'weight'], 8)
@@ -270,6 +272,7 @@ def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import prune
         >>> sd = prune(nn.Linear(4, 4), 0.5).state_dict()
         >>> fresh = nn.Linear(4, 4)
         >>> restore_pruning(fresh, sd)
@@ -301,6 +304,7 @@ def reselect_masks(model: nn.Module, amount: float) -> None:
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import prune
         >>> net = prune(nn.Linear(10, 10), 0.9)
         >>> reselect_masks(net, 0.3)
         >>> int((net.weight_mask == 0).sum())

@@ -42,6 +42,7 @@ class SparsityReport:
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import prune
         >>> report = sparsity(prune(nn.Linear(8, 8), 0.5))
         >>> report.total, report.zeros, report.overall
         (64, 32, 0.5)
