@@ -22,15 +22,20 @@ __all__ = [
 ]
 
 
-def _load(args: argparse.Namespace, path: str) -> Any:
-    """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint)."""
+def _load(args: argparse.Namespace, path: str, teacher: bool = True) -> Any:
+    """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint).
+
+    A teacher's weights are checked for plausibility; a student (which a short recovery
+    may legitimately leave with extreme BatchNorm statistics) is not.
+    """
     from recoverprune.core.spec import InputSpec
     from recoverprune.core.validate import check_image_size, check_plausible
     from recoverprune.models import load_model
     from recoverprune.models.builders import parse_spec
 
     model = load_model(args.arch, path, num_classes=args.num_classes)
-    check_plausible(model, f"checkpoint {path}")
+    if teacher:
+        check_plausible(model, f"checkpoint {path}")
     # the zoo's size hint is what its models are trained at; a torchvision/timm builder's
     # hint is its reference weights' size, which says nothing about the user's checkpoint
     recorded = InputSpec.of(model).size if parse_spec(args.arch)[0] == "zoo" else None
@@ -100,7 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from recoverprune.data.evaluate import evaluate
 
-    model = _load(args, args.checkpoint)
+    model = _load(args, args.checkpoint, teacher=False)
     res = evaluate(
         model,
         args.data,
@@ -209,7 +214,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
         untouched=["--val-data"],
     )
     teacher = _load(args, args.teacher)
-    student = _load(args, args.student)
+    student = _load(args, args.student, teacher=False)
     synthetic = SyntheticImages.load(args.synthetic)
     cfg = apply_overrides(DistillConfig(), args, "kd-")
     student = run_stage(
