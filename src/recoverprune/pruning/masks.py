@@ -165,8 +165,9 @@ def magnitude_prune(
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
-        >>> int((magnitude_prune(net, 0.5)[0].weight == 0).sum())
-        50
+        >>> pruned = magnitude_prune(net, 0.5)
+        >>> int((pruned[0].weight == 0).sum() + (pruned[2].weight == 0).sum())
+        60
     """
     a = check_amount(amount)
     if scope not in ("global", "layerwise"):
