@@ -125,11 +125,12 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     return path
 
 
-def noise_set(n: int, like: SyntheticImages, seed: int) -> SyntheticImages:
+def noise_set(n: int, spec: InputSpec, seed: int) -> SyntheticImages:
     """Gaussian noise in the teacher's normalised input space (the naive baseline)."""
     g = generator(seed, "noise")
-    images = torch.randn(n, *like.image_shape, generator=g)
-    return SyntheticImages(images, torch.zeros(n, dtype=torch.long), mean=like.mean, std=like.std)
+    size = (spec.size, spec.size) if isinstance(spec.size, int) else spec.size
+    images = torch.randn(n, spec.channels, *size, generator=g)
+    return SyntheticImages(images, torch.zeros(n, dtype=torch.long), mean=spec.mean, std=spec.std)
 
 
 def real_set(n: int, train: Any, seed: int) -> SyntheticImages:
@@ -214,28 +215,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch": args.batch_size,
             "seed": args.seed,
         }
-        t_syn = time.perf_counter()
         synth_dir = args.synthetic_from.get(
             arch, out / "synthetic" / f"{_stem(arch)}-{_key(synth_cfg)}"
         )
-        di = synthesize(
-            teacher,
-            args.n,
-            config=inv,
-            batch_size=args.batch_size,
-            out_dir=synth_dir,
-            seed=args.seed,
-            device=args.device,
-            accel=args.accel,
-            progress=args.progress,
-        )  # resumes, or refuses a dir made otherwise
-        synth_seconds = time.perf_counter() - t_syn
-        grid = out / f"synthetic-grid-{_stem(arch)}.png"
-        if not grid.exists():
-            di.save_grid(grid)
+        made: dict[str, Any] = {}
+
+        def deepinversion() -> SyntheticImages:
+            """The row's DeepInversion set, made (or resumed) only when a column needs it."""
+            if "di" not in made:
+                t_syn = time.perf_counter()
+                made["di"] = synthesize(
+                    teacher,
+                    args.n,
+                    config=inv,
+                    batch_size=args.batch_size,
+                    out_dir=synth_dir,
+                    seed=args.seed,
+                    device=args.device,
+                    accel=args.accel,
+                    progress=args.progress,
+                )  # resumes, or refuses a dir made otherwise
+                line["synthesis_seconds_this_run"] = time.perf_counter() - t_syn
+                grid = out / f"synthetic-grid-{_stem(arch)}.png"
+                if not grid.exists():
+                    made["di"].save_grid(grid)
+            return made["di"]
+
         sources = {
-            "deepinversion": lambda: di,
-            "noise": lambda: noise_set(args.n, di, args.seed),
+            "deepinversion": deepinversion,
+            "noise": lambda: noise_set(args.n, InputSpec.of(teacher), args.seed),
             "real": lambda: real_set(args.n, split("train", teacher), args.seed),
             "seed": lambda: synthesize(  # the seed recipe's own set: synthesis batch 32
                 teacher,
@@ -286,7 +294,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             rec = cell(f"{arch}@{amount}/{col}", cfg, job)
             line[col] = rec
-        line["synthesis_seconds_this_run"] = synth_seconds
         return line
 
     table: list[dict[str, Any]] = []
@@ -491,13 +498,19 @@ def _gap_sentence(
 
 def render(paths: list[str]) -> str:
     """The table of one or more finished ``results.json`` files (e.g. brought back from a
-    GPU machine), from their cells alone: nothing is recomputed."""
+    GPU machine, or written by runs side by side), from their cells alone: nothing is
+    recomputed. A row measured in several files (different columns) is one row."""
     merged: list[dict[str, Any]] = [json.loads(Path(p).read_text()) for p in paths]
     cells = {c["name"]: c for r in merged for c in r["cells"].values()}
-    table = []
+    table: list[dict[str, Any]] = []
+    synth: dict[str, float] = {}
     for r in merged:
         for row in r["table"]:
             arch, amount = row["arch"], row["amount"]
+            if row.get("synthesis_seconds_this_run") is not None:
+                synth.setdefault(arch, row["synthesis_seconds_this_run"])
+            if any(line["arch"] == arch and line["amount"] == amount for line in table):
+                continue
             line: dict[str, Any] = {"arch": arch, "amount": amount, "sparsity": row["sparsity"]}
             line["teacher"] = cells[f"{arch}/teacher"]
             for col in COLUMNS[1:]:
@@ -507,14 +520,20 @@ def render(paths: list[str]) -> str:
     settings = dict(merged[0]["settings"])
     settings["command"] = "`; `".join(r["settings"]["command"] for r in merged)
     settings["threads"] = merged[0]["cells"][next(iter(merged[0]["cells"]))]["threads"]
-    md = to_markdown({"settings": settings}, table)
-    synth = ", ".join(
-        f"{row['arch']} {row['synthesis_seconds_this_run']:.0f} s"
-        for r in merged
-        for row in r["table"][:1]
+    with_sweep = next((r for r in merged if r.get("sweep")), {})
+    for key in ("sweep_arch", "sweep_amount"):
+        settings[key] = with_sweep.get("settings", settings).get(key)
+    md = to_markdown(
+        {
+            "settings": settings,
+            "sweep": with_sweep.get("sweep", []),
+            "sweep_synthesis_seconds": with_sweep.get("sweep_synthesis_seconds"),
+        },
+        table,
     )
+    times = ", ".join(f"{arch} {sec:.0f} s" for arch, sec in synth.items())
     return md + (
-        f"\nSynthesising each {settings['n']}-image DeepInversion set took: {synth} (the "
+        f"\nSynthesising each {settings['n']}-image DeepInversion set took: {times} (the "
         "`seed` column's own set, at batch 32, is inside its first cell's time).\n"
     )
 
@@ -677,17 +696,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nargs="+",
         metavar="RESULTS_JSON",
         help="only print the table of these finished results.json files (with --update-readme: "
-        "into the torchvision markers of README.md and docs/results.md)",
+        "into the --marker block of README.md and docs/results.md)",
     )
     p.add_argument("--plots", action="store_true")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="GPU: no torch.compile")
+    p.add_argument(
+        "--marker",
+        default="torchvision",
+        help="with --render --update-readme: the block to replace (torchvision, results)",
+    )
     args = p.parse_args(argv)
     if args.render:
         md = render(args.render)
         print(md)
         if args.update_readme:
-            _update_readme(md, marker="torchvision")
+            _update_readme(md, marker=args.marker)
         return {"markdown": md}
     args.accel = Accel(compile=False) if args.no_compile else None
     args.synthetic_from = dict(item.split("=", 1) for item in args.synthetic_from)
