@@ -130,3 +130,16 @@ def test_throughput_benchmarks_on_cuda_keep_quality(tmp_path):
         "recovery_throughput", tmp_path, "--n", "512", "--epochs", "1", "--batch-size", "128"
     )
     assert {r["variant"] for r in distil["results"]} >= {"cuda default (automatic)"}
+
+
+def test_channel_compensation_table_in_docs_is_generated_from_committed_results():
+    path = "benchmarks/results/channel/compensation.json"
+    proc = _run(["benchmarks/channel_compensation.py", "--render", path], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (ROOT / "docs/channel-pruning.md").read_text()
+    begin, end = "<!-- channel-compensation:begin -->", "<!-- channel-compensation:end -->"
+    block = text.split(begin)[1].split(end)[0]
+    assert block.strip() == proc.stdout.strip(), (
+        "rerun channel_compensation.py --render ... --update-docs"
+    )
+    assert "| resnet20 (embedded) | 40.6 M → 19.8 M | 87.72 |" in block

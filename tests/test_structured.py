@@ -50,16 +50,18 @@ def _tiny_torchvision() -> dict[str, nn.Module]:
 def test_every_model_gets_smaller_and_still_runs(name):
     model = create_model(name) if name in list_models() else _tiny_torchvision()[name]
     model.eval()
-    small = prune(model, 0.5, structure="channel", channel=ChannelConfig(image_size=32))
+    cfg = ChannelConfig(image_size=32, compensate=True)  # + BN statistics on X: no synthesis
+    small = prune(model, 0.5, structure="channel", channel=cfg, data=X)
     with torch.no_grad():
         assert small(X).shape == model(X).shape
+        assert torch.isfinite(small(X)).all()
     assert _params(small) < 0.8 * _params(model)
     assert count_macs(small, X) < 0.8 * count_macs(model, X)
     assert all(type(m) in (nn.Module, type(m)) for m in small.modules())  # plain modules
 
 
 def test_exact_channel_counts_resnet20():
-    small = prune(resnet20(), 0.5, structure="channel")
+    small = prune(resnet20(), 0.5, structure="channel", data=X)
     for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
         stream = 16 if stage == "layer1" else width // 2  # layer1's stream is conv1's: protected
         for block in getattr(small, stage):
@@ -74,7 +76,8 @@ def test_exact_channel_counts_resnet20():
 
 
 def test_residual_false_prunes_only_inside_blocks():
-    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(residual=False))
+    cfg = ChannelConfig(residual=False)
+    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
     for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
         for block in getattr(small, stage):
             assert block.conv1.out_channels == width // 2 and block.conv2.out_channels == width
@@ -83,21 +86,24 @@ def test_residual_false_prunes_only_inside_blocks():
 
 
 @pytest.mark.parametrize("residual", [True, False])
-def test_amount_zero_computes_the_teacher_function(residual):
+@pytest.mark.parametrize("compensate", [True, False])
+def test_amount_zero_computes_the_teacher_function(residual, compensate):
     teacher = _calibrated(resnet32())
-    same = prune(teacher, 0.0, structure="channel", channel=ChannelConfig(residual=residual))
+    cfg = ChannelConfig(residual=residual, compensate=compensate)  # BN re-estimation is on
+    same = prune(teacher, 0.0, structure="channel", channel=cfg)  # and makes no images
     with torch.no_grad():
         torch.testing.assert_close(same(X), teacher(X), atol=1e-5, rtol=1e-5)
 
 
 def test_round_to_keeps_multiples():
-    small = prune(resnet20(), 0.6, structure="channel", channel=ChannelConfig(round_to=4))
+    small = prune(resnet20(), 0.6, structure="channel", channel=ChannelConfig(round_to=4), data=X)
     assert all(b.conv1.out_channels % 4 == 0 for b in small.layer1)
 
 
 def test_kept_channels_are_the_teacher_slices():
     teacher = _calibrated(resnet20())
-    small = prune(teacher, 0.5, structure="channel")
+    cfg = ChannelConfig(recalibrate_images=0)  # the teacher's statistics, sliced
+    small = prune(teacher, 0.5, structure="channel", channel=cfg)
     kept = kept_channels(small)
     idx, stream = kept["layer2.1.conv1"], kept["layer2.1.conv2"]
     assert torch.equal(kept["layer2.1.bn1"], idx) and len(idx) == 16 and len(stream) == 16
@@ -116,7 +122,14 @@ def test_kept_channels_are_the_teacher_slices():
 def test_teacher_bitwise_unchanged(importance):
     teacher = _calibrated(resnet20())
     before, flags = fingerprint(teacher), [p.requires_grad for p in teacher.parameters()]
-    cfg = ChannelConfig(importance=importance, calibration_images=8, calibration_iterations=2)
+    cfg = ChannelConfig(
+        importance=importance,
+        calibration_images=8,
+        calibration_iterations=2,
+        compensate=True,
+        recalibrate_images=8,
+        recalibrate_iterations=2,
+    )
     prune(teacher, 0.5, structure="channel", channel=cfg)
     assert fingerprint(teacher) == before and not teacher.training
     assert [p.requires_grad for p in teacher.parameters()] == flags
@@ -127,7 +140,7 @@ def test_taylor_on_given_images_differs_from_magnitude():
     teacher = _calibrated(resnet20())
     images = torch.randn(16, 3, 32, 32)
     taylor = prune(teacher, 0.5, structure="channel", channel=ChannelConfig("taylor"), data=images)
-    magnitude = prune(teacher, 0.5, structure="channel")
+    magnitude = prune(teacher, 0.5, structure="channel", data=images)
     a, b = kept_channels(taylor), kept_channels(magnitude)
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
@@ -135,7 +148,8 @@ def test_taylor_on_given_images_differs_from_magnitude():
 @pytest.mark.parametrize("speedup", [2.0, 3.0])
 def test_speedup_budget_is_met_closely(speedup):
     teacher = resnet32()
-    small = prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=speedup))
+    cfg = ChannelConfig(speedup=speedup)
+    small = prune(teacher, None, structure="channel", channel=cfg, data=X)
     ratio = count_macs(teacher, X) / count_macs(small, X)
     assert speedup <= ratio < speedup * 1.1
 
@@ -143,14 +157,16 @@ def test_speedup_budget_is_met_closely(speedup):
 def test_target_macs_and_unreachable_budget():
     teacher = resnet20()
     goal = count_macs(teacher, X) // 2
-    small = prune(teacher, None, structure="channel", channel=ChannelConfig(target_macs=goal))
+    cfg = ChannelConfig(target_macs=goal)
+    small = prune(teacher, None, structure="channel", channel=cfg, data=X)
     assert count_macs(small, X) <= goal
     with pytest.raises(ValueError, match="cannot reach"):
         prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=50))
 
 
 def test_channel_then_unstructured_in_one_call():
-    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(unstructured=0.5))
+    cfg = ChannelConfig(unstructured=0.5)
+    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
     assert small.layer1[0].conv1.out_channels == 8
     report = sparsity(small)
     layers = [la for la in report.layers if not la.name.endswith("shortcut")]
@@ -158,10 +174,11 @@ def test_channel_then_unstructured_in_one_call():
     assert kept_channels(small) is not None
 
 
-def test_save_load_round_trip_weights_only(tmp_path):
-    small = _calibrated(
-        prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(unstructured=0.3))
-    )
+@pytest.mark.parametrize("compensate", [True, False])
+def test_save_load_round_trip_weights_only(tmp_path, compensate):
+    cfg = ChannelConfig(unstructured=0.3, compensate=compensate)
+    teacher = _calibrated(resnet20())
+    small = prune(teacher, 0.5, structure="channel", channel=cfg, data=torch.randn(8, 3, 32, 32))
     path = tmp_path / "small.pt"
     save_atomic({"state_dict": small.state_dict(), "channel_spec": channel_spec(small)}, path)
     loaded = load_model("resnet20", path)  # torch.load(weights_only=True) inside
@@ -175,7 +192,7 @@ def test_save_load_round_trip_weights_only(tmp_path):
 
 
 def test_export_matches_eager(tmp_path):
-    small = _calibrated(prune(resnet20(), 0.5, structure="channel"))
+    small = _calibrated(prune(resnet20(), 0.5, structure="channel", data=X))
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         want = small(x)
@@ -215,14 +232,15 @@ def test_unresolvable_coupling_names_the_layers():
 
 def test_option_a_stream_kept_whole_without_residual_even_unprotected():
     cfg = ChannelConfig(protect_first=False, residual=False)
-    small = prune(resnet20(), 0.5, structure="channel", channel=cfg)
+    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
     assert small.conv1.out_channels == 16 and small.layer3[2].conv2.out_channels == 64
-    small = prune(resnet20(), 0.5, structure="channel", channel=ChannelConfig(protect_first=False))
+    cfg = ChannelConfig(protect_first=False)
+    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
     assert small.conv1.out_channels == 8 and small.layer1[0].conv2.out_channels == 8
 
 
 def test_exclude_keeps_a_layer_whole():
-    small = prune(resnet20(), 0.5, structure="channel", exclude=["layer1.0.conv1"])
+    small = prune(resnet20(), 0.5, structure="channel", exclude=["layer1.0.conv1"], data=X)
     assert small.layer1[0].conv1.out_channels == 16 and small.layer1[1].conv1.out_channels == 8
 
 
@@ -314,13 +332,28 @@ def test_channel_benchmark_tiny_recovery(shared_dir, tmp_path):
     assert "deepinversion" in row["unstructured"]["top1"]
 
 
-def test_train_mode_teacher_keeps_its_statistics_and_frozen_teacher_works():
+def test_train_mode_teacher_keeps_its_statistics():
     teacher = _calibrated(resnet20()).train()
-    small = prune(teacher, 0.5, structure="channel")
+    small = prune(teacher, 0.5, structure="channel", data=X)  # BN statistics re-estimated ...
     kept = kept_channels(small)["layer1.0.bn1"]
     assert small.training  # mode of the input is kept ...
+    # ... but only where pruning changed a BatchNorm's input: not in layer1.0.bn1
     assert torch.equal(small.layer1[0].bn1.running_mean, teacher.layer1[0].bn1.running_mean[kept])
-    frozen = _calibrated(resnet20()).requires_grad_(False)  # ... and Taylor needs no grad flags
-    cfg = ChannelConfig("taylor")
+    kept = kept_channels(small)["layer2.1.bn1"]
+    assert not torch.equal(
+        small.layer2[1].bn1.running_mean, teacher.layer2[1].bn1.running_mean[kept]
+    )
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_frozen_teacher_gives_a_whole_student(importance):
+    # the graph is traced through autograd: a frozen teacher once gave a student whose
+    # residual stream was pruned in the shortcut but not in the blocks
+    frozen = _calibrated(resnet20()).requires_grad_(False)
+    cfg = ChannelConfig(importance, recalibrate_images=0)  # nothing runs the student here
     small = prune(frozen, 0.5, structure="channel", channel=cfg, data=torch.randn(8, 3, 32, 32))
-    assert not any(p.requires_grad for p in small.parameters())
+    assert not any(p.requires_grad for p in small.parameters())  # the flags are kept
+    assert not any(p.requires_grad for p in frozen.parameters())
+    with torch.no_grad():
+        assert small(X).shape == (2, 10)
+    assert small.layer2[0].bn2.num_features == small.layer2[0].shortcut.out_channels < 32

@@ -125,12 +125,16 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     return path
 
 
-def noise_set(n: int, spec: InputSpec, seed: int) -> SyntheticImages:
-    """Gaussian noise in the teacher's normalised input space (the naive baseline)."""
+def noise_set(n: int, like: InputSpec | SyntheticImages, seed: int) -> SyntheticImages:
+    """Gaussian noise in the teacher's normalised input space (the naive baseline), shaped
+    like the teacher's input (an ``InputSpec``) or like a set of its images."""
     g = generator(seed, "noise")
-    size = (spec.size, spec.size) if isinstance(spec.size, int) else spec.size
-    images = torch.randn(n, spec.channels, *size, generator=g)
-    return SyntheticImages(images, torch.zeros(n, dtype=torch.long), mean=spec.mean, std=spec.std)
+    if isinstance(like, SyntheticImages):
+        shape, (mean, std) = like.image_shape, (like.mean, like.std)
+    else:
+        shape, (mean, std) = like.shape, like.normalisation()
+    images = torch.randn(n, *shape, generator=g)
+    return SyntheticImages(images, torch.zeros(n, dtype=torch.long), mean=mean, std=std)
 
 
 def real_set(n: int, train: Any, seed: int) -> SyntheticImages:

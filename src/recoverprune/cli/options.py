@@ -186,6 +186,14 @@ def add_structure(p: argparse.ArgumentParser) -> None:
         help="channel: how channels are ranked; taylor scores them on DeepInversion images "
         "(default magnitude)",
     )
+    p.add_argument(
+        "--recalibrate-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="channel: re-estimate the BatchNorm statistics pruning shifted on N DeepInversion "
+        "images of the teacher; 0 keeps the teacher's (default: 64, fewer for heavy models)",
+    )
 
 
 def channel_config(args: argparse.Namespace) -> Any:
@@ -193,7 +201,12 @@ def channel_config(args: argparse.Namespace) -> Any:
 
     if args.structure != "channel":
         return None
-    return ChannelConfig(importance=args.importance, speedup=args.speedup)
+    return ChannelConfig(
+        importance=args.importance,
+        speedup=args.speedup,
+        recalibrate_images=args.recalibrate_images,
+        image_size=getattr(args, "image_size", None),
+    )
 
 
 def configs() -> tuple[type, type]:

@@ -2,7 +2,8 @@
 
 * :func:`recalibrate_bn` re-estimates every BatchNorm layer's running statistics on the
   synthetic images (seconds): pruning shifts the statistics a layer sees, and the ones
-  inherited from the teacher no longer fit.
+  inherited from the teacher no longer fit. It lives in ``recoverprune.pruning.batchnorm``
+  (channel pruning uses it too) and is re-exported here.
 * :func:`reconstruct` refits the weights a pruned layer kept so that, on synthetic
   activations, the layer reproduces the dense teacher layer's output (layer-wise least
   squares, as in AdaPrune / Optimal Brain Compression); masks are left as they are.
@@ -11,13 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recoverprune.core.runtime import Runtime, resolve
+from recoverprune.pruning.batchnorm import recalibrate_bn
 from recoverprune.pruning.masks import is_masked, refresh_pruned
 
 __all__ = ["recalibrate_bn", "reconstruct"]
@@ -26,50 +27,6 @@ __all__ = ["recalibrate_bn", "reconstruct"]
 def _batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size]
-
-
-@contextmanager
-def _bn_train(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
-    """Every module in eval mode but BatchNorm, which averages the statistics it sees."""
-    flags = [(m, m.training) for m in model.modules()]
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    try:
-        model.eval()
-        for bn in bns:
-            if bn.track_running_stats:
-                bn.reset_running_stats()
-                bn.momentum = None  # cumulative average over every batch
-                bn.train()
-        yield bns
-    finally:
-        for bn, momentum in zip(bns, momenta, strict=True):
-            bn.momentum = momentum
-        for m, flag in flags:
-            m.training = flag
-
-
-@torch.no_grad()
-def recalibrate_bn(
-    model: nn.Module, images: Tensor, *, batch_size: int = 256, rt: Runtime | None = None
-) -> None:
-    """Re-estimate ``model``'s BatchNorm running statistics on ``images`` (in place).
-
-    Weights are not touched; the statistics become the exact average over ``images``.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
-        >>> recalibrate_bn(net, torch.randn(64, 3, 8, 8) + 5)
-        >>> bool(net[1].running_mean.abs().sum() > 0), net.training
-        (True, False)
-    """
-    rt = rt or resolve("cpu")
-    with _bn_train(model):
-        for x in _batches(images, batch_size):
-            model(rt.prepare_input(x))
-    refresh_pruned(model)
 
 
 class _Stop(Exception):

@@ -264,8 +264,8 @@ def _prune_stage(
     overwrite: bool,
 ) -> nn.Module:
     """``prune(teacher, amount, **how)``, or the pruned student ``path`` holds for exactly that."""
-    channel = how["channel"]
-    key = stage_key(
+    channel = how["channel"] or (ChannelConfig() if how["structure"] == "channel" else None)
+    key = stage_key(  # the defaults themselves: a default that changes is not a stale match
         teacher=fingerprint(teacher),
         amount=amount,
         **{**how, "channel": asdict(channel) if channel else None},

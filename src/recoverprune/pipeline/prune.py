@@ -1,21 +1,23 @@
 """The public :func:`prune`: unstructured masks, or channels removed through a dependency graph.
 
-The pruning layer never makes data; for data-driven channel importance this is where
-DeepInversion calibration images are made when the caller gives none.
+The pruning layer never makes data; for data-driven channel importance and for
+re-estimating BatchNorm statistics after channel pruning, this is where DeepInversion
+images are made when the caller gives none (lazily: only once the pruning layer asks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from torch import nn
 
-from recoverprune.pruning.channels import ChannelConfig, channel_prune
+from recoverprune.pruning.channels import ChannelConfig, channel_prune, count_macs, example_input
 from recoverprune.pruning.masks import DEFAULT_LAYER_TYPES, Scope, magnitude_prune
+from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.inversion import synthesize
 
-__all__ = ["prune"]
+__all__ = ["calibration_source", "prune", "recalibration_budget"]
 
 
 def prune(
@@ -55,8 +57,10 @@ def prune(
             ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md).
         channel: channel-pruning settings: importance, ``speedup=``/``target_macs=``
             budgets, protected layers, unstructured sparsity on what remains.
-        data: images for data-driven channel importance (``importance="taylor"``); default:
-            ``channel.calibration_images`` DeepInversion images of the model.
+        data: images for data-driven channel importance (``importance="taylor"``) and for
+            re-estimating BatchNorm statistics after channel pruning; default:
+            DeepInversion images of the model (``channel.calibration_images`` for Taylor,
+            :func:`recalibration_budget` for the statistics), made only when needed.
 
     Returns:
         The pruned model (a deep copy unless ``inplace``), same mode and device.
@@ -77,8 +81,8 @@ def prune(
     """
     if structure == "channel":
         cfg = channel or ChannelConfig()
-        if cfg.importance == "taylor" and data is None:
-            data = _calibration_images(model, cfg)
+        if data is None:
+            data = calibration_source(model, cfg)
         return channel_prune(model, amount, cfg, exclude=exclude, data=data)
     if structure != "unstructured":
         raise ValueError(f"structure must be 'unstructured' or 'channel', got {structure!r}")
@@ -93,15 +97,84 @@ def prune(
     )
 
 
-def _calibration_images(model: nn.Module, cfg: ChannelConfig) -> Any:
-    """DeepInversion images for Taylor importance (``cfg.calibration_images`` of them)."""
-    n = cfg.calibration_images
-    return synthesize(
-        model,
-        n,
-        iterations=cfg.calibration_iterations,
-        batch_size=min(n, 64),
-        image_size=cfg.image_size,
-        device=next(model.parameters()).device,
-        progress=False,
-    )
+#: first-BatchNorm weight of the DeepInversion images for re-estimating statistics: the
+#: first layer's statistics shape every later one (the reference ImageNet setting uses 10
+#: too); measured on ResNet-20 at 2x fewer MACs, 64 images x 50 steps: 42.2 % against
+#: 40.1 % with 1 (4,000 JPEG CIFAR-10 test images)
+RECALIBRATION_FIRST_BN = 10.0
+
+
+#: the automatic budget of those images: 64 images x 50 steps, as long as that costs at
+#: most as many multiply-accumulates as for a CIFAR ResNet-32 (69 M per image): about
+#: half a minute of one CPU core. Heavier models (an ImageNet ResNet-18 at 224x224: 1.8 G)
+#: get fewer images and steps, down to 16 x 10; set both explicitly to pay for more.
+RECALIBRATION_IMAGES, RECALIBRATION_STEPS = 64, 50
+RECALIBRATION_MACS = 64 * 50 * 70_000_000
+RECALIBRATION_FLOOR = (16, 10)
+
+
+def recalibration_budget(model: nn.Module, cfg: ChannelConfig) -> tuple[int, int]:
+    """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation.
+
+    Explicit ``cfg.recalibrate_images`` / ``cfg.recalibrate_iterations`` are kept; an
+    automatic one (``None``) is 64 / 50, both scaled by the square root of
+    ``RECALIBRATION_MACS / (64 * 50 * MACs per image)`` when that is below 1, and never
+    below 16 / 10.
+
+    Example:
+        >>> from recoverprune.models import resnet20
+        >>> recalibration_budget(resnet20(), ChannelConfig())
+        (64, 50)
+        >>> recalibration_budget(resnet20(), ChannelConfig(recalibrate_iterations=7))
+        (64, 7)
+    """
+    n, steps = cfg.recalibrate_images, cfg.recalibrate_iterations
+    if n is not None and steps is not None:
+        return n, steps
+    example = example_input(model, None, cfg.image_size)
+    macs = count_macs(model, example)
+    scale = min(1.0, RECALIBRATION_MACS / (RECALIBRATION_IMAGES * RECALIBRATION_STEPS * macs))
+    if n is None:
+        n = max(RECALIBRATION_FLOOR[0], round(RECALIBRATION_IMAGES * scale**0.5))
+    if steps is None:
+        steps = max(RECALIBRATION_FLOOR[1], round(RECALIBRATION_STEPS * scale**0.5))
+    return n, steps
+
+
+def calibration_source(model: nn.Module, cfg: ChannelConfig) -> Callable[[], Any] | None:
+    """A function making the DeepInversion images channel pruning may ask for, or None.
+
+    Taylor importance takes ``cfg.calibration_images`` in ``cfg.calibration_iterations``
+    steps, and BatchNorm re-estimation then uses the same images; re-estimation alone
+    takes :func:`recalibration_budget` images and steps. ``None``
+    when nothing needs images (magnitude importance, and no re-estimation or no
+    BatchNorm layer to re-estimate).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> calibration_source(net, ChannelConfig()) is None  # no BatchNorm: nothing to do
+        True
+    """
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if cfg.importance == "taylor":
+        n, steps = cfg.calibration_images, cfg.calibration_iterations
+        config = InversionConfig(iterations=steps)
+    elif has_bn and cfg.recalibrate_images != 0:
+        n, steps = recalibration_budget(model, cfg)
+        config = InversionConfig(iterations=steps, first_bn_multiplier=RECALIBRATION_FIRST_BN)
+    else:
+        return None
+
+    def make() -> Any:
+        return synthesize(
+            model,
+            n,
+            config=config,
+            batch_size=min(n, 64),
+            image_size=cfg.image_size,
+            device=next(model.parameters()).device,
+            progress=False,
+        )
+
+    return make

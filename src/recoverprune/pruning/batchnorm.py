@@ -1,0 +1,159 @@
+"""BatchNorm running statistics re-estimated on a few images, weights untouched.
+
+Pruning shifts the statistics every later BatchNorm layer sees, and the ones inherited
+from the teacher no longer fit. :func:`recalibrate_bn` replaces them by the exact
+average over the given images (synthetic ones: the pruning layer never makes data, its
+callers do). Used by channel pruning right after the surgery and by
+``recoverprune.distill`` before distillation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from recoverprune.core.runtime import Runtime, resolve
+from recoverprune.pruning.masks import refresh_pruned
+
+__all__ = ["bn_layers", "bn_train", "recalibrate_bn", "shifted_bns"]
+
+
+def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model``, in module order.
+
+    Example:
+        >>> len(bn_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())))
+        1
+    """
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def bn_train(
+    model: nn.Module, layers: Collection[nn.Module] | None = None
+) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
+    """Every module in eval mode but BatchNorm, which averages the statistics it sees.
+
+    The running statistics of ``layers`` (default: every BatchNorm) are reset and
+    accumulated as a cumulative average (``momentum=None``); the other BatchNorm layers
+    stay in eval mode with the statistics they have. Modes and momenta are restored on
+    exit, also on an exception.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> with bn_train(net) as bns:
+        ...     net[0].training, bns[0].training, bns[0].momentum
+        (False, True, None)
+        >>> net[1].momentum, net.training
+        (0.1, True)
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    bns = [bn for bn in bn_layers(model) if layers is None or bn in layers]
+    momenta = [bn.momentum for bn in bns]
+    try:
+        model.eval()
+        for bn in bns:
+            if bn.track_running_stats:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over every batch
+                bn.train()
+        yield bns
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        for m, flag in flags:
+            m.training = flag
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    batch_size: int = 256,
+    rt: Runtime | None = None,
+    layers: Collection[str] | None = None,
+) -> None:
+    """Re-estimate ``model``'s BatchNorm running statistics on ``images`` (in place).
+
+    Weights are not touched; the statistics become the exact average over ``images``.
+
+    Args:
+        model: the network; its modes are restored afterwards.
+        images: the inputs (at least 2).
+        batch_size: images per forward pass.
+        rt: where to run (default: CPU).
+        layers: names of the BatchNorm layers to re-estimate (default: all); the others
+            keep their statistics and normalise with them during the passes.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+        >>> recalibrate_bn(net, torch.randn(64, 3, 8, 8) + 5)
+        >>> bool(net[1].running_mean.abs().sum() > 0), net.training
+        (True, False)
+    """
+    if len(images) < 2:
+        raise ValueError(
+            f"BatchNorm re-estimation needs at least 2 images, got {len(images)}: give more"
+        )
+    rt = rt or resolve("cpu")
+    named = dict(model.named_modules())
+    if layers is not None:
+        unknown = sorted(set(layers) - set(named))
+        if unknown:
+            raise ValueError(f"recalibrate_bn: the model has no layer {unknown[0]!r}")
+    chosen = None if layers is None else [named[n] for n in layers]
+    with bn_train(model, chosen):
+        for start in range(0, len(images), batch_size):
+            model(rt.prepare_input(images[start : start + batch_size]))
+    refresh_pruned(model)
+
+
+def _bn_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The input of every BatchNorm layer of ``model`` on ``x`` (eval mode, no grad)."""
+    seen: dict[str, Tensor] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda m, i, n=n: seen.__setitem__(n, i[0].detach().clone()))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    return seen
+
+
+def shifted_bns(
+    teacher: nn.Module, student: nn.Module, kept: Mapping[str, Tensor], probe: Tensor
+) -> list[str]:
+    """The student's BatchNorm layers whose input pruning changed, on ``probe``.
+
+    A layer whose input is still the teacher's (at the channels it kept) keeps exact
+    statistics; only the others need re-estimating. Layers the teacher does not have by
+    name count as changed.
+
+    Example:
+        >>> teacher = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+        >>> shifted_bns(teacher, teacher, {}, torch.randn(2, 3, 4, 4))
+        []
+    """
+    before, after = _bn_inputs(teacher, probe), _bn_inputs(student, probe)
+    changed = []
+    for name, x in after.items():
+        t = before.get(name)
+        if t is not None and name in kept:
+            t = t.index_select(1, kept[name].to(t.device))
+        same = t is not None and t.shape == x.shape
+        if not (same and torch.allclose(x, t, rtol=1e-4, atol=1e-5 * float(t.abs().amax()) + 1e-7)):
+            changed.append(name)
+    return changed
