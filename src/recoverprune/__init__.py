@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from recoverprune.pruning.masks import finalize, is_pruned
     from recoverprune.pruning.sparsity import LayerSparsity, SparsityReport, sparsity
     from recoverprune.synthesis.config import InversionConfig
+    from recoverprune.synthesis.generator import GeneratorConfig
     from recoverprune.synthesis.inversion import synthesize
+    from recoverprune.synthesis.stream import StreamConfig, SyntheticStream
 
 # Where each public name lives. Started as the ``recoverprune`` command (console script or
 # ``python -m``), the package loads them on first use, so that ``recoverprune --help`` does
@@ -51,6 +53,9 @@ _WHERE = {
     "evaluate": "data.evaluate",
     "InversionConfig": "synthesis.config",
     "synthesize": "synthesis.inversion",
+    "GeneratorConfig": "synthesis.generator",
+    "StreamConfig": "synthesis.stream",
+    "SyntheticStream": "synthesis.stream",
     "PRESETS": "pipeline.presets",
     "CompressResult": "pipeline.report",
     "Preset": "pipeline.presets",
@@ -93,12 +98,15 @@ __all__ = [
     "CompressResult",
     "DistillConfig",
     "EvalResult",
+    "GeneratorConfig",
     "InputSpec",
     "InversionConfig",
     "LayerSparsity",
     "Preset",
     "SparsityReport",
+    "StreamConfig",
     "SyntheticImages",
+    "SyntheticStream",
     "__version__",
     "channel_spec",
     "compress",

@@ -273,6 +273,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         exclude=args.exclude or (),
         structure=args.structure,
         channel=channel_config(args),
+        synthesis=args.synthesis,
         inversion=apply_overrides(InversionConfig(), args, "di-"),
         distill=apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
         eval_data=_labelled(teacher, args.eval_data, args),
@@ -308,11 +309,17 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
     who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
     lines = [
         f"recoverprune compress: teacher {who}; prune {args.amount:.0%} ({args.scope}); "
-        f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
-        f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
+        + (
+            f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
+            if args.synthesis == "deepinversion"
+            else f"generator batches streamed into recovery (check set {p.check_n} images); "
+        )
+        + f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
         threads().line(),
     ]
     try:
+        if args.synthesis == "stream":
+            raise ValueError("not modelled for --synthesis stream yet")
         shape = infer_input_shape(teacher, getattr(args, "image_size", None))
         est = rough_seconds(
             teacher,

@@ -235,6 +235,13 @@ def _compress_parser(sub: Any, full: bool) -> None:
         "--epochs", type=int, default=None, help="distillation epochs (default: the preset's)"
     )
     p.add_argument(
+        "--synthesis",
+        default="deepinversion",
+        choices=["deepinversion", "stream"],
+        help="a fixed DeepInversion set made before recovery, or fresh generator batches "
+        "streamed into it (an epoch is then 8 steps) (default deepinversion)",
+    )
+    p.add_argument(
         "--scope",
         default="global",
         choices=["global", "layerwise"],

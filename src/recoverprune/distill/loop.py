@@ -41,6 +41,7 @@ from recoverprune.distill.objectives import LossTerm, StepOutputs, bind_objectiv
 from recoverprune.distill.repair import recalibrate_bn, reconstruct
 from recoverprune.pruning.masks import refresh_pruned, reselect_masks
 from recoverprune.pruning.sparsity import sparsity
+from recoverprune.synthesis.stream import PoolSampler, SyntheticStream
 
 __all__ = ["CHECKPOINT", "FINAL", "HISTORY", "recover"]
 
@@ -149,7 +150,7 @@ class _Loop:
     student: nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[[StepOutputs], dict[str, Tensor]]
-    data: SyntheticImages
+    data: SyntheticImages | SyntheticStream
     cfg: DistillConfig
     rt: Runtime
     seed: int
@@ -193,7 +194,9 @@ class _Loop:
         return loss.detach()
 
 
-def _train_epoch(loop: _Loop, epoch: int, sampler: DistributedSampler, bar: Bar) -> float:
+def _train_epoch(
+    loop: _Loop, epoch: int, sampler: DistributedSampler | PoolSampler, bar: Bar
+) -> float:
     """One pass over the (shard of the) transfer set; returns the mean loss."""
     cfg = loop.cfg
     sampler.set_epoch(epoch)
@@ -242,12 +245,14 @@ def _keep_best(best: dict[str, Any] | None, record: dict[str, float], student: n
 
 
 def _split(
-    synthetic: SyntheticImages, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
-) -> tuple[SyntheticImages, SyntheticImages | None, Any]:
-    """``(train set, held-out synthetic set, validation set)``."""
+    synthetic: Any, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
+) -> tuple[Any, SyntheticImages | None, Any]:
+    """``(train set, held-out synthetic set, validation set)``; a stream holds nothing out."""
     val_set = val_data
     if isinstance(val_data, (str, os.PathLike)):
         val_set = resolve_data(student, val_data)
+    if isinstance(synthetic, SyntheticStream):
+        return synthetic, None, val_set
     if val_set is None and cfg.holdout > 0 and len(synthetic) >= 20:
         train, held = synthetic.split(cfg.holdout, seed)
         return train, held, None
@@ -257,7 +262,7 @@ def _split(
 def recover(
     teacher: nn.Module,
     student: nn.Module,
-    synthetic: SyntheticImages | Dataset[Any] | tuple[Tensor, Tensor],
+    synthetic: SyntheticImages | SyntheticStream | Dataset[Any] | tuple[Tensor, Tensor],
     *,
     config: DistillConfig | None = None,
     objective: Sequence[LossTerm] | None = None,
@@ -280,7 +285,9 @@ def recover(
         student: the network to train, usually ``prune(teacher, ...)``.
         synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
             labelled data: a Dataset of ``(image, label)``, a ``TensorDataset`` or
-            ``(images, labels)`` tensors (images in the models' normalised input space).
+            ``(images, labels)`` tensors (images in the models' normalised input space);
+            or a :class:`~recoverprune.synthesis.stream.SyntheticStream`, which makes
+            fresh images between epochs (an epoch is then its ``steps_per_epoch`` steps).
         config: hyper-parameters (:class:`DistillConfig`).
         objective: the loss terms (default :func:`default_objective` of ``config``:
             logit KD, plus feature KD / CE when ``config`` weights them).
@@ -314,9 +321,11 @@ def recover(
         45
     """
     cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
-    synthetic = as_transfer_set(synthetic)
-    if len(synthetic) == 0:
-        raise ValueError("the synthetic set is empty: synthesize some images first")
+    stream = synthetic if isinstance(synthetic, SyntheticStream) else None
+    if stream is None:
+        synthetic = as_transfer_set(synthetic)
+        if len(synthetic) == 0:
+            raise ValueError("the synthetic set is empty: synthesize some images first")
     rt = resolve(device, accel)
     out = Path(out_dir) if out_dir is not None else None
     train_set, held, val_set = _split(synthetic, val_data, student, cfg, seed)
@@ -327,17 +336,19 @@ def recover(
         "teacher": fingerprint(teacher),
         "student": fingerprint(student),  # masks included: another amount is another student
         "student_arch": architecture(student),
-        "synthetic": data_fingerprint(synthetic),
-        "n_synthetic": len(synthetic),
+        "synthetic": stream.key() if stream else data_fingerprint(synthetic),
+        "n_synthetic": stream.config.pool_size if stream else len(synthetic),
         "seed": seed,
     }
     with ExitStack() as stack:
         stack.enter_context(borrowed(teacher, runtime=rt))  # frozen, exactly restored
         stack.enter_context(placed(student, rt))  # trained in place, then back where it was
-        _check_fit(teacher, student, synthetic, rt)
         state = _resume(out, meta, student) if out is not None else None
         if state is not None and state.get("done"):
             return _finished(student, state["history"])
+        if stream is not None:
+            _start_stream(stream, teacher, meta["teacher"], rt, state)
+        _check_fit(teacher, student, synthetic, rt)
         history: list[dict[str, float]] = state["history"] if state else []
         prep = {} if state else _prepare_student(teacher, student, train_set, cfg, rt)
         optimizer = _make_optimizer(student, cfg)
@@ -353,6 +364,9 @@ def recover(
             bar.advance(start * loop.steps_per_epoch)
             for epoch in range(start, cfg.epochs):
                 revisit(verbose=progress and rt.is_main)  # threads follow the machine
+                if stream is not None and epoch > 0:
+                    stream.grow(student)  # fresh images against the student as it is now
+                    bar.update(images=stream.made)
                 record: dict[str, float] = {"epoch": epoch + 1, **prep}
                 record["loss"] = _train_epoch(loop, epoch, sampler, bar)
                 record["lr"] = _lr_at((epoch + 1) * loop.steps_per_epoch - 1, loop.total_steps, cfg)
@@ -361,7 +375,8 @@ def recover(
                 best = _keep_best(best, record, student)
                 bar.update(**{k: v for k, v in record.items() if k != "lr"})
                 if out is not None and rt.is_main:
-                    _checkpoint(out, epoch + 1, student, optimizer, history, best, meta)
+                    state = {"stream": stream.state_dict()} if stream is not None else {}
+                    _checkpoint(out, epoch + 1, student, optimizer, history, best, meta, state)
                 prep = {}
         _restore_best(student, best, cfg, progress and rt.is_main)
         if out is not None and rt.is_main:
@@ -374,25 +389,32 @@ def _build_loop(
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
-    data: SyntheticImages,
+    data: SyntheticImages | SyntheticStream,
     cfg: DistillConfig,
     rt: Runtime,
     seed: int,
     out: Path | None,
-) -> tuple[_Loop, DistributedSampler]:
+) -> tuple[_Loop, DistributedSampler | PoolSampler]:
     model: nn.Module = student
     if rt.world_size > 1:
         model = DistributedDataParallel(
             student, device_ids=[rt.device] if rt.device.type == "cuda" else None
         )
-    sampler = DistributedSampler(
-        range(len(data)),  # type: ignore[arg-type]
-        num_replicas=rt.world_size,
-        rank=rt.rank,
-        shuffle=True,
-        seed=seed,
-        drop_last=False,
-    )
+    sampler: DistributedSampler | PoolSampler
+    if isinstance(data, SyntheticStream):  # an epoch is the stream's steps on its pool
+        steps = data.config.steps_per_epoch
+        sampler = PoolSampler(
+            data.__len__, steps=steps, batch_size=cfg.batch_size, seed=seed, rank=rt.rank
+        )
+    else:
+        sampler = DistributedSampler(
+            range(len(data)),  # type: ignore[arg-type]
+            num_replicas=rt.world_size,
+            rank=rt.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
     steps = math.ceil(len(sampler) / cfg.batch_size)
     loop = _Loop(
         teacher_fwd=rt.maybe_compile(teacher),
@@ -421,8 +443,10 @@ def _checkpoint(
     history: list[dict[str, float]],
     best: Any,
     meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     state = {
+        **(extra or {}),
         "epoch": epoch,
         "student": student.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -432,6 +456,21 @@ def _checkpoint(
         "done": False,
     }
     save_atomic(state, out / CHECKPOINT)
+
+
+def _start_stream(
+    stream: SyntheticStream,
+    teacher: nn.Module,
+    teacher_fp: str,
+    rt: Runtime,
+    state: dict[str, Any] | None,
+) -> None:
+    """Bind ``stream`` to the borrowed teacher; its pool as checkpointed, or its first batches."""
+    stream.start(teacher, teacher_fp, rt)
+    if state is not None:
+        stream.load_state_dict(state["stream"])
+    else:
+        stream.fill()
 
 
 def _restore_best(student: nn.Module, best: Any, cfg: DistillConfig, verbose: bool) -> None:

@@ -54,6 +54,7 @@ from recoverprune.pruning.channels import ChannelConfig
 from recoverprune.pruning.masks import copy_model
 from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.inversion import synthesize
+from recoverprune.synthesis.stream import StreamConfig, SyntheticStream
 
 __all__ = ["compress"]
 
@@ -71,6 +72,8 @@ def compress(
     exclude: Sequence[str] = (),
     structure: Literal["unstructured", "channel"] = "unstructured",
     channel: ChannelConfig | None = None,
+    synthesis: Literal["deepinversion", "stream"] = "deepinversion",
+    stream: StreamConfig | None = None,
     inversion: InversionConfig | None = None,
     distill: DistillConfig | None = None,
     eval_data: Any = None,
@@ -109,6 +112,11 @@ def compress(
         exclude: as in :func:`~recoverprune.prune`.
         structure: as in :func:`~recoverprune.prune` (``"channel"``: a smaller dense model).
         channel: as in :func:`~recoverprune.prune` (channel-pruning settings).
+        synthesis: ``"deepinversion"``: a fixed set of ``n`` DeepInversion images made
+            before recovery; ``"stream"``: a :class:`SyntheticStream` of generator
+            batches made between the epochs of recovery (``n`` and ``iterations`` then
+            apply to the check set only; an epoch is ``stream.steps_per_epoch`` steps).
+        stream: the stream's settings (default :class:`StreamConfig`).
         inversion: DeepInversion hyper-parameters (:class:`InversionConfig`).
         distill: distillation hyper-parameters (:class:`DistillConfig`).
         eval_data: labelled data (Dataset or ImageFolder/tar.gz path) to measure top-1 of
@@ -137,6 +145,7 @@ def compress(
     if teacher is None:
         teacher = default_teacher()
     p = _budget(preset, n=n, iterations=iterations, epochs=epochs)
+    stream = _stream_of(synthesis, stream, p)  # checked before any compute
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
     dcfg = replace(distill or p.distill or DistillConfig(), epochs=p.epochs)
     spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
@@ -161,6 +170,7 @@ def compress(
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
         synth = {"config": inv, "batch_size": p.batch_size, **_input_kwargs(spec), **stage}
+        synth["stream"] = stream
         synthetic, check = _synthesize_stage(teacher, p, synth, out, rt, overwrite)
     with clock("recover"):
         student = run_stage(
@@ -172,6 +182,7 @@ def compress(
         )
     report = make_report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
     report.update(input=spec.to_dict(), structure=structure)
+    report["synthesis"] = _synthesis_record(synthetic)
     report["channel"] = asdict(channel) if channel else None
     if eval_data is not None:
         with clock("evaluate"):
@@ -191,9 +202,14 @@ def _synthesize_stage(
     out: Path,
     rt: Runtime,
     overwrite: bool,
-) -> tuple[SyntheticImages, SyntheticImages]:
-    """The transfer set and the independently seeded check set (both resumable), and a grid."""
-    synthetic = synthesize(teacher, p.n, out_dir=out / SYNTHETIC, overwrite=overwrite, **synth)
+) -> tuple[SyntheticImages | SyntheticStream, SyntheticImages]:
+    """The transfer set (or stream) and the independently seeded check set, and a grid."""
+    stream_cfg = synth.pop("stream", None)
+    if stream_cfg is not None:  # made during recovery, checkpointed with it
+        keys = ("image_size", "mean", "std", "channels", "seed")
+        synthetic: Any = SyntheticStream(teacher, stream_cfg, **{k: synth[k] for k in keys})
+    else:
+        synthetic = synthesize(teacher, p.n, out_dir=out / SYNTHETIC, overwrite=overwrite, **synth)
     check_seed = synth["seed"] + CHECK_SEED
     check = synthesize(
         teacher,
@@ -202,9 +218,48 @@ def _synthesize_stage(
         overwrite=overwrite,
         **{**synth, "seed": check_seed},
     )
-    if rt.is_main and (overwrite or not (out / GRID).exists()):
+    if rt.is_main and stream_cfg is None and (overwrite or not (out / GRID).exists()):
         synthetic.save_grid(out / GRID)
     return synthetic, check
+
+
+def _stream_of(synthesis: str, stream: StreamConfig | None, p: Preset) -> StreamConfig | None:
+    """The stream's settings for ``synthesis="stream"``, ``None`` for a fixed set."""
+    if synthesis not in ("deepinversion", "stream"):
+        raise ValueError(f"synthesis must be 'deepinversion' or 'stream', got {synthesis!r}")
+    return (stream or stream_for(p)) if synthesis == "stream" else None
+
+
+def stream_for(p: Preset) -> StreamConfig:
+    """The stream of a preset: its budget in generator batches (``StreamConfig()`` for quick).
+
+    The pool starts with about ``p.n`` images (at most 8 batches) in batches of at most 128,
+    and the warm-up batches take at most ``p.iterations`` steps.
+
+    Example:
+        >>> from recoverprune import PRESETS
+        >>> cfg = stream_for(PRESETS["tiny"])
+        >>> cfg.batch_size, cfg.initial_batches, cfg.generator.warmup_steps
+        (16, 2, 4)
+    """
+    default = StreamConfig()
+    batch = min(default.batch_size, p.batch_size)
+    initial = max(1, min(default.initial_batches, p.n // batch))
+    warm = min(default.generator.warmup_steps, p.iterations)
+    return replace(
+        default,
+        batch_size=batch,
+        initial_batches=initial,
+        pool_size=max(default.pool_size, batch),
+        generator=replace(default.generator, warmup_steps=warm),
+    )
+
+
+def _synthesis_record(synthetic: SyntheticImages | SyntheticStream) -> dict[str, Any]:
+    """How the transfer images were made (report.json's ``synthesis``)."""
+    if isinstance(synthetic, SyntheticStream):
+        return {"method": "stream", "stream": asdict(synthetic.config), "made": synthetic.made}
+    return {"method": "deepinversion", "made": len(synthetic)}
 
 
 def _write_outputs(

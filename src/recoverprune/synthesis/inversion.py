@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,10 @@ from recoverprune.core.runtime import Accel, Runtime, generator, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.threads import revisit
 from recoverprune.data.synthetic import SyntheticImages, shard_name
+from recoverprune.synthesis.amortised import generate_set, manifest_config
 from recoverprune.synthesis.bn import bn_layers, bn_statistics
 from recoverprune.synthesis.config import InversionConfig
+from recoverprune.synthesis.generator import GeneratorConfig
 from recoverprune.synthesis.priors import js_competition, total_variation
 from recoverprune.synthesis.shards import (
     check_or_write_manifest,
@@ -181,8 +183,10 @@ def synthesize(
     accel: Accel | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    method: Literal["deepinversion", "generator"] = "deepinversion",
+    generator_config: GeneratorConfig | None = None,
 ) -> SyntheticImages:
-    """Synthesise ``n`` images from ``teacher`` alone with DeepInversion.
+    """Synthesise ``n`` images from ``teacher`` alone with DeepInversion (or a generator).
 
     Args:
         teacher: a trained classifier with BatchNorm layers. Left exactly as it was.
@@ -207,6 +211,11 @@ def synthesize(
         progress: show a rich progress bar.
         overwrite: empty an ``out_dir`` made with other settings and synthesise anew,
             instead of refusing it.
+        method: ``"deepinversion"`` optimises every batch's pixels (``config``);
+            ``"generator"`` makes each batch with a few steps of a meta-learned generator
+            (``generator_config``, :mod:`recoverprune.synthesis.generator`): far fewer teacher
+            passes per image. ``config`` and ``iterations`` apply to DeepInversion only.
+        generator_config: the generator's settings (default :class:`GeneratorConfig`).
 
     Returns:
         A :class:`SyntheticImages` dataset of ``(image, label)``.
@@ -227,6 +236,8 @@ def synthesize(
         >>> ds.images.shape, sorted(ds.labels.tolist())
         (torch.Size([8, 3, 16, 16]), [0, 0, 1, 1, 2, 2, 3, 3])
     """
+    if method not in ("deepinversion", "generator"):
+        raise ValueError(f"method must be 'deepinversion' or 'generator', got {method!r}")
     cfg = _checked_config(teacher, student, n, batch_size, config, iterations)
     rt = resolve(device, accel)
     spec = InputSpec.of(teacher, image_size=image_size, channels=channels, mean=mean, std=std)
@@ -238,23 +249,24 @@ def synthesize(
         raise ValueError("distributed synthesis needs out_dir= (a directory all ranks can reach)")
     with ExitStack() as stack:
         stack.enter_context(borrowed(teacher, student, runtime=rt))
-        with torch.no_grad():
-            probe = teacher(rt.prepare_input(torch.zeros(2, *shape)))
-        num_classes = int(probe.shape[1])
-        all_labels = _target_labels(labels, n, num_classes, seed)
-        manifest = make_manifest(
-            teacher,
-            student,
-            cfg,
-            n=n,
-            batch_sizes=batch_sizes,
-            seed=seed,
-            shape=shape,
-            num_classes=num_classes,
-            labels=all_labels,
-            mean=mean,
-            std=std,
-        )
+        manifest, all_labels = _describe(teacher, student, cfg, spec, batch_sizes, labels, seed, rt)
+        if method == "generator":
+            gen = generator_config or GeneratorConfig()
+            manifest["config"] = manifest_config(gen)
+            return generate_set(
+                teacher,
+                spec,
+                all_labels,
+                batch_sizes,
+                config=gen,
+                manifest=manifest,
+                rt=rt,
+                seed=seed,
+                student=student if gen.adversarial_weight > 0 else None,
+                out=out,
+                overwrite=overwrite,
+                show=progress and rt.is_main,
+            )
         if out is not None:
             _open_out_dir(out, manifest, rt, overwrite)
         losses = stack.enter_context(bn_statistics(teacher, cfg.first_bn_multiplier))
@@ -274,6 +286,39 @@ def synthesize(
         std=std,
         meta=meta,
     )
+
+
+def _describe(
+    teacher: nn.Module,
+    student: nn.Module | None,
+    cfg: InversionConfig,
+    spec: InputSpec,
+    batch_sizes: list[int],
+    labels: Sequence[int] | Tensor | None,
+    seed: int,
+    rt: Runtime,
+) -> tuple[dict[str, Any], Tensor]:
+    """The manifest of this call and its target labels (the teacher is borrowed)."""
+    with torch.no_grad():
+        probe = teacher(rt.prepare_input(torch.zeros(2, *spec.shape)))
+    num_classes = int(probe.shape[1])
+    n = sum(batch_sizes)
+    all_labels = _target_labels(labels, n, num_classes, seed)
+    mean, std = spec.normalisation()
+    manifest = make_manifest(
+        teacher,
+        student,
+        cfg,
+        n=n,
+        batch_sizes=batch_sizes,
+        seed=seed,
+        shape=spec.shape,
+        num_classes=num_classes,
+        labels=all_labels,
+        mean=mean,
+        std=std,
+    )
+    return manifest, all_labels
 
 
 def _checked_config(

@@ -1,0 +1,228 @@
+"""Streamed synthesis: fresh generator batches interleaved with distillation, in a bounded pool.
+
+A :class:`SyntheticStream` is what :func:`recoverprune.recover` takes instead of a fixed
+set. Before the first epoch it fills its pool with ``initial_batches`` batches of the
+amortised generator; at the start of every later epoch it adds ``batches_per_epoch``
+new ones (made against the current student, for the decision-adversarial term), the
+oldest leaving once the pool holds ``pool_size`` images. Each distillation epoch then
+takes ``steps_per_epoch`` steps on batches drawn from the pool.
+
+Images are kept as 8-bit pixels (the generator's images are valid pixels), so a pool of
+8,192 CIFAR images takes 25 MB. The whole state (synthesizer, pool, counts) round-trips
+through :meth:`SyntheticStream.state_dict`, which recovery checkpoints every epoch:
+a killed run resumes to the same student bitwise. Under torchrun each rank streams its
+own batches (seeded by rank), so a run is deterministic for a seed and world size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recoverprune.core.io import fingerprint
+from recoverprune.core.runtime import Runtime, generator
+from recoverprune.core.spec import InputSpec
+from recoverprune.synthesis.generator import AmortisedSynthesizer, GeneratorConfig
+
+__all__ = ["PoolSampler", "StreamConfig", "SyntheticStream"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a stream interleaves synthesis with distillation.
+
+    Attributes:
+        batch_size: images per generator batch.
+        initial_batches: batches in the pool before the first distillation step.
+        batches_per_epoch: new batches at the start of every later epoch.
+        steps_per_epoch: distillation steps per epoch (the epoch count is
+            ``DistillConfig.epochs``).
+        pool_size: the most images kept (oldest out first).
+        generator: the amortised synthesizer's settings.
+
+    Example:
+        >>> StreamConfig(pool_size=512).pool_size
+        512
+    """
+
+    batch_size: int = 128
+    initial_batches: int = 8
+    batches_per_epoch: int = 2
+    steps_per_epoch: int = 8
+    pool_size: int = 8192
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size must be >= 2": self.batch_size >= 2,
+            "initial_batches must be >= 1": self.initial_batches >= 1,
+            "batches_per_epoch must be >= 0": self.batches_per_epoch >= 0,
+            "steps_per_epoch must be >= 1": self.steps_per_epoch >= 1,
+            "pool_size must hold at least one batch": self.pool_size >= self.batch_size,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ValueError(f"StreamConfig: {message}")
+
+
+class SyntheticStream:
+    """A source of fresh synthetic batches for :func:`recoverprune.recover`.
+
+    Args:
+        teacher: the teacher the images are made from (the same one given to recover).
+        config: :class:`StreamConfig`.
+        image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
+        mean: the teacher's input mean (default as :func:`recoverprune.synthesize`).
+        std: the teacher's input standard deviation.
+        channels: input channels, when the first ``Conv2d`` does not tell them.
+        seed: the stream of rank ``r`` depends only on ``(seed, r)``.
+
+    Example:
+        >>> from torch import nn
+        >>> from recoverprune import prune, recover
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+        >>> gen = GeneratorConfig(width=16, warmup_batches=1, warmup_steps=2, inner_steps=1)
+        >>> cfg = StreamConfig(batch_size=8, initial_batches=2, steps_per_epoch=2,
+        ...                    pool_size=24, generator=gen)
+        >>> stream = SyntheticStream(net, cfg, image_size=8)
+        >>> student = recover(net, prune(net, 0.5), stream, epochs=3, progress=False)
+        >>> stream.made, len(stream)
+        (48, 24)
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        config: StreamConfig | None = None,
+        *,
+        image_size: int | Sequence[int] | None = None,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        channels: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.config = config or StreamConfig()
+        self.spec = InputSpec.of(
+            teacher, image_size=image_size, channels=channels, mean=mean, std=std
+        )
+        self.teacher_fp = fingerprint(teacher)
+        self.seed = seed
+        c, h, w = self.spec.shape
+        self.images = torch.zeros(0, c, h, w, dtype=torch.uint8)
+        self.labels = torch.zeros(0, dtype=torch.long)
+        self.made = 0
+        self.synth: AmortisedSynthesizer | None = None
+        mean_t, std_t = self.spec.normalisation()
+        self.mean, self.std = list(mean_t), list(std_t)
+        self._m = torch.tensor(self.mean).view(1, -1, 1, 1)
+        self._s = torch.tensor(self.std).view(1, -1, 1, 1)
+
+    # -- what recover() reads -----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.shape)
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (normalised, float32) and labels of the pool at ``indices``."""
+        idx = indices.long()
+        x = self.images[idx].float().div_(255)
+        return (x - self._m) / self._s, self.labels[idx]
+
+    def key(self) -> str:
+        """What identifies the images this stream makes (for recovery's resume check)."""
+        text = json.dumps(
+            {
+                "config": asdict(self.config),
+                "spec": self.spec.to_dict(),
+                "teacher": self.teacher_fp,
+                "seed": self.seed,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return "stream-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # -- growing ------------------------------------------------------------------------
+    def start(self, teacher: nn.Module, teacher_fp: str, rt: Runtime) -> None:
+        """Bind the (borrowed) teacher, whose fingerprint is ``teacher_fp``, and the runtime.
+
+        Raises:
+            ValueError: the stream was built from another teacher.
+        """
+        if teacher_fp != self.teacher_fp:
+            raise ValueError(
+                "this SyntheticStream was made for another teacher: build it from the teacher "
+                "given to recover()"
+            )
+        with torch.no_grad():
+            probe = teacher(rt.prepare_input(torch.zeros(2, *self.spec.shape)))
+        seed = self.seed if rt.world_size == 1 else self.seed * 1009 + rt.rank
+        self.synth = AmortisedSynthesizer(
+            teacher, self.spec, int(probe.shape[1]), self.config.generator, rt, seed
+        )
+
+    def fill(self) -> None:
+        """The first ``initial_batches`` batches, if the pool is still empty."""
+        if not len(self):
+            self.grow(None, self.config.initial_batches)
+
+    def grow(self, student: nn.Module | None, batches: int | None = None) -> None:
+        """Add ``batches`` new batches (default ``batches_per_epoch``) to the pool."""
+        assert self.synth is not None, "start() first"
+        cfg = self.config
+        for _ in range(cfg.batches_per_epoch if batches is None else batches):
+            x, y, _ = self.synth.make_batch(cfg.batch_size, student)
+            pixels = (x * self._s + self._m).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+            self.images = torch.cat([self.images, pixels])[-cfg.pool_size :]
+            self.labels = torch.cat([self.labels, y])[-cfg.pool_size :]
+            self.made += len(y)
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        assert self.synth is not None, "start() first"
+        return {
+            "synth": self.synth.state_dict(),
+            "images": self.images.clone(),
+            "labels": self.labels.clone(),
+            "made": self.made,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.synth is not None, "start() first"
+        self.synth.load_state_dict(state["synth"])
+        self.images, self.labels = state["images"].clone(), state["labels"].clone()
+        self.made = int(state["made"])
+
+
+class PoolSampler:
+    """``steps * batch_size`` pool indices per epoch, drawn uniformly from ``(seed, epoch, rank)``.
+
+    Example:
+        >>> s = PoolSampler(lambda: 10, steps=2, batch_size=3, seed=0, rank=0)
+        >>> s.set_epoch(1); len(list(s))
+        6
+    """
+
+    def __init__(self, size: Any, *, steps: int, batch_size: int, seed: int, rank: int) -> None:
+        self.size, self.steps, self.batch_size = size, steps, batch_size
+        self.seed, self.rank, self.epoch = seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        g = generator(self.seed, "pool", self.epoch, self.rank)
+        return iter(torch.randint(0, self.size(), (len(self),), generator=g).tolist())
