@@ -176,10 +176,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             splits[key] = data
         return splits[key]
 
-    def cell(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any]:
+    def cell(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any] | None:
         key = f"{name}:{_key(config)}"
         if key in results["cells"]:
             return results["cells"][key]
+        if args.only_cached:
+            return None  # not measured (yet): a "-" in the table
         t0 = time.perf_counter()
         top1 = fn()
         rec = {
@@ -319,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "distill": asdict(dcfg),
         "sweep_arch": args.sweep_arch,
         "sweep_amount": args.sweep_amount,
-        "command": " ".join(sys.argv),
+        "command": " ".join(a for a in sys.argv if a != "--only-cached"),
         **_machine(),
     }
     write_json_atomic(results, results_path)
@@ -397,7 +399,8 @@ def run_sweep(
             {**cfg, "subset": n, "amount": amount, "distill": asdict(dcfg)},
             job,
         )
-        rows.append({"n": n, "top1": rec["top1"], "seconds": rec["seconds"]})
+        if rec is not None:
+            rows.append({"n": n, "top1": rec["top1"], "seconds": rec["seconds"]})
     return rows
 
 
@@ -701,6 +704,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="RESULTS_JSON",
         help="only print the table of these finished results.json files (with --update-readme: "
         "into the --marker block of README.md and docs/results.md)",
+    )
+    p.add_argument(
+        "--only-cached",
+        action="store_true",
+        help="compute nothing: write the table of the cells results.json already holds "
+        "(after an interrupted run; the cells not measured show as -)",
     )
     p.add_argument("--plots", action="store_true")
     p.add_argument("--progress", action="store_true")
