@@ -143,3 +143,26 @@ def test_channel_compensation_table_in_docs_is_generated_from_committed_results(
         "rerun channel_compensation.py --render ... --update-docs"
     )
     assert "| resnet20 (embedded) | 40.6 M → 19.8 M | 87.72 |" in block
+
+
+def test_cpu_results_table_in_docs_is_generated_from_committed_results():
+    files = [
+        str(ROOT / f"benchmarks/results/cpu/{n}.json")
+        for n in ("r20", "r32", "r32-seed", "r20-sweep", "r20-90", "r32-real", "r20-90di")
+    ]
+    proc = _run(["benchmarks/cifar10/run.py", "--render", *files], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.strip()
+    for page in ("README.md", "docs/results.md"):
+        text = (ROOT / page).read_text()
+        block = text.split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
+        assert block.strip() == table, (
+            f"{page}: rerun run.py --render {' '.join(files)} --update-readme --marker results"
+        )
+        assert "older recipe" not in text and "before the ablation" not in text
+    head = "| model | sparsity | teacher | pruned | deepinversion | seed | noise | real |"
+    assert head in table
+    for row in ("| resnet20 | 50% |", "| resnet20 | 75% |", "| resnet20 | 90% |"):
+        assert row in table
+    assert "| resnet32 | 75% |" in table
+    assert "Transfer-set size" in table
