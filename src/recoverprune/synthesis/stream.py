@@ -16,8 +16,6 @@ own batches (seeded by rank), so a run is deterministic for a seed and world siz
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +26,7 @@ from torch import Tensor, nn
 from recoverprune.core.io import fingerprint
 from recoverprune.core.runtime import Runtime, generator
 from recoverprune.core.spec import InputSpec
+from recoverprune.core.stages import stage_key
 from recoverprune.synthesis.generator import AmortisedSynthesizer, GeneratorConfig
 
 __all__ = ["PoolSampler", "StreamConfig", "SyntheticStream"]
@@ -138,19 +137,14 @@ class SyntheticStream:
         x = self.images[idx].float().div_(255)
         return (x - self._m) / self._s, self.labels[idx]
 
-    def key(self) -> str:
+    def key(self) -> dict[str, Any]:
         """What identifies the images this stream makes (for recovery's resume check)."""
-        text = json.dumps(
-            {
-                "config": asdict(self.config),
-                "spec": self.spec.to_dict(),
-                "teacher": self.teacher_fp,
-                "seed": self.seed,
-            },
-            sort_keys=True,
-            default=str,
+        return stage_key(
+            config=asdict(self.config),
+            spec=self.spec.to_dict(),
+            teacher=self.teacher_fp,
+            seed=self.seed,
         )
-        return "stream-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # -- growing ------------------------------------------------------------------------
     def start(self, teacher: nn.Module, teacher_fp: str, rt: Runtime) -> None:
