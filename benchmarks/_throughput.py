@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recoverprune import Accel, __version__
 from recoverprune.core.io import write_json_atomic
+from recoverprune.core.runtime import cpu_has_native_bf16
 from recoverprune.core.threads import cpu_model
 from recoverprune.models import create_model, load_model
 
@@ -36,6 +37,8 @@ CPU_FP32 = Accel(amp="off", channels_last=False, compile=False)
 #: name -> (device type, Accel switches); CUDA variants add one fast path at a time.
 VARIANTS: dict[str, tuple[str, Accel]] = {
     "cpu fp32 eager": ("cpu", CPU_FP32),
+    "cpu bf16 + channels_last": ("cpu", Accel(amp="bf16", channels_last=True, compile=False)),
+    "cpu default (automatic)": ("cpu", Accel()),
     "cuda fp32 eager": ("cuda", CPU_FP32),
     "cuda bf16 autocast": ("cuda", Accel(amp="bf16", channels_last=False, compile=False)),
     "cuda bf16 + channels_last": ("cuda", Accel(amp="bf16", channels_last=True, compile=False)),
@@ -95,9 +98,18 @@ def model_description(args: argparse.Namespace) -> str:
 
 
 def chosen_variants(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """(variants to run, CUDA variants skipped because there is no CUDA device)."""
+    """(variants to run, CUDA variants skipped because there is no CUDA device).
+
+    By default the CPU bf16 rows run only on a CPU with native bf16 (elsewhere bf16 is
+    emulated and the automatic choice is fp32 itself); ``--variants`` names them anyway.
+    """
     cuda = torch.cuda.is_available()
-    names = args.variants or [k for k, (dev, _) in VARIANTS.items() if dev == "cpu" or cuda]
+    cpu_rows = ["cpu fp32 eager"]
+    if cpu_has_native_bf16():
+        cpu_rows += ["cpu bf16 + channels_last", "cpu default (automatic)"]
+    names = args.variants or [
+        k for k, (dev, _) in VARIANTS.items() if k in cpu_rows or (cuda and dev == "cuda")
+    ]
     skipped = [k for k in names if VARIANTS[k][0] == "cuda" and not cuda]
     return [k for k in names if k not in skipped], skipped
 

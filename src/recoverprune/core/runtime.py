@@ -16,7 +16,15 @@ from torch import nn
 
 from recoverprune.core.threads import Threads, machine, threads
 
-__all__ = ["Accel", "Runtime", "dist_info", "generator", "resolve", "seed_int"]
+__all__ = [
+    "Accel",
+    "Runtime",
+    "cpu_has_native_bf16",
+    "dist_info",
+    "generator",
+    "resolve",
+    "seed_int",
+]
 
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
@@ -27,8 +35,10 @@ class Accel:
     """Switches for the GPU fast paths. ``None`` means "automatic".
 
     Automatic choice: on CUDA, bf16 autocast (fp16 on GPUs without bf16),
-    ``channels_last`` and ``torch.compile`` are on; on CPU everything is off and the
-    computation is plain float32.
+    ``channels_last`` and ``torch.compile`` are on. On a CPU with native bf16 matrix
+    units (AMX or AVX512-BF16, as torch reports them) bf16 autocast and ``channels_last``
+    are on (BatchNorm statistics and losses stay float32, as on CUDA); on any other CPU
+    the computation is plain float32. ``torch.compile`` is off on CPU.
 
     Example:
         >>> from recoverprune import Accel
@@ -179,18 +189,38 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
     dev = _resolve_device(device)
     cuda = dev.type == "cuda"
     amp_dtype: torch.dtype | None
-    if accel.amp == "off" or (accel.amp == "auto" and not cuda):
+    cpu_bf16 = dev.type == "cpu" and cpu_has_native_bf16()
+    if accel.amp == "off" or (accel.amp == "auto" and not cuda and not cpu_bf16):
         amp_dtype = None
+    elif accel.amp == "auto" and cpu_bf16:
+        amp_dtype = torch.bfloat16
     elif accel.amp == "fp16":
         amp_dtype = torch.float16
     elif accel.amp == "bf16":
         amp_dtype = torch.bfloat16
     else:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = cuda if accel.channels_last is None else accel.channels_last
+    fast = cuda or (cpu_bf16 and amp_dtype is not None)
+    channels_last = fast if accel.channels_last is None else accel.channels_last
     compile_ = cuda if accel.compile is None else accel.compile
     rank, world = dist_info()
     return Runtime(dev, amp_dtype, channels_last, compile_, rank, world, threads())
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 matrices natively (Intel AMX or AVX512-BF16).
+
+    There bf16 autocast with ``channels_last`` took one DeepInversion step of ResNet-20 at
+    batch 256 on one thread from 784 to 390 ms (an Intel Xeon with AMX, measured when
+    this path was proposed); on CPUs without it (AVX2 only, as many AMD EPYC and laptops)
+    bf16 is emulated, so float32 stays.
+
+    Example:
+        >>> isinstance(cpu_has_native_bf16(), bool)
+        True
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def seed_int(seed: int, *keys: int | str) -> int:

@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-__all__ = ["bn_statistics"]
+__all__ = ["bn_layers", "bn_statistics", "stat_distance"]
 
 
 def _bn_hook(
@@ -21,12 +21,22 @@ def _bn_hook(
     weight: float,
 ) -> None:
     x = inputs[0].float()
-    dims = [0, *range(2, x.dim())]
-    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-    loss = torch.linalg.vector_norm(mean - module.running_mean.float()) + torch.linalg.vector_norm(
-        var - module.running_var.float()
-    )
+    var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
+    loss = stat_distance(mean, var, module)
     out.append(loss * weight if weight != 1.0 else loss)
+
+
+def stat_distance(mean: Tensor, var: Tensor, module: nn.Module) -> Tensor:
+    """DeepInversion's distance of a batch's per-channel ``mean``/``var`` from the running
+    statistics of BatchNorm ``module``: ``‖μ − running_mean‖₂ + ‖σ² − running_var‖₂``.
+
+    Example:
+        >>> bn = nn.BatchNorm2d(2)
+        >>> float(stat_distance(torch.zeros(2), torch.ones(2), bn))
+        0.0
+    """
+    rm, rv = module.running_mean.float(), module.running_var.float()  # type: ignore[union-attr]
+    return torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv)
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

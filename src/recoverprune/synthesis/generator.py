@@ -33,9 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recoverprune.core.borrow import borrowed
 from recoverprune.core.runtime import Runtime, generator
 from recoverprune.core.spec import InputSpec
-from recoverprune.synthesis.bn import bn_layers
+from recoverprune.synthesis.bn import bn_layers, stat_distance
+from recoverprune.synthesis.priors import random_view
 
 __all__ = ["AmortisedSynthesizer", "Generator", "GeneratorConfig"]
 
@@ -187,8 +189,7 @@ class _RunningBN:
             a = self.momentum
             mean, var = a * prev[0] + (1 - a) * mean, a * prev[1] + (1 - a) * var
         self.last.append((mean.detach(), var.detach()))
-        rm, rv = m.running_mean.float(), m.running_var.float()  # type: ignore[union-attr]
-        self.losses.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
+        self.losses.append(stat_distance(mean, var, m))
 
     @contextmanager
     def hooked(self) -> Iterator[None]:
@@ -322,10 +323,16 @@ class AmortisedSynthesizer:
         best: tuple[float, Tensor, list[tuple[Tensor, Tensor]]] | None = None
         stats: dict[str, float] = {}
         y = labels.to(rt.device)
-        with self.bn.hooked(), _frozen(adversary):
+        with self.bn.hooked(), borrowed(adversary):
             for it in range(steps):
                 x = fast(z)
-                view = _view(x, int(shifts[it, 0]), int(shifts[it, 1]), cfg, bool(flips[it]))
+                view = random_view(
+                    x,
+                    int(shifts[it, 0]),
+                    int(shifts[it, 1]),
+                    jitter=bool(cfg.jitter),
+                    flip=cfg.flip and bool(flips[it]),
+                )
                 self.bn.last = []
                 loss, parts = self._loss(view, y, adversary)
                 value = float(loss.detach())
@@ -376,29 +383,3 @@ class AmortisedSynthesizer:
         with torch.no_grad():  # BatchNorm statistics of the generator follow the copy
             for b, c in zip(self.generator.buffers(), fast.buffers(), strict=True):
                 b.copy_(c)
-
-
-def _view(x: Tensor, dx: int, dy: int, cfg: GeneratorConfig, flip: bool) -> Tensor:
-    """The jittered (and flipped) view of ``x`` the teacher sees at one step."""
-    view = torch.roll(x, shifts=(dx, dy), dims=(2, 3)) if cfg.jitter else x
-    return torch.flip(view, dims=(3,)) if cfg.flip and flip else view
-
-
-@contextmanager
-def _frozen(model: nn.Module | None) -> Iterator[None]:
-    """``model`` in eval mode without weight gradients; modes and flags restored after."""
-    if model is None:
-        yield
-        return
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode

@@ -40,7 +40,7 @@ from recoverprune.synthesis.amortised import generate_set, manifest_config
 from recoverprune.synthesis.bn import bn_layers, bn_statistics
 from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.generator import GeneratorConfig
-from recoverprune.synthesis.priors import js_competition, total_variation
+from recoverprune.synthesis.priors import js_competition, random_view, total_variation
 from recoverprune.synthesis.shards import (
     check_or_write_manifest,
     make_manifest,
@@ -129,9 +129,9 @@ class _Inverter:
                 for group in opt.param_groups:
                     group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * it / cfg.iterations))
             dx, dy = int(shifts[it, 0]), int(shifts[it, 1])
-            view = torch.roll(x, shifts=(dx, dy), dims=(2, 3)) if cfg.jitter else x
-            if cfg.flip and bool(flips[it]):
-                view = torch.flip(view, dims=(3,))
+            view = random_view(
+                x, dx, dy, jitter=bool(cfg.jitter), flip=cfg.flip and bool(flips[it])
+            )
             opt.zero_grad(set_to_none=True)
             loss, bn, ce, logits = self._loss_fn(view, labels)
             loss_v = float(loss.detach())

@@ -1,4 +1,5 @@
-"""Image priors and the competition term of DeepInversion's loss."""
+"""Image priors, the random view the teacher sees, and the competition term of DeepInversion's
+loss."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["js_competition", "total_variation"]
+__all__ = ["js_competition", "random_view", "total_variation"]
 
 
 def total_variation(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -24,6 +25,19 @@ def total_variation(x: Tensor) -> tuple[Tensor, Tensor]:
     l2 = sum(torch.linalg.vector_norm(d) for d in (d1, d2, d3, d4)) / x.shape[0]
     l1 = sum(d.abs().mean() for d in (d1, d2, d3, d4))
     return l1, l2  # type: ignore[return-value]
+
+
+def random_view(x: Tensor, dx: int, dy: int, *, jitter: bool, flip: bool) -> Tensor:
+    """The view of ``x`` the teacher sees at one step: rolled by ``(dx, dy)`` pixels when
+    ``jitter``, mirrored left-right when ``flip``.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 1, 4)
+        >>> random_view(x, 0, 1, jitter=True, flip=True).flatten().tolist()
+        [2.0, 1.0, 0.0, 3.0]
+    """
+    view = torch.roll(x, shifts=(dx, dy), dims=(2, 3)) if jitter else x
+    return torch.flip(view, dims=(3,)) if flip else view
 
 
 def js_competition(student_logits: Tensor, teacher_logits: Tensor, t: float) -> Tensor:
