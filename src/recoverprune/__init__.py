@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from recoverprune.pipeline.presets import PRESETS, Preset
     from recoverprune.pipeline.prune import prune
     from recoverprune.pipeline.report import CompressResult
+    from recoverprune.pruning.blocks import BlockConfig
     from recoverprune.pruning.channel_spec import channel_spec, kept_channels
     from recoverprune.pruning.channels import ChannelConfig
     from recoverprune.pruning.export import export
@@ -69,6 +70,7 @@ _WHERE = {
     "Accel": "core.runtime",
     "InputSpec": "core.spec",
     "ChannelConfig": "pruning.channels",
+    "BlockConfig": "pruning.blocks",
     "channel_spec": "pruning.channel_spec",
     "export": "pruning.export",
     "kept_channels": "pruning.channel_spec",
@@ -94,6 +96,7 @@ if os.path.basename(sys.argv[0]) not in ("recoverprune", "recoverprune.exe", "-m
 __all__ = [
     "PRESETS",
     "Accel",
+    "BlockConfig",
     "ChannelConfig",
     "CompressResult",
     "DistillConfig",

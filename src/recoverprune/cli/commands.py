@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from recoverprune.cli.options import accel, apply_overrides, bars, channel_config
+from recoverprune.cli.options import accel, apply_overrides, bars, block_config, channel_config
 from recoverprune.core.paths import check_outputs
 
 __all__ = [
@@ -131,33 +131,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from recoverprune import prune, sparsity
 
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
+    block = block_config(args)  # refuses block options that do not fit, before loading
+    if args.amount is None and block is None:
+        raise ValueError("prune needs --amount (only --structure block takes none)")
     model = _load(args, args.checkpoint)
-    if args.structure == "channel":
-        import torch
-
-        from recoverprune.pruning.channels import count_macs
-
+    if args.structure in ("channel", "block"):
         pruned = prune(
             model,
             args.amount,
             exclude=args.exclude or (),
-            structure="channel",
+            structure=args.structure,
             channel=channel_config(args),
+            block=block,
         )
         _save_model(
             pruned,
             args.out,
             arch=args.arch,
             amount=args.amount,
-            structure="channel",
+            structure=args.structure,
             input=_input(model),
         )
-        x = torch.zeros(1, *model.pretrained_cfg["input_size"])
-        params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
-        print(
-            f"{args.arch} channel-pruned: {params[0]:,} -> {params[1]:,} parameters, "
-            f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"
-        )
+        print(_smaller(args.arch, model, pruned))
         print(f"wrote {args.out}")
         return 0
     pruned = prune(
@@ -169,6 +164,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rprint(sparsity(pruned).table(title=f"{args.arch} pruned ({args.scope}, amount {args.amount})"))
     print(f"wrote {args.out}")
     return 0
+
+
+def _smaller(arch: str, model: Any, pruned: Any) -> str:
+    """One line: what channel pruning or block dropping removed, in parameters and MACs."""
+    import torch
+
+    from recoverprune.pruning.channel_spec import dropped_blocks
+    from recoverprune.pruning.channels import count_macs
+
+    x = torch.zeros(1, *model.pretrained_cfg["input_size"])
+    params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
+    dropped = dropped_blocks(pruned)
+    how = "channel-pruned" if dropped is None else f"without blocks {', '.join(dropped)}"
+    return (
+        f"{arch} {how}: {params[0]:,} -> {params[1]:,} parameters, "
+        f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"
+    )
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -253,6 +265,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         {"--out": out, **{name: out / name for name in written}},
         untouched=["--eval-data"],
     )
+    block = block_config(args)  # refuses block options that do not fit, before any work
     if args.checkpoint is not None:
         if args.arch is None:
             raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
@@ -273,6 +286,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         exclude=args.exclude or (),
         structure=args.structure,
         channel=channel_config(args),
+        block=block,
         synthesis=args.synthesis,
         inversion=apply_overrides(InversionConfig(), args, "di-"),
         distill=apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
@@ -307,8 +321,14 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
     n, iterations = args.n or p.n, args.iterations or p.iterations
     epochs = args.epochs or p.epochs
     who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
+    if args.structure == "block" and args.block_speedup is not None:
+        what = f"drop residual blocks to {args.block_speedup}x fewer MACs"
+    elif args.structure == "block":
+        what = f"drop {args.drop_blocks or 1} residual block(s)"
+    else:
+        what = f"prune {0.75 if args.amount is None else args.amount:.0%} ({args.scope})"
     lines = [
-        f"recoverprune compress: teacher {who}; prune {args.amount:.0%} ({args.scope}); "
+        f"recoverprune compress: teacher {who}; {what}; "
         + (
             f"DeepInversion {n:,} images x {iterations:,} iterations (batch {p.batch_size}); "
             if args.synthesis == "deepinversion"

@@ -19,6 +19,7 @@ __all__ = [
     "add_structure",
     "apply_overrides",
     "bars",
+    "block_config",
     "channel_config",
     "config_default",
     "config_overrides",
@@ -169,9 +170,10 @@ def add_structure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--structure",
         default="unstructured",
-        choices=["unstructured", "channel"],
+        choices=["unstructured", "channel", "block"],
         help="unstructured masks, or remove whole channels (a smaller, faster dense model; "
-        'needs pip install "recoverprune[channel]") (default unstructured)',
+        'needs pip install "recoverprune[channel]"), or drop whole residual blocks (a '
+        "shorter, faster model; no --amount) (default unstructured)",
     )
     p.add_argument(
         "--speedup",
@@ -191,8 +193,25 @@ def add_structure(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="channel: re-estimate the BatchNorm statistics pruning shifted on N DeepInversion "
-        "images of the teacher; 0 keeps the teacher's (default: 64, fewer for heavy models)",
+        help="channel, block: re-estimate the BatchNorm statistics pruning shifted on N "
+        "DeepInversion images of the teacher (block: also score the blocks on them); 0 keeps "
+        "the teacher's statistics (default: 64, fewer for heavy models)",
+    )
+    p.add_argument(
+        "--drop-blocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="block: drop the N residual blocks whose removal changes the teacher's outputs "
+        "least on DeepInversion images (default: 1 unless --block-speedup)",
+    )
+    p.add_argument(
+        "--block-speedup",
+        type=float,
+        default=None,
+        metavar="X",
+        help="block: drop blocks, least damaging first, until the model has X times fewer "
+        "MACs (default: none)",
     )
 
 
@@ -205,6 +224,36 @@ def channel_config(args: argparse.Namespace) -> Any:
         importance=args.importance,
         speedup=args.speedup,
         recalibrate_images=args.recalibrate_images,
+        image_size=getattr(args, "image_size", None),
+    )
+
+
+def block_config(args: argparse.Namespace) -> Any:
+    """The :class:`~recoverprune.BlockConfig` of ``--structure block``, else ``None``.
+
+    Refuses the block options without ``--structure block``, and ``--amount`` or
+    ``--speedup`` with it, by name.
+    """
+    from recoverprune import BlockConfig
+
+    drop, speedup = args.drop_blocks, args.block_speedup
+    if args.structure != "block":
+        if drop is not None or speedup is not None:
+            raise ValueError("--drop-blocks and --block-speedup need --structure block")
+        return None
+    if args.amount is not None:
+        raise ValueError(
+            "--structure block drops whole blocks and takes no --amount: give --drop-blocks N "
+            "or --block-speedup X"
+        )
+    if args.speedup is not None:
+        raise ValueError("--speedup is channel pruning's; to drop blocks pass --block-speedup")
+    n = args.recalibrate_images
+    return BlockConfig(
+        drop=drop,
+        speedup=speedup,
+        images=n or None,  # 0: the automatic budget scores the blocks, statistics are kept
+        recalibrate=n != 0,
         image_size=getattr(args, "image_size", None),
     )
 

@@ -117,10 +117,16 @@ def _evaluate_parser(sub: Any) -> None:
 
 def _prune_parser(sub: Any) -> None:
     """The ``prune`` command's options."""
-    p = sub.add_parser("prune", help="magnitude-prune a checkpoint")
+    p = sub.add_parser(
+        "prune", help="magnitude-prune a checkpoint, remove channels or drop residual blocks"
+    )
     add_model(p)
     p.add_argument(
-        "--amount", type=float, required=True, help="fraction of weights to remove, e.g. 0.75"
+        "--amount",
+        type=float,
+        default=None,
+        help="fraction of weights to remove, e.g. 0.75 (default: none; needed except with "
+        "--structure block)",
     )
     p.add_argument(
         "--scope",
@@ -208,8 +214,9 @@ def _compress_parser(sub: Any, full: bool) -> None:
     p.add_argument(
         "--amount",
         type=float,
-        default=0.75,
-        help="fraction of the prunable weights to set to zero (default 0.75)",
+        default=None,
+        help="fraction of the prunable weights to set to zero (default 0.75; none with "
+        "--structure block)",
     )
     p.add_argument(
         "--preset",

@@ -49,7 +49,8 @@ from recoverprune.pipeline.report import (
     measure_top1,
     print_report,
 )
-from recoverprune.pruning.channel_spec import channel_spec
+from recoverprune.pruning.blocks import BlockConfig
+from recoverprune.pruning.channel_spec import channel_spec, dropped_blocks
 from recoverprune.pruning.channels import ChannelConfig
 from recoverprune.pruning.masks import copy_model
 from recoverprune.synthesis.config import InversionConfig
@@ -61,7 +62,7 @@ __all__ = ["compress"]
 
 def compress(
     teacher: nn.Module | None = None,
-    amount: float = 0.75,
+    amount: float | None = None,
     *,
     out_dir: str | os.PathLike[str] = "recoverprune-out",
     preset: Literal["tiny", "quick", "paper", "seed"] | Preset = "quick",
@@ -70,8 +71,9 @@ def compress(
     epochs: int | None = None,
     scope: Literal["global", "layerwise"] = "global",
     exclude: Sequence[str] = (),
-    structure: Literal["unstructured", "channel"] = "unstructured",
+    structure: Literal["unstructured", "channel", "block"] = "unstructured",
     channel: ChannelConfig | None = None,
+    block: BlockConfig | None = None,
     synthesis: Literal["deepinversion", "stream"] = "deepinversion",
     stream: StreamConfig | None = None,
     inversion: InversionConfig | None = None,
@@ -101,7 +103,8 @@ def compress(
     Args:
         teacher: the trained network (left unchanged). ``None`` uses the embedded default
             CIFAR-10 ResNet-20 (see :func:`recoverprune.models.default_teacher`).
-        amount: global sparsity to reach.
+        amount: global sparsity to reach (default 0.75); for ``structure="channel"`` the
+            fraction of every group's channels; ``None`` for ``structure="block"``.
         out_dir: where every stage is persisted.
         preset: budget (``"tiny"``, ``"quick"``, ``"paper"``, ``"seed"`` or a
             :class:`Preset`).
@@ -110,8 +113,11 @@ def compress(
         epochs: distillation epochs (overrides the preset).
         scope: as in :func:`~recoverprune.prune`.
         exclude: as in :func:`~recoverprune.prune`.
-        structure: as in :func:`~recoverprune.prune` (``"channel"``: a smaller dense model).
+        structure: as in :func:`~recoverprune.prune` (``"channel"``: a smaller dense model;
+            ``"block"``: a shorter one).
         channel: as in :func:`~recoverprune.prune` (channel-pruning settings).
+        block: as in :func:`~recoverprune.prune` (block-dropping settings; the stage key
+            of ``pruned.pt`` records them, so a resumed run refuses other ones by name).
         synthesis: ``"deepinversion"``: a fixed set of ``n`` DeepInversion images made
             before recovery; ``"stream"``: a :class:`SyntheticStream` of generator
             batches made between the epochs of recovery (``n`` and ``iterations`` then
@@ -144,6 +150,7 @@ def compress(
     """
     if teacher is None:
         teacher = default_teacher()
+    amount = _amount(amount, structure)
     p = _budget(preset, n=n, iterations=iterations, epochs=epochs)
     stream = _stream_of(synthesis, stream, p)  # checked before any compute
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
@@ -165,7 +172,7 @@ def compress(
     clock = _StageClock(out / TIMING, rt.is_main)
     stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
     with clock("prune"):
-        how = {"scope": scope, "exclude": exclude, "structure": structure, "channel": channel}
+        how = dict(scope=scope, exclude=exclude, structure=structure, channel=channel, block=block)
         student = _prune_stage(teacher, amount, how, out / PRUNED, rt, overwrite)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
@@ -181,9 +188,8 @@ def compress(
             overwrite,
         )
     report = make_report(teacher, student, check, amount, scope, p, inv, dcfg, seed, rt)
-    report.update(input=spec.to_dict(), structure=structure)
+    report.update(input=spec.to_dict(), **_structure_record(structure, channel, block, student))
     report["synthesis"] = _synthesis_record(synthetic)
-    report["channel"] = asdict(channel) if channel else None
     if eval_data is not None:
         with clock("evaluate"):
             report["top1"] = measure_top1(
@@ -255,6 +261,18 @@ def stream_for(p: Preset) -> StreamConfig:
     )
 
 
+def _structure_record(
+    structure: str, channel: ChannelConfig | None, block: BlockConfig | None, student: nn.Module
+) -> dict[str, Any]:
+    """How the student was made smaller (report.json's ``structure``, ``channel``, ``block``)."""
+    record: dict[str, Any] = {"structure": structure}
+    record["channel"] = asdict(channel) if channel else None
+    if structure == "block":
+        record["block"] = asdict(block or BlockConfig())
+        record["dropped_blocks"] = dropped_blocks(student)
+    return record
+
+
 def _synthesis_record(synthetic: SyntheticImages | SyntheticStream) -> dict[str, Any]:
     """How the transfer images were made (report.json's ``synthesis``)."""
     if isinstance(synthetic, SyntheticStream):
@@ -281,6 +299,18 @@ def _write_outputs(
     write_json_atomic(report, out / REPORT)
     if progress:
         print_report(report)
+
+
+def _amount(amount: float | None, structure: str) -> float | None:
+    """``amount``, 0.75 when not given; ``None`` for block dropping, which takes none."""
+    if structure != "block":
+        return 0.75 if amount is None else amount
+    if amount is not None:
+        raise ValueError(
+            f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
+            "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
+        )
+    return None
 
 
 def _input_kwargs(spec: InputSpec) -> dict[str, Any]:
@@ -320,10 +350,14 @@ def _prune_stage(
 ) -> nn.Module:
     """``prune(teacher, amount, **how)``, or the pruned student ``path`` holds for exactly that."""
     channel = how["channel"] or (ChannelConfig() if how["structure"] == "channel" else None)
+    parts = {**how, "channel": asdict(channel) if channel else None}
+    del parts["block"]  # in the key only when blocks are dropped: older keys stay valid
+    if how["structure"] == "block":
+        parts["block"] = asdict(how["block"] or BlockConfig())
     key = stage_key(  # the defaults themselves: a default that changes is not a stale match
         teacher=fingerprint(teacher),
         amount=amount,
-        **{**how, "channel": asdict(channel) if channel else None},
+        **parts,
     )
     if reuse_pruned(path, key, overwrite):
         return load_model(teacher, path)

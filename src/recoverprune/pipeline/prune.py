@@ -1,8 +1,10 @@
-"""The public :func:`prune`: unstructured masks, or channels removed through a dependency graph.
+"""The public :func:`prune`: unstructured masks, channels removed through a dependency graph,
+or whole residual blocks dropped.
 
-The pruning layer never makes data; for data-driven channel importance and for
-re-estimating BatchNorm statistics after channel pruning, this is where DeepInversion
-images are made when the caller gives none (lazily: only once the pruning layer asks).
+The pruning layer never makes data; for data-driven channel importance, for choosing the
+blocks to drop and for re-estimating BatchNorm statistics afterwards, this is where
+DeepInversion images are made when the caller gives none (lazily: only once the pruning
+layer asks).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from recoverprune.pruning.blocks import BlockConfig, drop_blocks
 from recoverprune.pruning.channels import ChannelConfig, channel_prune, count_macs, example_input
 from recoverprune.pruning.masks import DEFAULT_LAYER_TYPES, Scope, magnitude_prune
 from recoverprune.synthesis.config import InversionConfig
@@ -29,11 +32,13 @@ def prune(
     exclude: Sequence[str] = (),
     layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     inplace: bool = False,
-    structure: Literal["unstructured", "channel"] = "unstructured",
+    structure: Literal["unstructured", "channel", "block"] = "unstructured",
     channel: ChannelConfig | None = None,
+    block: BlockConfig | None = None,
     data: Any = None,
 ) -> nn.Module:
-    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept; or channel pruning.
+    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept; channel pruning;
+    or block dropping.
 
     With ``scope="global"`` (the default, as in the paper) all selected weights compete:
     exactly ``round(amount * total)`` of the smallest ``|w|`` across every layer are
@@ -44,7 +49,8 @@ def prune(
 
     Args:
         model: a trained network. It is not modified unless ``inplace=True``.
-        amount: fraction of the selected weights to remove, in ``[0, 1)``.
+        amount: fraction of the selected weights to remove, in ``[0, 1)``; ``None`` for
+            ``structure="block"`` (the block count or speed-up is in ``block``).
         scope: ``"global"`` or ``"layerwise"``.
         include: glob patterns of layer names that take part (default: all).
         exclude: glob patterns of layer names to keep dense, e.g. ``["conv1", "linear"]``.
@@ -54,20 +60,26 @@ def prune(
             output channels through a dependency graph, so the copy is a smaller dense
             network (needs ``pip install "recoverprune[channel]"``; ``amount`` is then the
             fraction of each prunable group's channels, ``scope``/``include``/``layer_types``/
-            ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md).
+            ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md);
+            or ``"block"``: replace whole residual blocks by ``nn.Identity``, the least
+            damaging first, so the copy is a shorter network (``exclude`` names blocks to
+            keep; see :class:`BlockConfig`).
         channel: channel-pruning settings: importance, ``speedup=``/``target_macs=``
             budgets, protected layers, unstructured sparsity on what remains.
-        data: images for data-driven channel importance (``importance="taylor"``) and for
-            re-estimating BatchNorm statistics after channel pruning; default:
-            DeepInversion images of the model (``channel.calibration_images`` for Taylor,
-            :func:`recalibration_budget` for the statistics), made only when needed.
+        block: block-dropping settings: ``drop=`` blocks or ``speedup=``, the images that
+            score them, BatchNorm re-estimation (default ``BlockConfig()``: one block).
+        data: images for data-driven channel importance (``importance="taylor"``), for
+            scoring the blocks to drop, and for re-estimating BatchNorm statistics after
+            channel pruning or block dropping; default: DeepInversion images of the model
+            (``channel.calibration_images`` for Taylor, :func:`recalibration_budget` for
+            the rest), made only when needed.
 
     Returns:
         The pruned model (a deep copy unless ``inplace``), same mode and device.
 
     Raises:
-        TypeError, ValueError: bad ``amount``/``scope``, no prunable layer, or a pattern
-            that matches nothing.
+        TypeError, ValueError: bad ``amount``/``scope``, no prunable layer or block, a
+            budget out of reach, or a pattern that matches nothing.
 
     Example:
         >>> from torch import nn
@@ -78,14 +90,38 @@ def prune(
         60
         >>> sparsity(net).zeros  # the input model is left as it was
         0
+
+        Two residual blocks dropped, scored on the images given (without ``data=``,
+        DeepInversion images of the model are made):
+
+        >>> import torch
+        >>> from recoverprune import BlockConfig
+        >>> from recoverprune.models import resnet20
+        >>> short = prune(resnet20(), None, structure="block", block=BlockConfig(drop=2),
+        ...               data=torch.randn(8, 3, 32, 32))
+        >>> stages = (short.layer1, short.layer2, short.layer3)
+        >>> sum(isinstance(b, nn.Identity) for stage in stages for b in stage)
+        2
     """
+    if structure == "block":
+        if amount is not None:
+            raise ValueError(
+                f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
+                "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
+            )
+        cfg = block or BlockConfig()
+        if data is None:
+            data = calibration_source(model, cfg)
+        return drop_blocks(model, cfg, data, exclude=exclude)
     if structure == "channel":
         cfg = channel or ChannelConfig()
         if data is None:
             data = calibration_source(model, cfg)
         return channel_prune(model, amount, cfg, exclude=exclude, data=data)
     if structure != "unstructured":
-        raise ValueError(f"structure must be 'unstructured' or 'channel', got {structure!r}")
+        raise ValueError(
+            f"structure must be 'unstructured', 'channel' or 'block', got {structure!r}"
+        )
     return magnitude_prune(
         model,
         amount,
@@ -113,10 +149,12 @@ RECALIBRATION_MACS = 64 * 50 * 70_000_000
 RECALIBRATION_FLOOR = (16, 10)
 
 
-def recalibration_budget(model: nn.Module, cfg: ChannelConfig) -> tuple[int, int]:
-    """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation.
+def recalibration_budget(model: nn.Module, cfg: ChannelConfig | BlockConfig) -> tuple[int, int]:
+    """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation (and, for
+    block dropping, for scoring the blocks).
 
-    Explicit ``cfg.recalibrate_images`` / ``cfg.recalibrate_iterations`` are kept; an
+    Explicit ``cfg.recalibrate_images`` / ``cfg.recalibrate_iterations`` (for a
+    :class:`BlockConfig`: ``cfg.images`` / ``cfg.iterations``) are kept; an
     automatic one (``None``) is 64 / 50, both scaled by the square root of
     ``RECALIBRATION_MACS / (64 * 50 * MACs per image)`` when that is below 1, and never
     below 16 / 10.
@@ -127,8 +165,13 @@ def recalibration_budget(model: nn.Module, cfg: ChannelConfig) -> tuple[int, int
         (64, 50)
         >>> recalibration_budget(resnet20(), ChannelConfig(recalibrate_iterations=7))
         (64, 7)
+        >>> recalibration_budget(resnet20(), BlockConfig(images=16))
+        (16, 50)
     """
-    n, steps = cfg.recalibrate_images, cfg.recalibrate_iterations
+    if isinstance(cfg, BlockConfig):
+        n, steps = cfg.images, cfg.iterations
+    else:
+        n, steps = cfg.recalibrate_images, cfg.recalibrate_iterations
     if n is not None and steps is not None:
         return n, steps
     example = example_input(model, None, cfg.image_size)
@@ -141,14 +184,18 @@ def recalibration_budget(model: nn.Module, cfg: ChannelConfig) -> tuple[int, int
     return n, steps
 
 
-def calibration_source(model: nn.Module, cfg: ChannelConfig) -> Callable[[], Any] | None:
-    """A function making the DeepInversion images channel pruning may ask for, or None.
+def calibration_source(
+    model: nn.Module, cfg: ChannelConfig | BlockConfig
+) -> Callable[[], Any] | None:
+    """A function making the DeepInversion images channel pruning or block dropping may ask
+    for, or None.
 
     Taylor importance takes ``cfg.calibration_images`` in ``cfg.calibration_iterations``
     steps, and BatchNorm re-estimation then uses the same images; re-estimation alone
     takes :func:`recalibration_budget` images and steps. ``None``
     when nothing needs images (magnitude importance, and no re-estimation or no
-    BatchNorm layer to re-estimate).
+    BatchNorm layer to re-estimate). Block dropping always scores its blocks on
+    :func:`recalibration_budget` images.
 
     Example:
         >>> from torch import nn
@@ -157,7 +204,10 @@ def calibration_source(model: nn.Module, cfg: ChannelConfig) -> Callable[[], Any
         True
     """
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if cfg.importance == "taylor":
+    if isinstance(cfg, BlockConfig):
+        n, steps = recalibration_budget(model, cfg)
+        config = InversionConfig(iterations=steps, first_bn_multiplier=RECALIBRATION_FIRST_BN)
+    elif cfg.importance == "taylor":
         n, steps = cfg.calibration_images, cfg.calibration_iterations
         config = InversionConfig(iterations=steps)
     elif has_bn and cfg.recalibrate_images != 0:

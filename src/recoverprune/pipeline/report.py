@@ -209,11 +209,19 @@ def measure_top1(
     }
 
 
+def _what_was_pruned(report: dict[str, Any]) -> str:
+    """The report title's account of the pruning: amount and scope, or the dropped blocks."""
+    if report.get("structure") == "block":
+        dropped = report.get("dropped_blocks") or []
+        return f"{len(dropped)} blocks dropped ({', '.join(dropped)})"
+    how = "channels removed" if report.get("structure") == "channel" else "sparsity"
+    return f"amount {report['amount']:.0%} ({report['scope']} {how})"
+
+
 def print_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    how = "channels removed" if report.get("structure") == "channel" else "sparsity"
-    t = Table(title=f"recoverprune: amount {report['amount']:.0%} ({report['scope']} {how})")
+    t = Table(title=f"recoverprune: {_what_was_pruned(report)}")
     t.add_column("quantity")
     t.add_column("value", justify="right")
     for name, acc in report.get("top1", {}).items():

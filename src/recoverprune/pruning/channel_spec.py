@@ -1,5 +1,5 @@
-"""Which channels a channel-pruned model kept, as plain data: saved beside the weights,
-applied to a freshly built model to load them back."""
+"""Which channels a channel-pruned model kept and which blocks a block-dropped one lost, as
+plain data: saved beside the weights, applied to a freshly built model to load them back."""
 
 from __future__ import annotations
 
@@ -9,10 +9,22 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CONVERTED_ATTR", "KEPT_ATTR", "apply_channel_spec", "channel_spec", "kept_channels"]
+__all__ = [
+    "CONVERTED_ATTR",
+    "DROPPED_ATTR",
+    "KEPT_ATTR",
+    "apply_channel_spec",
+    "channel_spec",
+    "dropped_blocks",
+    "kept_channels",
+]
 
 
 KEPT_ATTR = "recoverprune_kept_channels"
+
+
+#: names of the blocks block dropping replaced by ``nn.Identity`` (``pruning.blocks``)
+DROPPED_ATTR = "recoverprune_dropped_blocks"
 
 
 CONVERTED_ATTR = "recoverprune_shortcut_convs"
@@ -45,13 +57,28 @@ def kept_channels(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return None if kept is None else dict(kept)
 
 
+def dropped_blocks(model: nn.Module) -> list[str] | None:
+    """Names of the blocks block dropping replaced by ``nn.Identity``, in module order.
+
+    ``None`` for a model whose blocks were not dropped.
+
+    Example:
+        >>> dropped_blocks(nn.Linear(2, 2)) is None
+        True
+    """
+    dropped = getattr(model, DROPPED_ATTR, None)
+    return None if dropped is None else list(dropped)
+
+
 # -- saving, loading, export ----------------------------------------------------------
 def channel_spec(model: nn.Module) -> dict[str, Any] | None:
-    """Per-layer channel counts and kept indices of a channel-pruned model, as plain data.
+    """Per-layer channel counts and kept indices of a channel-pruned model, and the blocks a
+    block-dropped model lost, as plain data.
 
     Saved next to the ``state_dict`` (``{"state_dict": ..., "channel_spec": ...}``) it lets
     :func:`recoverprune.models.load_model` rebuild the smaller model from its architecture
-    with ``weights_only=True``. ``None`` for a model that was not channel-pruned.
+    with ``weights_only=True``. ``None`` for a model that was neither channel-pruned nor
+    block-dropped (``"kept"`` is ``None`` for a model that was only block-dropped).
 
     Example:
         >>> from recoverprune.models import resnet20
@@ -60,8 +87,8 @@ def channel_spec(model: nn.Module) -> dict[str, Any] | None:
         >>> spec["modules"].get("layer1.0.conv1").get("out_channels")
         8
     """
-    kept = kept_channels(model)
-    if kept is None:
+    kept, dropped = kept_channels(model), dropped_blocks(model)
+    if kept is None and dropped is None:
         return None
     modules = {
         name: {a: int(getattr(m, a)) for a in _SHAPE_ATTRS if isinstance(getattr(m, a, None), int)}
@@ -71,18 +98,20 @@ def channel_spec(model: nn.Module) -> dict[str, Any] | None:
     return {
         "format": 1,
         "modules": modules,
-        "kept": {n: v.tolist() for n, v in kept.items()},
+        "kept": None if kept is None else {n: v.tolist() for n, v in kept.items()},
         "shortcut_convs": list(getattr(model, CONVERTED_ATTR, [])),
+        "dropped_blocks": dropped or [],
     }
 
 
 def apply_channel_spec(
     model: nn.Module, spec: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
 ) -> nn.Module:
-    """Reshape a freshly built ``model`` in place to the recorded channel counts.
+    """Reshape a freshly built ``model`` in place to the recorded channel counts and blocks.
 
-    Layer attributes come from ``spec``; every parameter and buffer takes the shape it
-    has in ``state_dict`` (empty storage, filled by ``load_state_dict``).
+    The recorded dropped blocks become ``nn.Identity``; layer attributes come from
+    ``spec``; every parameter and buffer takes the shape it has in ``state_dict`` (empty
+    storage, filled by ``load_state_dict``).
 
     Example:
         >>> from recoverprune.models import resnet20
@@ -96,6 +125,7 @@ def apply_channel_spec(
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, nn.Conv2d(1, 1, 1, stride=2, bias=False))
     setattr(model, CONVERTED_ATTR, list(spec.get("shortcut_convs", [])))
+    _drop(model, spec.get("dropped_blocks") or [])
     modules = dict(model.named_modules())
     for name, attrs in spec.get("modules", {}).items():
         if name not in modules:
@@ -114,9 +144,20 @@ def apply_channel_spec(
                 setattr(module, tensor, nn.Parameter(fresh, requires_grad=current.requires_grad))
             else:
                 module._buffers[tensor] = fresh  # type: ignore[union-attr]
-    setattr(
-        model,
-        KEPT_ATTR,
-        {n: torch.tensor(v, dtype=torch.long) for n, v in spec.get("kept", {}).items()},
-    )
+    kept = spec.get("kept", {})
+    if kept is not None:
+        setattr(model, KEPT_ATTR, {n: torch.tensor(v, dtype=torch.long) for n, v in kept.items()})
     return model
+
+
+def _drop(model: nn.Module, names: list[str]) -> None:
+    """Replace the named blocks by ``nn.Identity`` and record them (nothing if none)."""
+    if not names:
+        return
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules or not name:
+            raise ValueError(f"channel spec drops block {name!r}, which the model does not have")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Identity())
+    setattr(model, DROPPED_ATTR, list(names))

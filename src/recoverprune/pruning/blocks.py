@@ -1,0 +1,428 @@
+"""Block dropping: whole residual blocks replaced by ``nn.Identity``, least damaging first.
+
+A residual block with an identity shortcut computes ``x + f(x)`` (then, in the original
+ResNets, a ReLU of a tensor that is already non-negative); without its residual branch it
+computes ``x``. Removing such blocks shortens the network itself, so the result is faster
+on any hardware with ordinary kernels. PRACTISE (Wang and Wu, CVPR 2023) finds that with
+very little (or synthetic) data, dropping blocks recovers better than pruning channels at
+the same latency; it scores blocks with small trained adaptors. Here, without training, a
+block is chosen greedily: the one whose removal changes the logits least, measured as
+``KL(teacher ‖ student)`` on the images the caller gives (DeepInversion images when they
+come from :func:`recoverprune.prune`). The BatchNorm statistics the removal shifted (those
+after the first dropped block) are then re-estimated on the same images.
+
+The pruning layer makes no data: :func:`drop_blocks` takes its images (or a function
+returning them, called once the settings are known to be reachable) from its caller.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recoverprune.core.borrow import borrowed
+from recoverprune.core.runtime import resolve
+from recoverprune.pruning.batchnorm import bn_layers, recalibrate_bn, shifted_bns
+from recoverprune.pruning.channel_spec import CONVERTED_ATTR, DROPPED_ATTR, KEPT_ATTR
+from recoverprune.pruning.channels import count_macs, example_input, recalibration_images
+from recoverprune.pruning.masks import copy_model
+
+__all__ = ["BlockConfig", "drop_blocks", "droppable_blocks"]
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Settings of block dropping (``prune(model, None, structure="block", block=...)``).
+
+    Give ``drop`` or ``speedup``, not both; with neither, one block is dropped (the least
+    damaging one: the smallest change that is valid for every model with a droppable block).
+
+    Attributes:
+        drop: how many blocks to remove.
+        speedup: remove blocks, least damaging first, until the model has at most
+            ``1 / speedup`` of the teacher's MACs (Conv/Linear multiply-accumulates).
+        images: DeepInversion images made by :func:`recoverprune.prune` to score the blocks
+            and re-estimate BatchNorm statistics (``data=`` images are used instead when
+            given). ``None``: the automatic budget of channel pruning's re-estimation, 64,
+            fewer for models heavier than a CIFAR ResNet-32 (see
+            ``recoverprune.pipeline.prune.recalibration_budget``).
+        iterations: DeepInversion steps for those images; ``None``: 50, fewer for such models.
+        recalibrate: re-estimate the running statistics of every BatchNorm layer whose input
+            the removal changed, on the same images. ``False`` keeps the teacher's.
+        image_size: input ``H``/``W`` for tracing when the model has no ``pretrained_cfg``.
+        exclude: glob patterns of blocks to keep; a pattern naming a module keeps every
+            block inside it (``("layer1",)`` keeps the first stage whole).
+
+    Example:
+        >>> BlockConfig(drop=2).recalibrate
+        True
+    """
+
+    drop: int | None = None
+    speedup: float | None = None
+    images: int | None = None
+    iterations: int | None = None
+    recalibrate: bool = True
+    image_size: int | tuple[int, int] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.drop is not None and (
+            isinstance(self.drop, bool) or not isinstance(self.drop, int) or self.drop < 1
+        ):
+            raise ValueError(f"drop is a number of blocks >= 1, got {self.drop!r}")
+        if self.speedup is not None and not float(self.speedup) > 1.0:
+            raise ValueError(f"speedup is a MAC ratio and must be > 1, got {self.speedup}")
+        if self.drop is not None and self.speedup is not None:
+            raise ValueError("give drop= (a number of blocks) or speedup= (a MAC ratio), not both")
+        if not isinstance(self.recalibrate, bool):
+            raise ValueError(f"recalibrate must be True or False, got {self.recalibrate!r}")
+        least = 2 if self.recalibrate else 1
+        for name, low, what in (("images", least, "images"), ("iterations", 1, "steps")):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
+                why = " (BatchNorm re-estimation needs 2; or pass recalibrate=False)" * (
+                    name == "images" and low == 2
+                )
+                raise ValueError(
+                    f"{name} must be None or a number of {what} >= {low}{why}, got {value!r}"
+                )
+        if isinstance(self.exclude, str) or not all(isinstance(p, str) for p in self.exclude):
+            raise ValueError(
+                f"exclude is a tuple of glob patterns, e.g. ('layer1.*',), got {self.exclude!r}"
+            )
+        size = self.image_size
+        sizes = (size,) if isinstance(size, int) else size if isinstance(size, tuple) else None
+        if size is not None and (
+            sizes is None
+            or len(sizes) not in (1, 2)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+        ):
+            raise ValueError(f"image_size must be None, H or (H, W) in pixels, got {size!r}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))  # a list, made hashable
+
+
+# -- which blocks can go --------------------------------------------------------------
+#: boolean attributes that mean "this block adds its input to its output" (torchvision's
+#: and the zoo's MobileNetV2 blocks, timm's EfficientNet/MobileNet blocks)
+RESIDUAL_FLAGS = ("use_res_connect", "use_residual", "has_skip")
+#: block classes whose ``downsample=None`` means an identity shortcut (torchvision, timm);
+#: ``downsample`` alone says nothing: stages of ConvNeXt or Swin hold an identity one too
+NONE_SHORTCUT_BLOCKS = ("BasicBlock", "Bottleneck")
+
+
+def _identity_shortcut(m: nn.Module) -> str | nn.Module | None:
+    """How ``m`` shows an identity shortcut: ``"flag"``, ``"none"``, the shortcut module
+    (which the forward pass must then call on the block's input), or ``None`` (it does not).
+    """
+    if any(getattr(m, flag, None) is True for flag in RESIDUAL_FLAGS):
+        return "flag"
+    if type(m).__name__ in NONE_SHORTCUT_BLOCKS and getattr(m, "downsample", 0) is None:
+        return "none"
+    s = getattr(m, "shortcut", None)
+    if isinstance(s, nn.Identity) or (isinstance(s, nn.Sequential) and len(s) == 0):
+        return s
+    return None  # no shortcut, a projection or an option-A shortcut (the shape changes)
+
+
+class _Watch:
+    """What one forward pass shows of each structural candidate (filled by hooks)."""
+
+    def __init__(self) -> None:
+        self.bad: set[str] = set()
+        self.called: set[str] = set()
+        self.skips: set[str] = set()
+        self.inputs: dict[str, Tensor] = {}
+
+    def pre(self, name: str, m: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs or len(args) != 1 or not isinstance(args[0], Tensor):
+            self.bad.add(name)  # nn.Identity takes exactly one tensor
+        else:
+            self.inputs[name] = args[0]
+
+    def post(self, name: str, m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        self.called.add(name)
+        x = self.inputs.pop(name, None)
+        if x is None or not isinstance(out, Tensor) or (out.shape, out.dtype) != (x.shape, x.dtype):
+            self.bad.add(name)
+
+    def skip(self, name: str, m: nn.Module, args: tuple) -> None:
+        if args and self.inputs.get(name) is args[0]:
+            self.skips.add(name)  # the shortcut reads the block's own input
+
+
+def _watched(model: nn.Module, structural: dict[str, str | nn.Module], example: Tensor) -> _Watch:
+    """Run ``model`` once on ``example`` with hooks on the candidates, removed in ``finally``."""
+    watch, handles = _Watch(), []
+    modules = dict(model.named_modules())
+    try:
+        for name, how in structural.items():
+            m = modules[name]
+            handles.append(m.register_forward_pre_hook(partial(watch.pre, name), with_kwargs=True))
+            handles.append(m.register_forward_hook(partial(watch.post, name), with_kwargs=True))
+            if isinstance(how, nn.Module):
+                handles.append(how.register_forward_pre_hook(partial(watch.skip, name)))
+        with borrowed(model), torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return watch
+
+
+def _excluded(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a pattern names the block or a module that contains it."""
+    parts = name.split(".")
+    scopes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(s, p) for s in scopes for p in patterns)
+
+
+def droppable_blocks(
+    model: nn.Module, example: Tensor | None = None, *, exclude: Sequence[str] = ()
+) -> list[str]:
+    """Names of the residual blocks of ``model`` that can be replaced by ``nn.Identity``.
+
+    A block qualifies when it has an identity shortcut — torchvision's and timm's
+    ``BasicBlock``/``Bottleneck`` with ``downsample=None``; a block whose ``shortcut`` is
+    an ``nn.Identity`` or an empty ``nn.Sequential`` that the forward pass calls on the
+    block's own input (the zoo's ResNets, timm's ConvNeXt); a block flagged
+    ``use_res_connect``/``use_residual``/``has_skip`` (MobileNetV2, EfficientNet) — *and*,
+    on ``example``, every call of it takes one tensor and returns one of the same shape and
+    dtype. A block inside another qualifying block is not listed (the outer one is).
+
+    Args:
+        model: any network; left as it was (one eval-mode forward pass, hooks removed).
+        example: an input batch (default: zeros of the model's input size).
+        exclude: glob patterns of blocks to leave out, or of modules whose blocks to leave
+            out; each must match some module.
+
+    Example:
+        >>> from recoverprune.models import resnet20
+        >>> droppable_blocks(resnet20())[:4]
+        ['layer1.0', 'layer1.1', 'layer1.2', 'layer2.1']
+    """
+    names = [n for n, _ in model.named_modules()]
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names if n):
+            raise ValueError(
+                f"exclude pattern {pattern!r} matches no module of {type(model).__name__}"
+            )
+    structural = {
+        n: how for n, m in model.named_modules() if n and (how := _identity_shortcut(m)) is not None
+    }
+    if not structural:
+        return []
+    watch = _watched(model, structural, example_input(model, example))
+    ok = [
+        n
+        for n, how in structural.items()
+        if n in watch.called
+        and n not in watch.bad
+        and (not isinstance(how, nn.Module) or n in watch.skips)
+    ]
+    outer = [n for n in ok if not any(n.startswith(o + ".") for o in ok)]
+    return [n for n in outer if not _excluded(n, exclude)]
+
+
+# -- choosing and removing --------------------------------------------------------------
+def _replace(model: nn.Module, name: str) -> nn.Module:
+    """Put an ``nn.Identity`` (in the block's mode) where block ``name`` was; return the block."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    block = getattr(parent, attr)
+    setattr(parent, attr, nn.Identity().train(block.training))
+    return block
+
+
+@contextmanager
+def _swapped(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
+    """The named blocks replaced by ``nn.Identity`` inside the ``with``, put back on exit."""
+    old: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            old.append((model.get_submodule(parent_name), attr, _replace(model, name)))
+        yield
+    finally:
+        for parent, attr, block in reversed(old):
+            setattr(parent, attr, block)
+
+
+def _target(
+    student: nn.Module, cfg: BlockConfig, candidates: Sequence[str], example: Tensor
+) -> tuple[int | None, float | None]:
+    """``(blocks to drop, None)`` or ``(None, MAC goal)``, refused when out of reach."""
+    if cfg.speedup is None:
+        n = cfg.drop or 1
+        if n > len(candidates):
+            raise ValueError(
+                f"drop={n} asks for more blocks than {type(student).__name__} has droppable "
+                f"({len(candidates)}: {', '.join(candidates)}): pass drop<={len(candidates)}"
+                + (f" or fewer exclude= patterns ({list(cfg.exclude)})" if cfg.exclude else "")
+            )
+        return n, None
+    full = count_macs(student, example)
+    with _swapped(student, candidates):
+        least = count_macs(student, example)
+    goal = full / float(cfg.speedup)
+    if least > goal:
+        best = full / least
+        raise ValueError(
+            f"speedup={cfg.speedup} is out of reach by dropping blocks: without all "
+            f"{len(candidates)} droppable blocks of {type(student).__name__} "
+            f"({', '.join(candidates)}) {least:,} of its {full:,} MACs remain, a speedup of "
+            f"{best:.2f}x at most. Pass speedup<={int(best * 100) / 100:.2f}, or prune channels "
+            '(structure="channel") for more'
+        )
+    return None, goal
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: Tensor) -> Tensor:
+    return torch.cat([model(x).float() for x in images.split(256)])
+
+
+def _damage(student: nn.Module, name: str, images: Tensor, teacher_log_p: Tensor) -> float:
+    """``KL(teacher ‖ student without block name)`` on ``images`` (mean over images)."""
+    with _swapped(student, [name]):
+        log_q = F.log_softmax(_logits(student, images), 1)
+    return float(F.kl_div(log_q, teacher_log_p, log_target=True, reduction="batchmean"))
+
+
+def _greedy(
+    teacher: nn.Module,
+    student: nn.Module,
+    candidates: Sequence[str],
+    images: Tensor,
+    target: tuple[int | None, float | None],
+    example: Tensor,
+) -> list[str]:
+    """Drop the least damaging remaining block until ``target`` is met; the names dropped."""
+    n, goal = target
+    with borrowed(teacher):
+        log_p = F.log_softmax(_logits(teacher, images), 1)
+    remaining, dropped = list(candidates), []
+    with borrowed(student):
+        while remaining:
+            if n is not None and len(dropped) >= n:
+                break
+            if goal is not None and count_macs(student, example) <= goal:
+                break
+            scores = [_damage(student, name, images, log_p) for name in remaining]
+            best = remaining[scores.index(min(scores))]  # the first of equals: deterministic
+            _replace(student, best)
+            remaining.remove(best)
+            dropped.append(best)
+    return [name for name in candidates if name in dropped]  # module order
+
+
+def _resolved_images(model: nn.Module, data: Any) -> Tensor:
+    """The scoring images: ``data`` (or what the function ``data`` returns) on the model's device."""
+    if callable(data) and not isinstance(data, nn.Module | Tensor):
+        data = data()
+    images = recalibration_images(data)
+    if images is None or len(images) < 1:
+        raise ValueError(
+            "block dropping scores the blocks on images: pass data= (an image tensor, an "
+            "(images, labels) pair or a SyntheticImages); recoverprune.prune makes "
+            "DeepInversion images when none are given"
+        )
+    p = next(model.parameters())
+    return images.to(p.device, p.dtype)
+
+
+def _record(student: nn.Module, dropped: Sequence[str]) -> None:
+    """Remember the dropped blocks; forget kept channels and converted shortcuts inside them."""
+    setattr(student, DROPPED_ATTR, [*getattr(student, DROPPED_ATTR, []), *dropped])
+
+    def inside(name: str) -> bool:
+        return any(name == d or name.startswith(d + ".") for d in dropped)
+
+    kept = getattr(student, KEPT_ATTR, None)
+    if kept is not None:
+        setattr(student, KEPT_ATTR, {k: v for k, v in kept.items() if not inside(k)})
+    converted = getattr(student, CONVERTED_ATTR, None)
+    if converted is not None:
+        setattr(student, CONVERTED_ATTR, [c for c in converted if not inside(c)])
+
+
+def drop_blocks(
+    model: nn.Module,
+    config: BlockConfig | None = None,
+    data: Any = None,
+    *,
+    exclude: Sequence[str] = (),
+    example: Tensor | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with its least damaging residual blocks replaced by ``nn.Identity``.
+
+    Use it through :func:`recoverprune.prune` with ``structure="block"``. Among the
+    :func:`droppable_blocks`, each step removes the one whose removal changes the current
+    copy's logits least (``KL`` from ``model``'s softmax at temperature 1, on ``data``'s
+    images; the first of equals in module order), until ``config.drop`` blocks are gone or
+    the MACs are at most ``1 / config.speedup`` of ``model``'s. Then, with
+    ``config.recalibrate``, the running statistics of every BatchNorm layer whose input the
+    removal changed are re-estimated on the same images. Deterministic for fixed inputs.
+
+    Args:
+        model: the trained network; left exactly as it was.
+        config: how many blocks, or which speed-up (:class:`BlockConfig`).
+        data: the images (a tensor, an ``(images, labels)`` pair or a
+            :class:`~recoverprune.SyntheticImages`), or a function without arguments that
+            returns them, called only after the settings are known to be reachable.
+        exclude: more glob patterns of blocks to keep (added to ``config.exclude``).
+        example: an input batch for tracing (default: the first image of ``data`` when
+            it is given as images, else zeros of the model's input size).
+
+    Returns:
+        The shorter model, in ``model``'s mode, its dropped blocks recorded (saved with
+        :func:`recoverprune.channel_spec`, rebuilt by :func:`recoverprune.models.load_model`).
+
+    Raises:
+        ValueError: no droppable block, more blocks asked for than there are, a speed-up
+            no set of blocks reaches (the message gives the largest), or no images.
+
+    Example:
+        >>> from recoverprune.models import resnet20
+        >>> short = drop_blocks(resnet20(), BlockConfig(drop=2), torch.randn(8, 3, 32, 32))
+        >>> stages = (short.layer1, short.layer2, short.layer3)
+        >>> sum(isinstance(block, nn.Identity) for stage in stages for block in stage)
+        2
+    """
+    cfg = config or BlockConfig()
+    patterns = (*cfg.exclude, *exclude)
+    given = None if callable(data) else recalibration_images(data)
+    if example is None and given is not None and len(given):
+        like = next(model.parameters())
+        example = given[:1].to(like.device, like.dtype)
+    example = example_input(model, example, cfg.image_size)
+    candidates = droppable_blocks(model, example, exclude=patterns)
+    if not candidates:
+        some = " outside exclude=" + str(list(patterns)) if patterns else ""
+        raise ValueError(
+            f"{type(model).__name__} has no residual block that can be dropped{some}: none has "
+            "an identity shortcut with an output of its input's shape. Prune channels "
+            '(structure="channel") or weights (structure="unstructured") instead'
+            + (", or exclude fewer blocks" if patterns else "")
+        )
+    student = copy_model(model)
+    target = _target(student, cfg, candidates, example)
+    images = _resolved_images(model, data)
+    dropped = _greedy(model, student, candidates, images, target, example)
+    if cfg.recalibrate and bn_layers(student):
+        shifted = shifted_bns(model, student, {}, images[:8])
+        if shifted:
+            rt = resolve(next(student.parameters()).device)
+            recalibrate_bn(student, images, rt=rt, layers=shifted)
+    _record(student, dropped)
+    return student
