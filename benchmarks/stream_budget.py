@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from run import _key, _machine, noise_set, real_set
 
 from recoverprune import (
     DistillConfig,
+    GeneratorConfig,
     InputSpec,
     StreamConfig,
     SyntheticStream,
@@ -68,15 +69,36 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "stream-budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument(
+        "--render",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="print the table of finished results files (merged), computing nothing",
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="with --render: add the fixed-set cells of this CIFAR-10 table results file",
+    )
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="with --render: write it into docs/results.md's stream-budget block",
+    )
     return p.parse_args(argv)
 
 
 def _sources(args: argparse.Namespace, teacher: torch.nn.Module) -> dict[str, Any]:
     """Column -> a function making its transfer source (timed by the cell)."""
     di_dir = args.synthetic or args.out / f"deepinversion-{args.n}x{args.iterations}"
-    stream_cfg = StreamConfig()
+    stream_cfg, gen_cfg = StreamConfig(), GeneratorConfig()
     if args.tiny:
-        stream_cfg = replace(stream_cfg, batch_size=16, initial_batches=2, steps_per_epoch=2)
+        gen_cfg = GeneratorConfig(warmup_batches=1, warmup_steps=2, inner_steps=1)
+        stream_cfg = StreamConfig(
+            batch_size=16, initial_batches=2, steps_per_epoch=2, generator=gen_cfg
+        )
     return {
         "deepinversion": lambda: synthesize(
             teacher,
@@ -87,7 +109,13 @@ def _sources(args: argparse.Namespace, teacher: torch.nn.Module) -> dict[str, An
             progress=False,
         ),
         "generator": lambda: synthesize(
-            teacher, args.n, method="generator", batch_size=128, seed=args.seed, progress=False
+            teacher,
+            args.n,
+            method="generator",
+            generator_config=gen_cfg,
+            batch_size=16 if args.tiny else 128,
+            seed=args.seed,
+            progress=False,
         ),
         "stream": lambda: SyntheticStream(teacher, stream_cfg, seed=args.seed),
         "noise": lambda: noise_set(args.n, InputSpec.of(teacher), args.seed),
@@ -99,11 +127,11 @@ def _cell(args: argparse.Namespace, column: str, teacher: Any, test: Any) -> dic
     t0 = time.perf_counter()
     source = _sources(args, teacher)[column]()
     made = time.perf_counter() - t0
-    # equal steps: 8 per epoch for the stream; a fixed set of n takes ceil(n / 128) per epoch
-    epochs = args.epochs if column == "stream" else max(1, round(args.epochs * 8 * 128 / args.n))
-    cfg = replace(DistillConfig(), epochs=epochs)
-    if args.tiny:
-        cfg = replace(cfg, batch_size=16)
+    # equal steps: the stream takes steps_per_epoch per epoch; a fixed set ceil(n / batch)
+    bs, spe = (16, 2) if args.tiny else (DistillConfig().batch_size, StreamConfig().steps_per_epoch)
+    per_epoch = spe if column == "stream" else -(-args.n // bs)
+    epochs = args.epochs if column == "stream" else max(1, round(args.epochs * spe / per_epoch))
+    cfg = replace(DistillConfig(), epochs=epochs, batch_size=bs)
     load = os.getloadavg()[0]
     t1 = time.perf_counter()
     student = recover(
@@ -113,21 +141,124 @@ def _cell(args: argparse.Namespace, column: str, teacher: Any, test: Any) -> dic
     top1 = evaluate(student, test, progress=False).top1
     stats = getattr(source, "meta", {}).get("stats") or []
     synth = sum(s.get("seconds", 0.0) for s in stats) if column == "deepinversion" else made
+    if column == "stream":
+        synth = source.seconds  # made inside recovery: part of recovery_s
+    steps = epochs * per_epoch
     return {
         "column": column,
         "top1": top1,
         "epochs": epochs,
-        "synthesis_s": synth if column != "stream" else None,
-        "recovery_s": recovered,  # the stream's synthesis happens inside it
-        "total_s": made + recovered if column != "deepinversion" else synth + recovered,
+        "n": args.n,
+        "steps": steps,
+        "batch_size": bs,
+        "synthesis_s": synth,
+        "recovery_s": recovered,
+        "total_s": recovered if column == "stream" else synth + recovered,
         "images_made": getattr(source, "made", None) or len(source),
         "load_average_at_start": load,
         **_machine(),
     }
 
 
+def _teacher_cells(args: argparse.Namespace, teacher: Any, test: Any) -> dict[str, Any]:
+    """Top-1 of the teacher and of the pruned student before recovery."""
+    return {
+        "teacher": evaluate(teacher, test, progress=False).top1,
+        "pruned": evaluate(prune(teacher, args.amount), test, progress=False).top1,
+        "amount": args.amount,
+        "test_images": len(test),
+    }
+
+
+def table_cells(path: Path, amount: float) -> list[dict[str, Any]]:
+    """The embedded ResNet-20's ``deepinversion``/``noise``/``real`` cells at ``amount`` of a
+    CIFAR-10 table results file (``benchmarks/cifar10/run.py``), as rows of this table.
+
+    They are used only when their recipe is this benchmark's (the default DistillConfig
+    with 60 epochs of 8 steps: 480 steps of 128); anything else is refused.
+    """
+    results = json.loads(path.read_text())
+    want = json.loads(json.dumps(asdict(replace(DistillConfig(), epochs=60))))
+    row = next(r for r in results["table"] if r["arch"] == "resnet20" and r["amount"] == amount)
+    out = []
+    for key, cell in results["cells"].items():
+        name = key.split(":")[0]
+        column = name.split("/")[-1]
+        if name != f"resnet20@{amount}/{column}" or column not in COLUMNS:
+            continue
+        if cell["config"]["distill"] != want or cell["config"]["n"] != 1024:
+            raise SystemExit(f"{path}: {key} has another recipe; rerun its column here")
+        synth = row.get("synthesis_seconds") if column == "deepinversion" else 0.0
+        out.append(
+            {
+                **cell,
+                "column": column,
+                "steps": 480,
+                "batch_size": 128,
+                "images_made": 1024,
+                "synthesis_s": synth,
+                "recovery_s": cell["seconds"],
+                "total_s": cell["seconds"] + (synth or 0.0),
+                "from": path.name,
+                "load_average_at_start": None,
+            }
+        )
+    return out
+
+
+def render(paths: list[Path], table: Path | None = None) -> str:
+    """The docs block of one or more results files (their cells merged, one table), with
+    the fixed-set columns of the CIFAR-10 table file ``table`` when given."""
+    merged = [json.loads(p.read_text()) for p in paths]
+    base = merged[0]["reference"]
+    cells = [c for r in merged for c in r["cells"].values()]
+    if table is not None:
+        cells += table_cells(table, base["amount"])
+    cells.sort(key=lambda c: (c["steps"], COLUMNS.index(c["column"])))
+    lines = [
+        "| source | distillation steps | images made | synthesis s | recovery s | total s "
+        "| top-1 | vs teacher |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        synth = "-" if c["synthesis_s"] is None else f"{c['synthesis_s']:.0f}"
+        lines.append(
+            f"| {c['column']}{' (table)' if c.get('from') else ''} | {c['steps']:,} | {c['images_made']:,} | {synth} "
+            f"| {c['recovery_s']:.0f} | {c['total_s']:.0f} | {c['top1']:.2f} "
+            f"| {c['top1'] - base['teacher']:+.2f} |"
+        )
+    loads = sorted(c["load_average_at_start"] for c in cells if c["load_average_at_start"])
+    rels = " ".join(os.path.relpath(p.resolve(), ROOT) for p in paths)
+    if table is not None:
+        rels += f" --table {os.path.relpath(table.resolve(), ROOT)}"
+    c0 = next(c for c in cells if not c.get("from"))
+    return "\n".join(lines) + (
+        f"\n\nEmbedded ResNet-20 (teacher {base['teacher']:.2f} %), pruned to "
+        f"{base['amount']:.0%} ({base['pruned']:.2f} % before recovery), recovered with the "
+        f"default distillation recipe; top-1 on {base['test_images']:,} JPEG CIFAR-10 test "
+        f"images. One distillation step is a batch of {c0['batch_size']}. `stream` makes its "
+        "images inside recovery (its synthesis seconds are part of its recovery seconds). "
+        "Machine: "
+        f"{c0['machine']}, {c0['threads']} thread per cell, torch {c0['torch']}; 1-minute "
+        f"load average at a cell's start {loads[0]:.1f} to {loads[-1]:.1f} (cells ran side by "
+        "side: read seconds as upper bounds, top-1 is unaffected). Rows marked (table) are "
+        "the results table's own cells of this row, whose recipe, steps and seed are this "
+        "benchmark's (checked when rendering), measured in that run. Generated by "
+        f"`python benchmarks/stream_budget.py --render {rels}`.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _args(argv)
+    if args.render:
+        md = render(args.render, args.table)
+        print(md)
+        if args.update_docs:
+            from run import replace_block  # the markers every generated docs block uses
+
+            page = ROOT / "docs" / "results.md"
+            page.write_text(replace_block(page.read_text(), "stream-budget", md))
+        return {"markdown": md}
     if args.tiny:
         args.n, args.iterations, args.epochs = 32, 2, 1
     if not args.data.exists():
@@ -139,7 +270,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = load_split(args.data, "test")
     if args.tiny:
         test = type(test)(test.images[:200], test.labels[:200], test.classes, test.mean, test.std)
-    settings = {k: str(v) for k, v in vars(args).items()}
+    skip = ("render", "update_docs", "table")
+    settings = {k: str(v) for k, v in vars(args).items() if k not in skip}
+    ref_key = _key({"amount": args.amount, "tiny": args.tiny})
+    if results.get("reference", {}).get("key") != ref_key:
+        results["reference"] = {"key": ref_key, **_teacher_cells(args, teacher, test)}
     for column in args.columns:
         key = f"{column}:{_key({**settings, 'column': column, 'columns': None})}"
         if key not in results["cells"]:

@@ -167,3 +167,30 @@ def test_cpu_results_table_in_docs_is_generated_from_committed_results():
     assert "| resnet32 | 75% |" in table
     assert "Transfer-set size" in table
     assert "| - |" not in table  # every cell measured
+
+
+@pytest.mark.slow
+def test_stream_budget_tiny_measures_and_renders(shared_dir, tmp_path):
+    proc = _run(
+        ["benchmarks/stream_budget.py", "--tiny", "--out", str(tmp_path), "--columns", "stream"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cell,) = json.loads((tmp_path / "results.json").read_text())["cells"].values()
+    assert cell["images_made"] > 0 and cell["steps"] == 2 and cell["synthesis_s"] > 0
+    shown = _run(["benchmarks/stream_budget.py", "--render", str(tmp_path / "results.json")])
+    assert f"| stream | 2 | {cell['images_made']} |" in shown.stdout, shown.stdout
+
+
+def test_stream_budget_table_in_docs_is_generated_from_committed_results():
+    files = sorted(str(p) for p in (ROOT / "benchmarks/results/stream").glob("*.json"))
+    assert files, "no committed results in benchmarks/results/stream"
+    table = str(ROOT / "benchmarks/results/cpu/r20.json")
+    proc = _run(["benchmarks/stream_budget.py", "--render", *files, "--table", table], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (ROOT / "docs/results.md").read_text()
+    block = text.split("<!-- stream-budget:begin -->")[1].split("<!-- stream-budget:end -->")[0]
+    assert block.strip() == proc.stdout.strip(), (
+        f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
+    )
+    for source in ("deepinversion (table)", "generator", "stream", "noise (table)", "real (table)"):
+        assert f"| {source} |" in block

@@ -527,8 +527,9 @@ def render(paths: list[str]) -> str:
     for r in merged:
         for row in r["table"]:
             arch, amount = row["arch"], row["amount"]
-            if row.get("synthesis_seconds") is not None:
-                synth.setdefault(arch, row["synthesis_seconds"])
+            seconds = row.get("synthesis_seconds", row.get("synthesis_seconds_this_run"))
+            if seconds is not None:  # (the older files' name of the field)
+                synth.setdefault(arch, seconds)
             if any(line["arch"] == arch and line["amount"] == amount for line in table):
                 continue
             line: dict[str, Any] = {"arch": arch, "amount": amount, "sparsity": row["sparsity"]}
@@ -554,12 +555,10 @@ def render(paths: list[str]) -> str:
     )
     if not synth:
         return md
-    times = ", ".join(f"{arch} {sec / 60:.0f} min" for arch, sec in synth.items())
+    times = ", ".join(f"{arch} {sec:.0f} s" for arch, sec in synth.items())
     return md + (
-        f"\nSynthesising each {settings['n']}-image DeepInversion set took (the sum of its "
-        f"per-batch times, recorded in its shards when it was made, at the same load as the "
-        f"cells): {times}; the `seed` column's own set, at batch 32, is inside its first "
-        "cell's time.\n"
+        f"\nSynthesising each {settings['n']}-image DeepInversion set took: {times} (the "
+        "`seed` column's own set, at batch 32, is inside its first cell's time).\n"
     )
 
 

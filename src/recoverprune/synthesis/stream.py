@@ -16,6 +16,7 @@ own batches (seeded by rank), so a run is deterministic for a seed and world siz
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,6 +118,7 @@ class SyntheticStream:
         self.images = torch.zeros(0, c, h, w, dtype=torch.uint8)
         self.labels = torch.zeros(0, dtype=torch.long)
         self.made = 0
+        self.seconds = 0.0  # spent making batches (what a report shows; not in the key)
         self.synth: AmortisedSynthesizer | None = None
         mean_t, std_t = self.spec.normalisation()
         self.mean, self.std = list(mean_t), list(std_t)
@@ -174,12 +176,14 @@ class SyntheticStream:
         """Add ``batches`` new batches (default ``batches_per_epoch``) to the pool."""
         assert self.synth is not None, "start() first"
         cfg = self.config
+        t0 = time.perf_counter()
         for _ in range(cfg.batches_per_epoch if batches is None else batches):
             x, y, _ = self.synth.make_batch(cfg.batch_size, student)
             pixels = (x * self._s + self._m).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
             self.images = torch.cat([self.images, pixels])[-cfg.pool_size :]
             self.labels = torch.cat([self.labels, y])[-cfg.pool_size :]
             self.made += len(y)
+        self.seconds += time.perf_counter() - t0
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -189,6 +193,7 @@ class SyntheticStream:
             "images": self.images.clone(),
             "labels": self.labels.clone(),
             "made": self.made,
+            "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -196,6 +201,7 @@ class SyntheticStream:
         self.synth.load_state_dict(state["synth"])
         self.images, self.labels = state["images"].clone(), state["labels"].clone()
         self.made = int(state["made"])
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 class PoolSampler:
