@@ -38,6 +38,7 @@ from torch import nn
 from recoverprune import (
     PRESETS,
     Accel,
+    BlockConfig,
     ChannelConfig,
     DistillConfig,
     evaluate,
@@ -261,7 +262,15 @@ def students_config(args: argparse.Namespace) -> ChannelConfig:
 
 
 def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
-    """label -> channel-pruned student, one per ``--speedups`` (MACs) or ``--amounts``."""
+    """label -> pruned student, one per ``--speedups`` (MACs) or ``--amounts``: channels
+    removed, or (``--structure block``) whole residual blocks dropped."""
+    if args.structure == "block":
+        return {
+            f"{s:g}x MACs, blocks": prune(
+                teacher, None, structure="block", block=BlockConfig(speedup=s)
+            )
+            for s in args.speedups
+        }
     cfg = students_config(args)
     out = {}
     for s in args.speedups:
@@ -285,8 +294,8 @@ def measure_arch(
         row: dict[str, Any] = {
             "arch": arch,
             "teacher": source,
-            "config": asdict(students_config(args)),
-            "structure": "channel",
+            "config": asdict(students_config(args)) if args.structure == "channel" else {},
+            "structure": args.structure,
             "label": label,
             "params": [_params(teacher), _params(student)],
             "macs": [count_macs(teacher, x), count_macs(student, x)],
@@ -294,6 +303,7 @@ def measure_arch(
         }
         if recovery:
             row["top1"] = recovery.columns(arch, label, teacher, student)
+        if recovery and args.unstructured:
             amount = 1 - row["params"][1] / row["params"][0]
             dense = prune(teacher, amount)  # unstructured at the same parameter count
             row["unstructured"] = {
@@ -338,7 +348,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             "|---|---|" + "---:|" * (len(cols) + 1),
         ]
         for r in rows:
-            un = r["unstructured"]["top1"].get("deepinversion", float("nan"))
+            un = r.get("unstructured", {}).get("top1", {}).get("deepinversion", float("nan"))
             lines.append(
                 f"| {r['arch']} | {_budget(r)} | "
                 + " | ".join(f"{r['top1'][c]:.2f}" for c in cols)
@@ -438,6 +448,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--archs", nargs="+", default=["resnet20", "resnet32"])
+    p.add_argument(
+        "--structure",
+        default="channel",
+        choices=["channel", "block"],
+        help="remove channels, or drop whole residual blocks (BlockConfig(speedup=...))",
+    )
+    p.add_argument(
+        "--no-unstructured",
+        dest="unstructured",
+        action="store_false",
+        help="with --recover: skip the unstructured row at the same parameter count",
+    )
     p.add_argument("--speedups", nargs="*", type=float, default=[2.0, 3.0], help="MAC budgets")
     p.add_argument("--amounts", nargs="*", type=float, default=[], help="fixed channel amounts")
     p.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
