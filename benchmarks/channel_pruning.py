@@ -342,17 +342,19 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             for c in ("teacher", "pruned", "deepinversion", "logit-only", "noise", "real")
             if c in rows[0]["top1"]
         ]
+        unstructured = any("unstructured" in r for r in rows)
+        tail = " unstructured (same params), DI |" if unstructured else ""
         lines += [
             "",
-            "| model | budget | " + " | ".join(cols) + " | unstructured (same params), DI |",
-            "|---|---|" + "---:|" * (len(cols) + 1),
+            "| model | budget | " + " | ".join(cols) + " |" + tail,
+            "|---|---|" + "---:|" * (len(cols) + unstructured),
         ]
         for r in rows:
             un = r.get("unstructured", {}).get("top1", {}).get("deepinversion", float("nan"))
             lines.append(
                 f"| {r['arch']} | {_budget(r)} | "
                 + " | ".join(f"{r['top1'][c]:.2f}" for c in cols)
-                + f" | {un:.2f} |"
+                + (f" | {un:.2f} |" if unstructured else " |")
             )
     return "\n".join(lines) + "\n"
 

@@ -89,6 +89,12 @@ def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
     proc = _run(["benchmarks/channel_pruning.py", "--render", *r20], timeout=120)
     block = text.split("<!-- channel-r20:begin -->")[1].split("<!-- channel-r20:end -->")[0]
     assert block.strip() == proc.stdout.strip() and "| resnet20 | 2x MACs | 87.72 |" in block
+    blocks = [str(ROOT / "benchmarks/results/channel/resnet32-blocks.json")]
+    proc = _run(["benchmarks/channel_pruning.py", "--render", *blocks], timeout=120)
+    block = text.split("<!-- channel-blocks:begin -->")[1].split("<!-- channel-blocks:end -->")[0]
+    assert (
+        block.strip() == proc.stdout.strip() and "| resnet32 | 2x MACs, blocks | 88.22 |" in block
+    )
 
 
 def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
