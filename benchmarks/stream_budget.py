@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 
-from run import _key, _machine, noise_set, real_set
+from run import _key, _machine, noise_set, real_set, synthesis_seconds
 
 from recoverprune import (
     DistillConfig,
@@ -139,9 +139,10 @@ def _cell(args: argparse.Namespace, column: str, teacher: Any, test: Any) -> dic
     )
     recovered = time.perf_counter() - t1
     top1 = evaluate(student, test, progress=False).top1
-    stats = getattr(source, "meta", {}).get("stats") or []
-    synth = sum(s.get("seconds", 0.0) for s in stats) if column == "deepinversion" else made
-    if column == "stream":
+    synth = made
+    if column == "deepinversion":
+        synth = synthesis_seconds(source)  # its batches' own times (it may be resumed)
+    elif column == "stream":
         synth = source.seconds  # made inside recovery: part of recovery_s
     steps = epochs * per_epoch
     return {

@@ -242,7 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     accel=args.accel,
                     progress=args.progress,
                 )  # resumes, or refuses a dir made otherwise
-                line["synthesis_seconds"] = set_seconds(synth_dir) or (time.perf_counter() - t_syn)
+                line["synthesis_seconds"] = synthesis_seconds(made["di"]) or (
+                    time.perf_counter() - t_syn
+                )
                 grid = out / f"synthetic-grid-{_stem(arch)}.png"
                 if not grid.exists():
                     made["di"].save_grid(grid)
@@ -375,8 +377,7 @@ def run_sweep(
             accel=args.accel,
             progress=args.progress,
         )
-    stats = big.meta.get("stats") or []
-    results["sweep_synthesis_seconds"] = sum(st.get("seconds", 0.0) for st in stats) or None
+    results["sweep_synthesis_seconds"] = synthesis_seconds(big)
     results["sweep_set_n"] = len(big)
     rows = []
     for n in sorted(args.sweep_n):
@@ -406,14 +407,20 @@ def run_sweep(
     return rows
 
 
+def synthesis_seconds(images: SyntheticImages) -> float | None:
+    """Seconds a synthesis set took: the sum of the per-batch times it records (None when
+    it records none, e.g. noise or real images)."""
+    stats = images.meta.get("stats") or []
+    return sum(st.get("seconds", 0.0) for st in stats) or None
+
+
 def set_seconds(directory: Path) -> float | None:
-    """Seconds a finished synthesis set took (the sum of the per-batch times its shards
-    record when they were made), or None when the set is absent or unfinished."""
+    """:func:`synthesis_seconds` of the finished set in ``directory``, or None when the set
+    is absent or unfinished."""
     try:
-        stats = SyntheticImages.load(directory).meta.get("stats") or []
+        return synthesis_seconds(SyntheticImages.load(directory))
     except FileNotFoundError:
         return None
-    return sum(st.get("seconds", 0.0) for st in stats) or None
 
 
 def _file_sha(path: Path) -> str:
