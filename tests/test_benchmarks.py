@@ -14,6 +14,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _block(text: str, marker: str) -> str:
+    """What a docs page holds between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``."""
+    return text.split(f"<!-- {marker}:begin -->")[1].split(f"<!-- {marker}:end -->")[0]
+
+
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -63,7 +68,7 @@ def test_torchvision_rows_in_docs_are_generated_from_committed_results():
     table = proc.stdout.strip()
     for page in ("README.md", "docs/results.md"):
         text = (ROOT / page).read_text()
-        block = text.split("<!-- torchvision:begin -->")[1].split("<!-- torchvision:end -->")[0]
+        block = _block(text, "torchvision")
         assert block.strip() == table, f"{page}: rerun run.py --render ... --update-readme"
     for arch in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0"):
         for sparsity in ("50%", "75%"):
@@ -78,20 +83,18 @@ def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
     proc = _run(["benchmarks/channel_pruning.py", "--render", *files], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (ROOT / "docs/channel-pruning.md").read_text()
-    block = text.split("<!-- channel-recovery:begin -->")[1].split("<!-- channel-recovery:end -->")[
-        0
-    ]
+    block = _block(text, "channel-recovery")
     assert block.strip() == proc.stdout.strip(), (
         "rerun channel_pruning.py --render ... --update-docs"
     )
     assert "| resnet32 | 3x MACs | 88.61 |" in block and "streams whole" in block
     r20 = [str(ROOT / "benchmarks/results/channel/resnet20.json")]
     proc = _run(["benchmarks/channel_pruning.py", "--render", *r20], timeout=120)
-    block = text.split("<!-- channel-r20:begin -->")[1].split("<!-- channel-r20:end -->")[0]
+    block = _block(text, "channel-r20")
     assert block.strip() == proc.stdout.strip() and "| resnet20 | 2x MACs | 87.72 |" in block
     blocks = [str(ROOT / "benchmarks/results/channel/resnet32-blocks.json")]
     proc = _run(["benchmarks/channel_pruning.py", "--render", *blocks], timeout=120)
-    block = text.split("<!-- channel-blocks:begin -->")[1].split("<!-- channel-blocks:end -->")[0]
+    block = _block(text, "channel-blocks")
     assert (
         block.strip() == proc.stdout.strip() and "| resnet32 | 2x MACs, blocks | 88.22 |" in block
     )
@@ -143,8 +146,7 @@ def test_channel_compensation_table_in_docs_is_generated_from_committed_results(
     proc = _run(["benchmarks/channel_compensation.py", "--render", path], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (ROOT / "docs/channel-pruning.md").read_text()
-    begin, end = "<!-- channel-compensation:begin -->", "<!-- channel-compensation:end -->"
-    block = text.split(begin)[1].split(end)[0]
+    block = _block(text, "channel-compensation")
     assert block.strip() == proc.stdout.strip(), (
         "rerun channel_compensation.py --render ... --update-docs"
     )
@@ -161,7 +163,7 @@ def test_cpu_results_table_in_docs_is_generated_from_committed_results():
     table = proc.stdout.strip()
     for page in ("README.md", "docs/results.md"):
         text = (ROOT / page).read_text()
-        block = text.split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
+        block = _block(text, "results")
         assert block.strip() == table, (
             f"{page}: rerun run.py --render {' '.join(files)} --update-readme --marker results"
         )
@@ -194,7 +196,7 @@ def test_stream_budget_table_in_docs_is_generated_from_committed_results():
     proc = _run(["benchmarks/stream_budget.py", "--render", *files, "--table", table], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (ROOT / "docs/results.md").read_text()
-    block = text.split("<!-- stream-budget:begin -->")[1].split("<!-- stream-budget:end -->")[0]
+    block = _block(text, "stream-budget")
     assert block.strip() == proc.stdout.strip(), (
         f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
     )
