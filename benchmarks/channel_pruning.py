@@ -261,14 +261,42 @@ def students_config(args: argparse.Namespace) -> ChannelConfig:
     )
 
 
+def _row_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The channel settings of a row: its ChannelConfig, for blocks only when channels go too."""
+    if args.structure == "block" and args.channel_speedup is None:
+        return {}
+    extra = {"channel_speedup": args.channel_speedup} if args.structure == "block" else {}
+    return {**asdict(students_config(args)), **extra}
+
+
+def _block_label(speedup: float, channel: float | None) -> str:
+    return f"{speedup:g}x MACs, blocks" + (
+        f" (asked {speedup / channel:.3g}x) + channels" if channel else ""
+    )
+
+
+def _block_student(teacher: nn.Module, speedup: float, args: argparse.Namespace) -> nn.Module:
+    """Blocks dropped to ``speedup`` MACs, or (``--channel-speedup C``) to ``speedup / C``
+    and the remaining channels then pruned until the whole is at ``speedup`` (blocks come
+    in coarse steps: the channels make up the rest, about ``C``)."""
+    c = args.channel_speedup
+    if c is None:
+        return prune(teacher, None, structure="block", block=BlockConfig(speedup=speedup))
+    if not 1 < c < speedup:
+        raise SystemExit(f"--channel-speedup must be in (1, {speedup:g}), got {c:g}")
+    x = torch.zeros(1, *teacher.pretrained_cfg["input_size"])
+    goal = int(count_macs(teacher, x) / speedup)
+    channel = replace(students_config(args), target_macs=goal)
+    block = BlockConfig(speedup=speedup / c)
+    return prune(teacher, None, structure="block", block=block, channel=channel)
+
+
 def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
     """label -> pruned student, one per ``--speedups`` (MACs) or ``--amounts``: channels
     removed, or (``--structure block``) whole residual blocks dropped."""
     if args.structure == "block":
         return {
-            f"{s:g}x MACs, blocks": prune(
-                teacher, None, structure="block", block=BlockConfig(speedup=s)
-            )
+            _block_label(s, args.channel_speedup): _block_student(teacher, s, args)
             for s in args.speedups
         }
     cfg = students_config(args)
@@ -294,7 +322,7 @@ def measure_arch(
         row: dict[str, Any] = {
             "arch": arch,
             "teacher": source,
-            "config": asdict(students_config(args)) if args.structure == "channel" else {},
+            "config": _row_config(args),
             "structure": args.structure,
             "label": label,
             "params": [_params(teacher), _params(student)],
@@ -455,6 +483,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="channel",
         choices=["channel", "block"],
         help="remove channels, or drop whole residual blocks (BlockConfig(speedup=...))",
+    )
+    p.add_argument(
+        "--channel-speedup",
+        type=float,
+        default=None,
+        metavar="C",
+        help="with --structure block: drop blocks to S/C of each --speedups S, then prune the "
+        "remaining channels to C times fewer MACs (blocks + mild channel pruning)",
     )
     p.add_argument(
         "--no-unstructured",

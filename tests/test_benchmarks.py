@@ -200,5 +200,22 @@ def test_stream_budget_table_in_docs_is_generated_from_committed_results():
     assert block.strip() == proc.stdout.strip(), (
         f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
     )
-    for source in ("deepinversion (table)", "generator", "stream", "noise (table)", "real (table)"):
+    sources = ("deepinversion 1,024x200 (table)", "generator", "stream", "noise (table)")
+    for source in (*sources, "real (table)"):
         assert f"| {source} |" in block
+
+
+def test_time_to_accuracy_takes_the_best_cell_within_each_budget():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stream_budget import time_to_accuracy
+
+    cells = [
+        {"column": "stream", "top1": 80.0, "steps": 10, "total_s": 500},
+        {"column": "stream", "top1": 85.0, "steps": 20, "total_s": 1000},
+        {"column": "stream", "top1": 84.0, "steps": 40, "total_s": 1100},  # later, not better
+        {"column": "deepinversion", "top1": 86.0, "steps": 20, "total_s": 3000},
+    ]
+    table = time_to_accuracy(cells, budgets=(10, 20, 60))
+    assert "| 10 min | none yet | 80.00 (10) |" in table
+    assert "| 20 min | none yet | 85.00 (20) |" in table
+    assert "| 60 min | 86.00 (20) | 85.00 (20) |" in table

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from recoverprune import BlockConfig, channel_spec, compress, kept_channels, prune
+from recoverprune import (
+    BlockConfig,
+    ChannelConfig,
+    channel_spec,
+    compress,
+    kept_channels,
+    prune,
+)
 from recoverprune.core.io import fingerprint, save_atomic
 from recoverprune.models import load_model, mobilenet_v2, resnet18, resnet20, vgg11_bn
 from recoverprune.pruning.blocks import drop_blocks, droppable_blocks
@@ -389,13 +396,49 @@ def test_cli_prune_and_compress_with_structure_block(tmp_path, capsys):
     assert main(argv) == 0  # resumed
     assert main([*argv, "--block-speedup", "2"]) == 2
     assert "block (" in capsys.readouterr().err
-    for extra, message in [
-        (["--amount", "0.5"], "takes no --amount"),
-        (["--speedup", "2"], "pass --block-speedup"),
-    ]:
-        assert main([*argv, *extra]) == 2
-        assert message in capsys.readouterr().err
+    assert main([*argv, "--amount", "0.5"]) == 2
+    assert "takes no --amount" in capsys.readouterr().err
     assert main(["prune", *model, "--drop-blocks", "2", "--out", str(tmp_path / "x.pt")]) == 2
     assert "need --structure block" in capsys.readouterr().err
     assert main(["prune", *model, "--out", str(tmp_path / "x.pt")]) == 2
     assert "prune needs --amount" in capsys.readouterr().err
+
+
+def test_blocks_then_channels_multiply_their_mac_ratios_and_round_trip(tmp_path):
+    teacher = _calibrated(resnet20())
+    before = fingerprint(teacher)
+    block, channel = BlockConfig(drop=2), ChannelConfig(speedup=1.3)
+    short = prune(teacher, None, structure="block", block=block, data=X)
+    both = prune(teacher, None, structure="block", block=block, channel=channel, data=X)
+    assert dropped_blocks(both) == dropped_blocks(short)  # the same blocks go first
+    kept = kept_channels(both)
+    assert kept and not any(k.startswith(tuple(dropped_blocks(both))) for k in kept)
+    assert count_macs(both, X[:1]) <= count_macs(short, X[:1]) / 1.3
+    assert count_macs(both, X[:1]) > count_macs(short, X[:1]) / 1.3 * 0.9  # not far past it
+    save_atomic(
+        {"state_dict": both.state_dict(), "channel_spec": channel_spec(both)}, tmp_path / "s.pt"
+    )
+    loaded = load_model("resnet20", tmp_path / "s.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), both.eval()(X))
+    assert fingerprint(teacher) == before  # left as it was
+
+
+def test_blocks_then_channels_needs_a_channel_budget_before_any_images():
+    def no_images():
+        raise AssertionError("images were made before the settings were checked")
+
+    with pytest.raises(ValueError, match=r"give ChannelConfig\(speedup=X\)"):
+        prune(resnet20(), None, structure="block", channel=ChannelConfig(), data=no_images)
+
+
+def test_cli_structure_block_with_speedup_prunes_the_remaining_channels(tmp_path, capsys):
+    from recoverprune.cli import main
+
+    torch.save({"state_dict": _calibrated(resnet20()).state_dict()}, tmp_path / "t.pt")
+    argv = ["prune", "--arch", "resnet20", "--checkpoint", str(tmp_path / "t.pt")]
+    argv += ["--structure", "block", "--recalibrate-images", "4", "--drop-blocks", "1"]
+    assert main([*argv, "--speedup", "1.25", "--out", str(tmp_path / "s.pt")]) == 0
+    assert ", channel-pruned:" in capsys.readouterr().out
+    student = load_model("resnet20", tmp_path / "s.pt")
+    assert len(dropped_blocks(student)) == 1 and kept_channels(student)

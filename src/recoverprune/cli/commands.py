@@ -170,13 +170,15 @@ def _smaller(arch: str, model: Any, pruned: Any) -> str:
     """One line: what channel pruning or block dropping removed, in parameters and MACs."""
     import torch
 
-    from recoverprune.pruning.channel_spec import dropped_blocks
+    from recoverprune.pruning.channel_spec import dropped_blocks, kept_channels
     from recoverprune.pruning.channels import count_macs
 
     x = torch.zeros(1, *model.pretrained_cfg["input_size"])
     params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
     dropped = dropped_blocks(pruned)
     how = "channel-pruned" if dropped is None else f"without blocks {', '.join(dropped)}"
+    if dropped is not None and kept_channels(pruned) is not None:
+        how += ", channel-pruned"
     return (
         f"{arch} {how}: {params[0]:,} -> {params[1]:,} parameters, "
         f"{count_macs(model, x):,} -> {count_macs(pruned, x):,} MACs"

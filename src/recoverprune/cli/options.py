@@ -179,7 +179,8 @@ def add_structure(p: argparse.ArgumentParser) -> None:
         "--speedup",
         type=float,
         default=None,
-        help="channel: prune to this many times fewer MACs instead of --amount (default: none)",
+        help="channel: prune to this many times fewer MACs instead of --amount; block: then "
+        "also prune the remaining channels to this many times fewer MACs (default: none)",
     )
     p.add_argument(
         "--importance",
@@ -216,9 +217,11 @@ def add_structure(p: argparse.ArgumentParser) -> None:
 
 
 def channel_config(args: argparse.Namespace) -> Any:
+    """The :class:`~recoverprune.ChannelConfig` of ``--structure channel``, or of
+    ``--structure block --speedup X`` (the channel pruning after the blocks), else ``None``."""
     from recoverprune import ChannelConfig
 
-    if args.structure != "channel":
+    if args.structure != "channel" and (args.structure != "block" or args.speedup is None):
         return None
     return ChannelConfig(
         importance=args.importance,
@@ -231,8 +234,8 @@ def channel_config(args: argparse.Namespace) -> Any:
 def block_config(args: argparse.Namespace) -> Any:
     """The :class:`~recoverprune.BlockConfig` of ``--structure block``, else ``None``.
 
-    Refuses the block options without ``--structure block``, and ``--amount`` or
-    ``--speedup`` with it, by name.
+    Refuses the block options without ``--structure block``, and ``--amount`` with it, by
+    name (``--speedup`` then prunes the remaining channels: :func:`channel_config`).
     """
     from recoverprune import BlockConfig
 
@@ -246,8 +249,6 @@ def block_config(args: argparse.Namespace) -> Any:
             "--structure block drops whole blocks and takes no --amount: give --drop-blocks N "
             "or --block-speedup X"
         )
-    if args.speedup is not None:
-        raise ValueError("--speedup is channel pruning's; to drop blocks pass --block-speedup")
     n = args.recalibrate_images
     return BlockConfig(
         drop=drop,

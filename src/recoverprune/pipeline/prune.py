@@ -63,9 +63,13 @@ def prune(
             ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md);
             or ``"block"``: replace whole residual blocks by ``nn.Identity``, the least
             damaging first, so the copy is a shorter network (``exclude`` names blocks to
-            keep; see :class:`BlockConfig`).
+            keep; see :class:`BlockConfig`); with ``channel=`` as well, the channels of the
+            remaining layers are then pruned to ``channel``'s budget (the two MAC ratios
+            multiply; ``exclude`` keeps the named blocks and layers whole).
         channel: channel-pruning settings: importance, ``speedup=``/``target_macs=``
-            budgets, protected layers, unstructured sparsity on what remains.
+            budgets, protected layers, unstructured sparsity on what remains. With
+            ``structure="block"``: the channel pruning that follows the block dropping
+            (it needs ``speedup=`` or ``target_macs=``).
         block: block-dropping settings: ``drop=`` blocks or ``speedup=``, the images that
             score them, BatchNorm re-estimation (default ``BlockConfig()``: one block).
         data: images for data-driven channel importance (``importance="taylor"``), for
@@ -102,17 +106,18 @@ def prune(
         >>> stages = (short.layer1, short.layer2, short.layer3)
         >>> sum(isinstance(b, nn.Identity) for stage in stages for b in stage)
         2
+
+        One block dropped, then the channels of the rest pruned to 1.25x fewer MACs:
+
+        >>> from recoverprune import ChannelConfig, channel_spec
+        >>> both = prune(resnet20(), None, structure="block", block=BlockConfig(drop=1),
+        ...              channel=ChannelConfig(speedup=1.25), data=torch.randn(8, 3, 32, 32))
+        >>> spec = channel_spec(both)  # what load_model needs to rebuild it
+        >>> len(spec["dropped_blocks"]), spec["kept"] is not None
+        (1, True)
     """
     if structure == "block":
-        if amount is not None:
-            raise ValueError(
-                f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
-                "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
-            )
-        cfg = block or BlockConfig()
-        if data is None:
-            data = calibration_source(model, cfg)
-        return drop_blocks(model, cfg, data, exclude=exclude)
+        return _block_prune(model, amount, block or BlockConfig(), channel, exclude, data)
     if structure == "channel":
         cfg = channel or ChannelConfig()
         if data is None:
@@ -131,6 +136,36 @@ def prune(
         layer_types=layer_types,
         inplace=inplace,
     )
+
+
+def _block_prune(
+    model: nn.Module,
+    amount: float | None,
+    cfg: BlockConfig,
+    channel: ChannelConfig | None,
+    exclude: Sequence[str],
+    data: Any,
+) -> nn.Module:
+    """Blocks dropped, then (with ``channel``) the channels of what remains pruned to
+    ``channel``'s budget, both on the same images (settings checked before any images)."""
+    if amount is not None:
+        raise ValueError(
+            f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
+            "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
+        )
+    if channel is not None and channel.speedup is None and channel.target_macs is None:
+        raise ValueError(
+            'structure="block" with channel= also prunes the remaining channels, to a budget: '
+            "give ChannelConfig(speedup=X) (X times fewer MACs than the block-dropped model)"
+        )
+    if data is None:
+        data = calibration_source(model, cfg)
+    if channel is None:
+        return drop_blocks(model, cfg, data, exclude=exclude)
+    if callable(data) and not isinstance(data, nn.Module):
+        data = data()  # made once: it scores the blocks and re-estimates both steps
+    short = drop_blocks(model, cfg, data, exclude=exclude)
+    return channel_prune(short, None, channel, exclude=exclude, data=data)
 
 
 #: first-BatchNorm weight of the DeepInversion images for re-estimating statistics: the
