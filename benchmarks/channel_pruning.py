@@ -46,7 +46,7 @@ from recoverprune import (
     prune,
     recover,
 )
-from recoverprune.core.io import write_json_atomic
+from recoverprune.core.io import fingerprint, write_json_atomic
 from recoverprune.models import create_model, load_model
 from recoverprune.pruning.channels import count_macs
 from recoverprune.pruning.masks import copy_model
@@ -216,6 +216,8 @@ class Recovery:
     ) -> dict[str, float]:
         n, seed = self.preset.n, self.args.seed
         tag = self.run_module._key(asdict(students_config(self.args)))[:8]  # pruning settings
+        if label.endswith("x latency"):  # widths timed on this machine: key on the student
+            tag += "-" + fingerprint(student)[:8]
         prefix = f"{arch}/{label}/{tag}/{self.args.preset}/seed{seed}"
         out = {"teacher": self._cell(f"{arch}/teacher", lambda: self._top1(teacher))}
         out["pruned"] = self._cell(f"{prefix}/pruned", lambda: self._top1(student))
@@ -302,6 +304,10 @@ def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Modul
     cfg = students_config(args)
     out = {}
     for s in args.speedups:
+        if args.latency_budget:  # widths from a latency table measured here, at batch 64
+            budget = replace(cfg, latency_speedup=s, latency_batch=64)
+            out[f"{s:g}x latency"] = prune(teacher, None, structure="channel", channel=budget)
+            continue
         out[f"{s:g}x MACs"] = prune(
             teacher, None, structure="channel", channel=replace(cfg, speedup=s)
         )
@@ -483,6 +489,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="channel",
         choices=["channel", "block"],
         help="remove channels, or drop whole residual blocks (BlockConfig(speedup=...))",
+    )
+    p.add_argument(
+        "--latency-budget",
+        action="store_true",
+        help="channel: each --speedups S is ChannelConfig(latency_speedup=S): widths from a "
+        "latency table measured here (batch 64), not one fraction for a MAC count",
     )
     p.add_argument(
         "--channel-speedup",

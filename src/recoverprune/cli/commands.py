@@ -132,8 +132,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     block = block_config(args)  # refuses block options that do not fit, before loading
-    if args.amount is None and block is None:
-        raise ValueError("prune needs --amount (only --structure block takes none)")
+    channel = channel_config(args)
+    budget = args.speedup is not None or args.latency_speedup is not None
+    if args.amount is None and block is None and not (args.structure == "channel" and budget):
+        raise ValueError(
+            "prune needs --amount (only --structure block, and --structure channel with "
+            "--speedup or --latency-speedup, take none)"
+        )
     model = _load(args, args.checkpoint)
     if args.structure in ("channel", "block"):
         pruned = prune(
@@ -141,7 +146,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             args.amount,
             exclude=args.exclude or (),
             structure=args.structure,
-            channel=channel_config(args),
+            channel=channel,
             block=block,
         )
         _save_model(
@@ -327,6 +332,10 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
         what = f"drop residual blocks to {args.block_speedup}x fewer MACs"
     elif args.structure == "block":
         what = f"drop {args.drop_blocks or 1} residual block(s)"
+    elif args.structure == "channel" and args.latency_speedup is not None:
+        what = f"remove channels until {args.latency_speedup}x faster here (measured)"
+    elif args.structure == "channel" and args.speedup is not None:
+        what = f"remove channels to {args.speedup}x fewer MACs"
     else:
         what = f"prune {0.75 if args.amount is None else args.amount:.0%} ({args.scope})"
     lines = [

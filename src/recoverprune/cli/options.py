@@ -183,6 +183,14 @@ def add_structure(p: argparse.ArgumentParser) -> None:
         "also prune the remaining channels to this many times fewer MACs (default: none)",
     )
     p.add_argument(
+        "--latency-speedup",
+        type=float,
+        default=None,
+        metavar="X",
+        help="channel: prune until the model runs X times faster on this machine, widths "
+        "chosen from a latency table measured here, the result measured (default: none)",
+    )
+    p.add_argument(
         "--importance",
         default="magnitude",
         choices=["magnitude", "taylor"],
@@ -221,11 +229,15 @@ def channel_config(args: argparse.Namespace) -> Any:
     ``--structure block --speedup X`` (the channel pruning after the blocks), else ``None``."""
     from recoverprune import ChannelConfig
 
-    if args.structure != "channel" and (args.structure != "block" or args.speedup is None):
+    budget = args.speedup is not None or args.latency_speedup is not None
+    if args.structure != "channel" and (args.structure != "block" or not budget):
+        if args.latency_speedup is not None:
+            raise ValueError("--latency-speedup needs --structure channel (or block)")
         return None
     return ChannelConfig(
         importance=args.importance,
         speedup=args.speedup,
+        latency_speedup=args.latency_speedup,
         recalibrate_images=args.recalibrate_images,
         image_size=getattr(args, "image_size", None),
     )

@@ -153,10 +153,12 @@ def _block_prune(
             f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
             "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
         )
-    if channel is not None and channel.speedup is None and channel.target_macs is None:
+    budgets = (channel.speedup, channel.target_macs, channel.latency_speedup) if channel else ()
+    if channel is not None and all(b is None for b in budgets):
         raise ValueError(
             'structure="block" with channel= also prunes the remaining channels, to a budget: '
-            "give ChannelConfig(speedup=X) (X times fewer MACs than the block-dropped model)"
+            "give ChannelConfig(speedup=X) (X times fewer MACs than the block-dropped model) "
+            "or latency_speedup=X"
         )
     if data is None:
         data = calibration_source(model, cfg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ from recoverprune.core.spec import infer_input_shape
 from recoverprune.pruning.batchnorm import recalibrate_bn, shifted_bns
 from recoverprune.pruning.channel_spec import CONVERTED_ATTR, KEPT_ATTR
 from recoverprune.pruning.compensate import compensate
+from recoverprune.pruning.latency import (
+    LatencyTable,
+    allocate,
+    group_links,
+    measured_speedup,
+    predicted,
+)
 from recoverprune.pruning.masks import check_amount, copy_model, magnitude_prune
 
 __all__ = [
@@ -54,6 +62,12 @@ class ChannelConfig:
             or ``"taylor"`` (first-order Taylor ``|w * dL/dw|`` on DeepInversion images).
         speedup: prune until the model has ``speedup`` times fewer MACs (overrides amount).
         target_macs: prune until the model has at most this many MACs (overrides amount).
+        latency_speedup: prune until the model runs this many times faster, measured on
+            this machine (overrides amount): per-group widths are allocated from a latency
+            table of every layer measured here at batch ``latency_batch``, then the whole
+            model's latency is measured against the input model's and the allocation
+            tightened until it is met (see :mod:`recoverprune.pruning.latency`).
+        latency_batch: the batch size latency is measured at.
         protect_first: keep the output channels of the first convolution.
         protect_classifier: keep the last Linear layer's outputs (always kept: the class count).
         round_to: keep a multiple of this many channels per group (e.g. 8 for SIMD).
@@ -89,6 +103,8 @@ class ChannelConfig:
     importance: Importance = "magnitude"
     speedup: float | None = None
     target_macs: int | None = None
+    latency_speedup: float | None = None
+    latency_batch: int = 64
     protect_first: bool = True
     protect_classifier: bool = True
     round_to: int | None = None
@@ -108,8 +124,17 @@ class ChannelConfig:
             raise ValueError(f"speedup is a MAC ratio and must be > 1, got {self.speedup}")
         if self.target_macs is not None and self.target_macs < 1:
             raise ValueError(f"target_macs must be a positive MAC count, got {self.target_macs}")
-        if self.speedup is not None and self.target_macs is not None:
-            raise ValueError("give speedup or target_macs, not both")
+        budgets = (self.speedup, self.target_macs, self.latency_speedup)
+        if sum(b is not None for b in budgets) > 1:
+            raise ValueError("give one of speedup, target_macs and latency_speedup")
+        if self.latency_speedup is not None and self.latency_speedup <= 1.0:
+            raise ValueError(
+                f"latency_speedup is a latency ratio and must be > 1, got {self.latency_speedup}"
+            )
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int):
+            raise ValueError(f"latency_batch must be a batch size >= 1, got {self.latency_batch!r}")
+        if self.latency_batch < 1:
+            raise ValueError(f"latency_batch must be a batch size >= 1, got {self.latency_batch!r}")
         if not 0.0 <= self.unstructured < 1.0:
             raise ValueError(f"unstructured must be in [0, 1), got {self.unstructured}")
         if self.round_to is not None and self.round_to < 1:
@@ -397,19 +422,27 @@ def _remove(
         kept[name] = current[mask]
 
 
+#: how much of each group goes: one fraction for all, or the channels each group keeps
+Amount = float | Mapping[str, int]
+
+
 def _prune_groups(
     model: nn.Module,
     graph: Any,
     groups: Mapping[str, Any],
     scores: Mapping[str, torch.Tensor],
-    amount: float,
+    amount: Amount,
     cfg: ChannelConfig,
 ) -> dict[str, torch.Tensor]:
     """Remove the lowest-scoring channels of every group; return the kept indices per layer."""
     names = {m: n for n, m in model.named_modules()}
     kept: dict[str, torch.Tensor] = {}
     for name, group in groups.items():
-        k = _n_pruned(len(group[0].idxs), amount, cfg.round_to)
+        n = len(group[0].idxs)
+        if isinstance(amount, Mapping):
+            k = n - amount.get(name, n)
+        else:
+            k = _n_pruned(n, amount, cfg.round_to)
         if k == 0:
             continue
         idxs = torch.argsort(scores[name], stable=True)[:k].sort().values.tolist()
@@ -420,17 +453,15 @@ def _prune_groups(
     return kept
 
 
-def _pruned_copy(
+def _traced(
     model: nn.Module,
-    amount: float,
     cfg: ChannelConfig,
     exclude: Sequence[str],
     example: torch.Tensor,
     scores: dict[str, torch.Tensor] | None,
     data: _Once,
-) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A copy of ``model`` with ``amount`` of every group's channels removed, and its scores."""
-
+) -> tuple[nn.Module, Any, dict[str, Any], dict[str, torch.Tensor]]:
+    """A copy of ``model`` to prune, its dependency graph, prunable groups and their scores."""
     target = copy_model(model).eval()  # tracing must not touch BatchNorm statistics
     target.requires_grad_(True)  # the graph is traced through autograd: frozen layers vanish
     graph, groups = _groups(target, example, cfg, exclude)
@@ -444,6 +475,20 @@ def _pruned_copy(
             _taylor_grads(target, data(), cfg)
         scores = _scores(groups, cfg)
         target.zero_grad(set_to_none=True)
+    return target, graph, groups, scores
+
+
+def _pruned_copy(
+    model: nn.Module,
+    amount: Amount,
+    cfg: ChannelConfig,
+    exclude: Sequence[str],
+    example: torch.Tensor,
+    scores: dict[str, torch.Tensor] | None,
+    data: _Once,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A copy of ``model`` with ``amount`` of every group's channels removed, and its scores."""
+    target, graph, groups, scores = _traced(model, cfg, exclude, example, scores, data)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     kept = _prune_groups(target, graph, groups, scores, amount, cfg)
     for name, p in target.named_parameters():  # pruning makes new Parameters: keep the flags
@@ -472,6 +517,62 @@ def _budget_amount(
         student, _ = _pruned_copy(model, mid, cfg, exclude, example, scores, data)
         lo, hi = (lo, mid) if count_macs(student, example) <= goal else (mid, hi)
     return hi
+
+
+def _next_goal(points: list[tuple[float, float]], want: float) -> float:
+    """The table's next goal: the secant through the last two ``(predicted seconds, measured
+    time relative to the input model)`` points, solved for ``1 / want``. Time the table
+    does not see (BatchNorm, activations, additions) makes the relation affine, not
+    proportional."""
+    (p0, r0), (p1, r1) = points[-2], points[-1]
+    if r1 >= r0 or p1 >= p0:  # noise: no usable slope, scale by the shortfall instead
+        return p1 * r1 * want if r1 * want < 1 else p1 * 0.9
+    return max(p1 + (1 / want - r1) * (p0 - p1) / (r0 - r1), 1e-3 * points[0][0])
+
+
+def _latency_plan(
+    model: nn.Module, cfg: ChannelConfig, exclude: Sequence[str], example: torch.Tensor, data: _Once
+) -> dict[str, int]:
+    """Channels each group keeps for ``cfg.latency_speedup``, measured on this machine.
+
+    The widths come from :func:`~recoverprune.pruning.latency.allocate` on a latency table
+    measured here; the pruned copy's latency is then measured against ``model``'s (batch
+    ``cfg.latency_batch``, median of interleaved runs) and the table's goal corrected
+    (:func:`_next_goal`), up to four rounds. The widest plan that meets the speed-up wins
+    (within 5 % of it ends the search); if none does, the fastest, with a warning.
+    """
+    target, graph, groups, scores = _traced(model, cfg, exclude, example, None, data)
+    links = group_links(graph, groups, target)
+    sizes = {g: len(s) for g, s in scores.items()}
+    table = LatencyTable.measure(model, example, batch=cfg.latency_batch)
+    batch = example[:1].expand(cfg.latency_batch, *example.shape[1:]).contiguous()
+    want = float(cfg.latency_speedup or 1.0)
+    points = [(table.predict({}, {}), 1.0)]
+    goal = points[0][0] / want
+    tried: list[tuple[float, dict[str, int]]] = []
+    for _ in range(4):
+        try:
+            kept = allocate(table, links, scores, goal, step=cfg.round_to)
+        except ValueError:
+            if not tried:
+                raise
+            break  # the correction asks for more than the narrowest widths: keep what was met
+        student, _ = _pruned_copy(model, kept, cfg, exclude, example, scores, data)
+        tried.append((measured_speedup(model, student, batch, repeats=7), kept))
+        if want <= tried[-1][0] <= 1.05 * want:
+            break
+        points.append((predicted(table, links, kept, sizes), 1 / tried[-1][0]))
+        goal = _next_goal(points, want)
+    met = [t for t in tried if t[0] >= want]
+    if met:
+        return min(met, key=lambda t: t[0])[1]
+    reached, kept = max(tried, key=lambda t: t[0])
+    warnings.warn(
+        f"channel pruning reached a measured latency speed-up of {reached:.2f}x, short of "
+        f"latency_speedup={want:g} (a busy machine times noisily): check it, or ask for more",
+        stacklevel=3,
+    )
+    return kept
 
 
 # -- repair at prune time -------------------------------------------------------------
@@ -568,11 +669,18 @@ def channel_prune(
     example = example_input(model, example, cfg.image_size)
     was = model.training
     source = _Once(data)
-    if cfg.speedup is not None or cfg.target_macs is not None:
-        amount = _budget_amount(model, cfg, exclude, example, source)
+    plan: Amount
+    if cfg.latency_speedup is not None:
+        plan = _latency_plan(model, cfg, exclude, example, source)
+    elif cfg.speedup is not None or cfg.target_macs is not None:
+        plan = _budget_amount(model, cfg, exclude, example, source)
     elif amount is None:
-        raise TypeError("give amount, or a ChannelConfig with speedup= or target_macs=")
-    student, _ = _pruned_copy(model, check_amount(amount), cfg, exclude, example, None, source)
+        raise TypeError(
+            "give amount, or a ChannelConfig with speedup=, target_macs= or latency_speedup="
+        )
+    else:
+        plan = check_amount(amount)
+    student, _ = _pruned_copy(model, plan, cfg, exclude, example, None, source)
     _repair(model, student, cfg, example, source)
     student.train(was)
     if cfg.unstructured > 0:
