@@ -149,3 +149,48 @@ def test_ddp_recovery_keeps_masks_and_ranks_in_sync(tmp_path: Path) -> None:
         assert res["in_sync"] and res["masks_same"] and res["zeros_kept"], res
         assert res["gloo_threads_left"] == [], res
     assert (out / "student.pt").is_file()  # written by rank 0
+
+
+def _stream_worker(rank: int, world: int, store: str, out: str) -> None:
+    from recoverprune import StreamConfig, SyntheticStream
+    from recoverprune.synthesis.generator import GeneratorConfig
+
+    _init(rank, world, store)
+    try:
+        teacher = _teacher()
+        gen = GeneratorConfig(width=16, latent_dim=8, warmup_batches=1, warmup_steps=2)
+        cfg = StreamConfig(
+            batch_size=4, initial_batches=2, batches_per_epoch=1, steps_per_epoch=2, generator=gen
+        )
+        stream = SyntheticStream(teacher, cfg, seed=5)
+        dcfg = DistillConfig(epochs=2, batch_size=4, lr=0.05, holdout=0.0)
+        student = recover(teacher, prune(teacher, 0.5), stream, config=dcfg, progress=False)
+        flat = torch.cat([p.detach().flatten() for p in student.parameters()])
+        pool = stream.images.flatten().double()
+        gathered = [torch.zeros_like(flat) for _ in range(world)]
+        pools = [torch.zeros_like(pool) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        dist.all_gather(pools, pool)
+        result = {
+            "in_sync": all(torch.equal(gathered[0], t) for t in gathered),
+            "own_pools": not torch.equal(pools[0], pools[1]),
+            "made": stream.made,
+            "student": flat,
+        }
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+
+
+def test_each_rank_streams_its_own_batches_deterministically(tmp_path: Path) -> None:
+    runs = []
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        out.mkdir()
+        store = str(tmp_path / f"store{attempt}")
+        mp.spawn(_stream_worker, args=(2, store, str(out)), nprocs=2, join=True)
+        ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+        assert all(r["in_sync"] and r["own_pools"] for r in ranks), ranks
+        assert ranks[0]["made"] == ranks[1]["made"] == 4 * (2 + 1)
+        runs.append(ranks[0]["student"])
+    assert torch.equal(runs[0], runs[1])  # the same seed and world size: the same student
