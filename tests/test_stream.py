@@ -166,6 +166,16 @@ def test_pool_stays_within_its_bound():
     assert stream.images.dtype == torch.uint8
 
 
+def test_large_inputs_keep_the_pool_within_its_bytes():
+    net = _net()
+    per_image = 3 * 12 * 12  # bytes of one 8-bit 12x12 RGB image
+    stream = _stream(net, pool_size=64, batches_per_epoch=2, pool_bytes=20 * per_image)
+    recover(net, prune(net, 0.5), stream, epochs=3, config=SMALL, progress=False)
+    assert stream.made == 8 * (2 + 2 * 2) and len(stream) == 20
+    assert stream.images.numel() <= 20 * per_image
+    assert StreamConfig(batch_size=8, pool_bytes=1).capacity((3, 12, 12)) == 8  # one batch
+
+
 def test_kill_mid_stream_resumes_to_the_same_student(tmp_path, monkeypatch):
     net = _net()
     whole = recover(net, prune(net, 0.5), _stream(net), epochs=4, config=SMALL, progress=False)

@@ -4,11 +4,12 @@ A :class:`SyntheticStream` is what :func:`recoverprune.recover` takes instead of
 set. Before the first epoch it fills its pool with ``initial_batches`` batches of the
 amortised generator; at the start of every later epoch it adds ``batches_per_epoch``
 new ones (made against the current student, for the decision-adversarial term), the
-oldest leaving once the pool holds ``pool_size`` images. Each distillation epoch then
-takes ``steps_per_epoch`` steps on batches drawn from the pool.
+oldest leaving once the pool holds ``pool_size`` images, or ``pool_bytes`` of pixels
+when that is fewer. Each distillation epoch then takes ``steps_per_epoch`` steps on
+batches drawn from the pool.
 
 Images are kept as 8-bit pixels (the generator's images are valid pixels), so a pool of
-8,192 CIFAR images takes 25 MB. The whole state (synthesizer, pool, counts) round-trips
+8,192 CIFAR images takes 25 MB; at 224 x 224 RGB the default 256 MiB holds 1,783. The whole state (synthesizer, pool, counts) round-trips
 through :meth:`SyntheticStream.state_dict`, which recovery checkpoints every epoch:
 a killed run resumes to the same student bitwise. Under torchrun each rank streams its
 own batches (seeded by rank), so a run is deterministic for a seed and world size.
@@ -16,6 +17,7 @@ own batches (seeded by rank), so a run is deterministic for a seed and world siz
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,11 +46,15 @@ class StreamConfig:
         steps_per_epoch: distillation steps per epoch (the epoch count is
             ``DistillConfig.epochs``).
         pool_size: the most images kept (oldest out first).
+        pool_bytes: the most memory the pool's 8-bit pixels take: large inputs keep fewer
+            images than ``pool_size`` (never fewer than one batch).
         generator: the amortised synthesizer's settings.
 
     Example:
         >>> StreamConfig(pool_size=512).pool_size
         512
+        >>> StreamConfig().capacity((3, 224, 224)), StreamConfig().capacity((3, 32, 32))
+        (1783, 8192)
     """
 
     batch_size: int = 128
@@ -56,7 +62,12 @@ class StreamConfig:
     batches_per_epoch: int = 2
     steps_per_epoch: int = 8
     pool_size: int = 8192
+    pool_bytes: int = 256 * 2**20
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def capacity(self, shape: Sequence[int]) -> int:
+        """Images the pool keeps for inputs of ``shape`` (channels, height, width)."""
+        return max(self.batch_size, min(self.pool_size, self.pool_bytes // math.prod(shape)))
 
     def __post_init__(self) -> None:
         checks = {
@@ -65,6 +76,7 @@ class StreamConfig:
             "batches_per_epoch must be >= 0": self.batches_per_epoch >= 0,
             "steps_per_epoch must be >= 1": self.steps_per_epoch >= 1,
             "pool_size must hold at least one batch": self.pool_size >= self.batch_size,
+            "pool_bytes must be >= 1": self.pool_bytes >= 1,
         }
         for message, ok in checks.items():
             if not ok:
@@ -180,8 +192,9 @@ class SyntheticStream:
         for _ in range(cfg.batches_per_epoch if batches is None else batches):
             x, y, _ = self.synth.make_batch(cfg.batch_size, student)
             pixels = (x * self._s + self._m).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-            self.images = torch.cat([self.images, pixels])[-cfg.pool_size :]
-            self.labels = torch.cat([self.labels, y])[-cfg.pool_size :]
+            keep = cfg.capacity(self.spec.shape)
+            self.images = torch.cat([self.images, pixels])[-keep:]
+            self.labels = torch.cat([self.labels, y])[-keep:]
             self.made += len(y)
         self.seconds += time.perf_counter() - t0
 
