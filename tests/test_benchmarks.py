@@ -98,6 +98,13 @@ def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
     assert (
         block.strip() == proc.stdout.strip() and "| resnet32 | 2x MACs, blocks | 88.22 |" in block
     )
+    names = ("combo", "latency", "uniform")
+    frontier = [str(ROOT / f"benchmarks/results/channel/resnet32-{n}.json") for n in names]
+    proc = _run(["benchmarks/channel_pruning.py", "--render", *frontier], timeout=120)
+    block = _block(text, "channel-frontier")
+    assert block.strip() == proc.stdout.strip(), "rerun --render ... --update-docs channel-frontier"
+    for label in ("2.4x MACs, blocks (asked 1.8x) + channels", "2x latency", "3x MACs"):
+        assert f"| resnet32 | {label} | 88.22 |" in block
 
 
 def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
