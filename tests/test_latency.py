@@ -151,3 +151,6 @@ def test_the_next_goal_follows_the_secant_of_what_was_measured():
     assert _next_goal([(100.0, 1.0), (50.0, 0.75)], 2.0) == pytest.approx(0.1)
     assert _next_goal([(100.0, 1.0), (50.0, 0.75)], 1.6) == pytest.approx(25.0)
     assert _next_goal([(100.0, 1.0), (50.0, 0.4)], 2.0) > 50.0  # overshot: wider again
+    # no usable slope (noise: narrower read slower): scale by the miss, either way
+    assert _next_goal([(100.0, 0.5), (50.0, 0.8)], 2.0) == pytest.approx(31.25)
+    assert _next_goal([(100.0, 0.3), (50.0, 0.4)], 2.0) == pytest.approx(62.5)

@@ -527,8 +527,8 @@ def _next_goal(points: list[tuple[float, float]], want: float) -> float:
     does not see (BatchNorm, activations, additions) makes the relation affine, not
     proportional."""
     (p0, r0), (p1, r1) = points[-2], points[-1]
-    if r1 >= r0 or p1 >= p0:  # noise: no usable slope, scale by the shortfall instead
-        return p1 * r1 * want if r1 * want < 1 else p1 * 0.9
+    if r1 >= r0 or p1 >= p0:  # noise: no usable slope, scale by the miss instead
+        return p1 / (r1 * want)
     return max(p1 + (1 / want - r1) * (p0 - p1) / (r0 - r1), 1e-3 * points[0][0])
 
 
