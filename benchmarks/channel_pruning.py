@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         metavar="C",
         help="with --structure block: drop blocks to S/C of each --speedups S, then prune the "
-        "remaining channels to C times fewer MACs (blocks + mild channel pruning)",
+        "remaining channels until the whole has S times fewer MACs (blocks come in coarse "
+        "steps, so the channels' share is about C: blocks + mild channel pruning)",
     )
     p.add_argument(
         "--no-unstructured",

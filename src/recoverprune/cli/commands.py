@@ -8,7 +8,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from recoverprune.cli.options import accel, apply_overrides, bars, block_config, channel_config
+from recoverprune.cli.options import (
+    accel,
+    apply_overrides,
+    bars,
+    block_config,
+    channel_budget,
+    channel_config,
+)
 from recoverprune.core.paths import check_outputs
 
 __all__ = [
@@ -133,8 +140,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     block = block_config(args)  # refuses block options that do not fit, before loading
     channel = channel_config(args)
-    budget = args.speedup is not None or args.latency_speedup is not None
-    if args.amount is None and block is None and not (args.structure == "channel" and budget):
+    budget = args.structure == "channel" and channel_budget(args)
+    if args.amount is None and block is None and not budget:
         raise ValueError(
             "prune needs --amount (only --structure block, and --structure channel with "
             "--speedup or --latency-speedup, take none)"

@@ -20,6 +20,7 @@ __all__ = [
     "apply_overrides",
     "bars",
     "block_config",
+    "channel_budget",
     "channel_config",
     "config_default",
     "config_overrides",
@@ -224,13 +225,18 @@ def add_structure(p: argparse.ArgumentParser) -> None:
     )
 
 
+def channel_budget(args: argparse.Namespace) -> bool:
+    """Whether the command line gives channel pruning a budget (``--speedup`` or
+    ``--latency-speedup``), which stands in for ``--amount``."""
+    return args.speedup is not None or args.latency_speedup is not None
+
+
 def channel_config(args: argparse.Namespace) -> Any:
     """The :class:`~recoverprune.ChannelConfig` of ``--structure channel``, or of
     ``--structure block --speedup X`` (the channel pruning after the blocks), else ``None``."""
     from recoverprune import ChannelConfig
 
-    budget = args.speedup is not None or args.latency_speedup is not None
-    if args.structure != "channel" and (args.structure != "block" or not budget):
+    if args.structure != "channel" and (args.structure != "block" or not channel_budget(args)):
         if args.latency_speedup is not None:
             raise ValueError("--latency-speedup needs --structure channel (or block)")
         return None

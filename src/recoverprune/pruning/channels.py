@@ -133,10 +133,6 @@ class ChannelConfig:
             raise ValueError(
                 f"latency_speedup is a latency ratio and must be > 1, got {self.latency_speedup}"
             )
-        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int):
-            raise ValueError(f"latency_batch must be a batch size >= 1, got {self.latency_batch!r}")
-        if self.latency_batch < 1:
-            raise ValueError(f"latency_batch must be a batch size >= 1, got {self.latency_batch!r}")
         if not 0.0 <= self.unstructured < 1.0:
             raise ValueError(f"unstructured must be in [0, 1), got {self.unstructured}")
         if self.round_to is not None and self.round_to < 1:
@@ -148,6 +144,7 @@ class ChannelConfig:
             ("calibration_images", 0, "images"),
             ("recalibrate_iterations", 1, "steps"),
             ("calibration_iterations", 1, "steps"),
+            ("latency_batch", 1, "images"),
         ):
             value = getattr(self, name)
             if value is None and name.startswith("recalibrate"):

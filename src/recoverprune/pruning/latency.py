@@ -123,7 +123,7 @@ def _input_shapes(model: nn.Module) -> Iterator[dict[str, tuple[int, ...]]]:
             h.remove()
 
 
-def _narrowed(m: _Layer, f_in: float, f_out: float) -> nn.Module | None:
+def _narrowed(m: _Layer, f_in: float, f_out: float) -> _Layer:
     """A fresh layer like ``m`` with the kept fractions of its inputs and outputs."""
 
     def keep(n: int, f: float, multiple: int = 1) -> int:

@@ -9,8 +9,9 @@ when that is fewer. Each distillation epoch then takes ``steps_per_epoch`` steps
 batches drawn from the pool.
 
 Images are kept as 8-bit pixels (the generator's images are valid pixels), so a pool of
-8,192 CIFAR images takes 25 MB; at 224 x 224 RGB the default 256 MiB holds 1,783. The whole state (synthesizer, pool, counts) round-trips
-through :meth:`SyntheticStream.state_dict`, which recovery checkpoints every epoch:
+8,192 CIFAR images takes 25 MB; at 224 x 224 RGB the default 256 MiB holds 1,783. The
+whole state (synthesizer, pool, counts) round-trips through
+:meth:`SyntheticStream.state_dict`, which recovery checkpoints every epoch:
 a killed run resumes to the same student bitwise. Under torchrun each rank streams its
 own batches (seeded by rank), so a run is deterministic for a seed and world size.
 """
@@ -189,10 +190,10 @@ class SyntheticStream:
         assert self.synth is not None, "start() first"
         cfg = self.config
         t0 = time.perf_counter()
+        keep = cfg.capacity(self.spec.shape)
         for _ in range(cfg.batches_per_epoch if batches is None else batches):
             x, y, _ = self.synth.make_batch(cfg.batch_size, student)
             pixels = (x * self._s + self._m).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-            keep = cfg.capacity(self.spec.shape)
             self.images = torch.cat([self.images, pixels])[-keep:]
             self.labels = torch.cat([self.labels, y])[-keep:]
             self.made += len(y)
