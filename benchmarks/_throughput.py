@@ -1,4 +1,4 @@
-"""What the two throughput benchmarks share: variants, machine description, FLOPs, peaks.
+"""What the two throughput benchmarks share: variants, FLOPs, peaks, the measuring loop.
 
 Not a benchmark itself; ``synthesis_throughput.py`` and ``recovery_throughput.py`` import it
 (run them from the repository root, ``python benchmarks/<name>.py``).
@@ -14,21 +14,19 @@ utilisation figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import machine
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from recoverprune import Accel, __version__
+from recoverprune import Accel
 from recoverprune.core.io import write_json_atomic
 from recoverprune.core.runtime import cpu_has_native_bf16
-from recoverprune.core.threads import cpu_model
 from recoverprune.models import create_model, load_model
 
 #: plain float32 eager: the baseline, and how FLOPs are counted
@@ -58,8 +56,11 @@ DATASHEET_BF16_TFLOPS: list[tuple[str, float]] = [
 ]
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments both benchmarks take."""
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark described by ``doc``, with the arguments both take."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--arch", default="resnet20", help="zoo architecture (random init unless --checkpoint)"
     )
@@ -82,6 +83,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         help="bf16 peak to report utilisation against (default: the GPU's datasheet figure)",
     )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    return p
 
 
 def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -114,22 +116,13 @@ def chosen_variants(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [k for k in names if k not in skipped], skipped
 
 
-def machine() -> dict[str, Any]:
-    """Software and hardware the numbers were measured on."""
-    cuda = torch.cuda.is_available()
+def tf32() -> dict[str, bool] | None:
+    """Whether CUDA float32 work may run in TF32 (None without CUDA)."""
+    if not torch.cuda.is_available():
+        return None
     return {
-        "torch": str(torch.__version__),
-        "recoverprune": __version__,
-        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if cuda else None,
-        "tf32": {
-            "cudnn": torch.backends.cudnn.allow_tf32,
-            "matmul": torch.backends.cuda.matmul.allow_tf32,
-        }
-        if cuda
-        else None,
-        "platform": platform.platform(),
+        "cudnn": torch.backends.cudnn.allow_tf32,
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
     }
 
 
@@ -297,7 +290,32 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]],
     print(note)
 
 
-def write_json(path: str | None, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Write config and rows to ``path`` (atomically, like every file the project writes)."""
-    if path:
-        print(f"wrote {write_json_atomic({'config': config, 'results': rows}, path)}")
+def run(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    timed: Callable[[str, Accel], tuple[float, dict[str, float]]],
+    units_per_run: dict[str, float],
+    flops_per_unit: float,
+    rate: tuple[str, str, str],
+    quality: list[tuple[str, str, str]],
+    note: str,
+) -> int:
+    """What both benchmarks do once their job is set up: time every chosen variant, print
+    the configuration and the table, and write both to ``--json``.
+
+    ``config`` describes the job (the machine and peaks are added); ``timed``,
+    ``units_per_run``: as :func:`measure_variants`; ``rate``: the (title, key, format)
+    column of units per second the FLOPs are counted against; ``quality``: the columns of
+    the quality figures ``timed`` returns; ``note``: what the columns mean.
+    """
+    names, skipped = chosen_variants(args)
+    config = {**config, "repeats": args.repeats, **machine(), "tf32": tf32(), **peaks(args)}
+    print_header(config, skipped)
+    rows = measure_variants(names, timed, args.repeats, units_per_run)
+    add_utilisation(rows, flops_per_unit, rate[1], config)
+    columns = [("variant", "variant", ""), ("s/run", "seconds", ".2f"), rate]
+    print_table(rows, [*columns, *UTILISATION_COLUMNS, *quality], f"({note}; {UTILISATION_NOTE})")
+    if args.json:
+        path = write_json_atomic({"config": config, "results": rows}, args.json)
+        print(f"wrote {path}")
+    return 0

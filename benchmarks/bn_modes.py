@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from _common import DATA, machine
 from torch import nn
 
 from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
 from recoverprune.data import load_split
 from recoverprune.models import default_teacher, load_model
-from recoverprune.synthesis.bn import bn_layers
-
-ROOT = Path(__file__).resolve().parents[1]
+from recoverprune.pruning.batchnorm import bn_layers
 
 
 @torch.no_grad()
@@ -53,7 +51,7 @@ def main() -> None:
     p.add_argument("--amount", type=float, default=0.75)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--modes", nargs="+", default=["train", "frozen"])
-    p.add_argument("--data", default=str(ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
+    p.add_argument("--data", default=str(DATA))
     p.add_argument("--lr", type=float, default=None, help="override DistillConfig.lr")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -63,9 +61,7 @@ def main() -> None:
     x = synthetic.get_batch(torch.arange(min(256, len(synthetic))))[0]
     pruned = prune(teacher, args.amount)
     out = {
-        "machine": platform.platform(),
-        "torch": str(torch.__version__),
-        "threads": torch.get_num_threads(),
+        **machine(),
         "amount": args.amount,
         "n_synthetic": len(synthetic),
         "teacher_top1": evaluate(teacher, test, progress=False).top1,

@@ -1,11 +1,12 @@
 """Top-1 right after channel pruning: compensation and BatchNorm re-estimation, no training.
 
-For each teacher, ``recoverprune.prune(teacher, None, structure="channel",
-channel=ChannelConfig(speedup=...))`` is run five ways, each timed as one call (the
-DeepInversion images included; each call makes its own, with the same seed):
+For each teacher, ``recoverprune.prune(teacher, ChannelConfig(speedup=...))`` is run five
+ways, each timed as one call (the DeepInversion images included; each call makes its own,
+with the same seed):
 
-* ``today``: no repair (``compensate=False, recalibrate_images=0``), the old behaviour;
-* ``bias``: analytic bias correction only (``compensate=True, recalibrate_images=0``);
+* ``today``: no repair (``recalibrate=False``), the old behaviour;
+* ``bias``: analytic bias correction only (the experimental ``CompensatedChannelConfig``,
+  ``recalibrate=False``);
 * ``bn``: BatchNorm statistics re-estimated on DeepInversion images (the default);
 * ``both``: bias correction, then re-estimation;
 * ``bn-all``: re-estimation of *every* BatchNorm, not only those whose input pruning
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -35,26 +35,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import DATA, ROOT, machine, shared_teacher, update_block
 from torch import nn
 
-from recoverprune import ChannelConfig, evaluate, prune
+from recoverprune import Calibration, ChannelConfig, evaluate, prune
 from recoverprune.core.io import write_json_atomic
-from recoverprune.data.evaluate import resolve_data
+from recoverprune.evaluation.evaluate import resolve_data
+from recoverprune.experimental.compensate import CompensatedChannelConfig
 from recoverprune.models import default_teacher, load_model, resnet20
 from recoverprune.pipeline.prune import calibration_source, recalibration_budget
 from recoverprune.pruning.batchnorm import recalibrate_bn
-from recoverprune.pruning.channels import count_macs
+from recoverprune.pruning.measure import count_macs
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-R32 = ROOT.parent / "shared" / "teachers" / "resnet32-d509ac18.th"
+R32 = shared_teacher("resnet32")
 OUT = ROOT / "benchmarks" / "results" / "channel" / "compensation.json"
 
 COLUMNS = {
-    "today": {"compensate": False, "recalibrate_images": 0},
-    "bias": {"compensate": True, "recalibrate_images": 0},
-    "bn": {"compensate": False},
-    "both": {"compensate": True},
+    "today": {"compensate": False, "recalibrate": False},
+    "bias": {"compensate": True, "recalibrate": False},
+    "bn": {"compensate": False, "recalibrate": True},
+    "both": {"compensate": True, "recalibrate": True},
 }
 
 
@@ -62,13 +62,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--speedup", type=float, default=2.0, help="MAC ratio (default 2.0)")
     p.add_argument(
-        "--images", type=int, default=None, help="recalibrate_images (default: the library's)"
+        "--images", type=int, default=None, help="Calibration(images=) (default: the library's)"
     )
     p.add_argument(
         "--iterations",
         type=int,
         default=None,
-        help="recalibrate_iterations (default: the library's)",
+        help="Calibration(iterations=) (default: the library's)",
     )
     p.add_argument("--no-r32", action="store_true", help="skip the ResNet-32 row")
     p.add_argument("--inner", action="store_true", help="add ResNet-20 with residual=False")
@@ -82,13 +82,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> ChannelConfig:
-    cfg = ChannelConfig(speedup=args.speedup, **extra)
-    if args.images is not None:
-        cfg = replace(cfg, recalibrate_images=args.images)
-    if args.iterations is not None:
-        cfg = replace(cfg, recalibrate_iterations=args.iterations)
-    return cfg
+def _calibration(args: argparse.Namespace) -> Calibration:
+    return Calibration(images=args.images, iterations=args.iterations)
+
+
+def _how(cfg: ChannelConfig, compensate: bool, recalibrate: bool) -> Any:
+    """A column's config: ``cfg``, re-estimating or not, compensated or not."""
+    cfg = replace(cfg, recalibrate=recalibrate)
+    return CompensatedChannelConfig(cfg) if compensate else cfg
 
 
 def _test_set(model: nn.Module, args: argparse.Namespace) -> Any:
@@ -99,10 +100,10 @@ def _test_set(model: nn.Module, args: argparse.Namespace) -> Any:
     return ds.batch(pick.sort().values)  # a fixed random subset: every class
 
 
-def _all_bns(teacher: nn.Module, cfg: ChannelConfig) -> nn.Module:
+def _all_bns(teacher: nn.Module, cfg: ChannelConfig, calibration: Calibration) -> nn.Module:
     """The ``bn-all`` column: prune without repair, re-estimate every BatchNorm."""
-    student = prune(teacher, None, structure="channel", channel=replace(cfg, recalibrate_images=0))
-    make = calibration_source(teacher, cfg)
+    student = prune(teacher, replace(cfg, recalibrate=False))
+    make = calibration_source(teacher, [cfg], calibration)
     if make is not None:
         recalibrate_bn(student, make().images)
     return student
@@ -110,15 +111,15 @@ def _all_bns(teacher: nn.Module, cfg: ChannelConfig) -> nn.Module:
 
 def _row(name: str, teacher: nn.Module, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     test = _test_set(teacher, args)
-    base = _config(args, **extra)
+    base, cal = ChannelConfig(speedup=args.speedup, **extra), _calibration(args)
     row: dict[str, Any] = {"model": name, "config": asdict(base), "top1": {}, "seconds": {}}
-    row["recalibration_budget"] = list(recalibration_budget(teacher, base))
+    row["recalibration_budget"] = list(recalibration_budget(teacher, cal))
     row["top1"]["teacher"] = evaluate(teacher, test, progress=False).top1
     builds = {
-        k: (lambda v=v: prune(teacher, None, structure="channel", channel=replace(base, **v)))
+        k: (lambda v=v: prune(teacher, _how(base, **v), calibration=cal))
         for k, v in COLUMNS.items()
     }
-    builds["bn-all"] = lambda: _all_bns(teacher, replace(base, compensate=False))
+    builds["bn-all"] = lambda: _all_bns(teacher, base, cal)
     for column, build in builds.items():
         t0 = time.perf_counter()
         student = build()
@@ -185,11 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         md = render(args.render)
         print(md)
         if args.update_docs:
-            sys.path.insert(0, str(ROOT / "benchmarks" / "cifar10"))
-            from run import replace_block  # the markers every generated docs block uses
-
-            page = ROOT / "docs" / "channel-pruning.md"
-            page.write_text(replace_block(page.read_text(), "channel-compensation", md))
+            update_block(ROOT / "docs" / "channel-pruning.md", "channel-compensation", md)
         return {"markdown": md}
     if args.tiny:
         args.images, args.iterations = args.images or 4, args.iterations or 2
@@ -202,12 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "recalibrate_images": args.images or "automatic (64 for these models)",
         "recalibrate_iterations": args.iterations or "automatic (50 for these models)",
         "test_images": args.test_n or "all (10,000)",
-        "threads": torch.get_num_threads(),
+        **machine(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": str(torch.__version__),
         "load_average_at_start": list(os.getloadavg()),
     }
     print("settings: " + json.dumps(settings), flush=True)

@@ -1,7 +1,7 @@
 """Channel pruning: parameters, MACs and measured CPU latency of teacher vs pruned student.
 
 For each architecture and MAC budget (``--speedups``, or fixed ``--amounts``) it prunes the
-teacher with ``prune(..., structure="channel")`` and measures, side by side in one process
+teacher with ``prune(teacher, ChannelConfig(...))`` and measures, side by side in one process
 (teacher and student interleaved, median of ``--repeats`` runs, fp32):
 
 - parameters and MACs (counted with forward hooks),
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    DATA,
+    ROOT,
+    cell,
+    config_key,
+    machine,
+    shared_teacher,
+    table_teacher,
+    update_block,
+)
 from torch import nn
 
 from recoverprune import (
@@ -47,18 +56,15 @@ from recoverprune import (
     recover,
 )
 from recoverprune.core.io import fingerprint, write_json_atomic
+from recoverprune.experimental.latency import LatencyConfig
 from recoverprune.models import create_model, load_model
-from recoverprune.pruning.channels import count_macs
 from recoverprune.pruning.masks import copy_model
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TEACHERS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
+from recoverprune.pruning.measure import count_macs
 
 
 def teacher_for(arch: str) -> tuple[nn.Module, str]:
     """The shared pretrained teacher of ``arch`` if present, else a random-init one."""
-    path = SHARED / "teachers" / TEACHERS.get(arch, "-")
+    path = shared_teacher(arch)
     if path.is_file():
         return load_model(arch, path), path.name
     return create_model(arch).eval(), "random init"
@@ -151,12 +157,7 @@ def _load_run_module() -> Any:
 
 def recovery_teacher(arch: str) -> tuple[nn.Module, str]:
     """The JPEG-fine-tuned teacher where one exists (what the CIFAR-10 table uses)."""
-    if arch == "resnet20":
-        from recoverprune.models import default_teacher
-
-        return default_teacher(), "embedded default teacher"
-    path = ROOT / "runs" / "teachers" / f"{arch}-jpeg.pt"
-    return (load_model(arch, path), path.name) if path.is_file() else teacher_for(arch)
+    return table_teacher(arch) or teacher_for(arch)
 
 
 class Recovery:
@@ -181,14 +182,7 @@ class Recovery:
         self.synthetic: dict[str, Any] = {}
 
     def _cell(self, key: str, fn: Any) -> float:
-        cells = self.results.setdefault("cells", {})
-        if key not in cells:
-            t0 = time.perf_counter()
-            top1 = fn()
-            cells[key] = {"top1": top1, "seconds": time.perf_counter() - t0, "device": self.device}
-            write_json_atomic(self.results, self.path)
-            print(json.dumps({"cell": key, **cells[key]}), flush=True)
-        return cells[key]["top1"]
+        return cell(self.results, self.path, key, fn, device=self.device)["top1"]
 
     def _top1(self, model: nn.Module) -> float:
         return evaluate(model, self.test, device=self.device, progress=False).top1
@@ -215,7 +209,7 @@ class Recovery:
         self, arch: str, label: str, teacher: nn.Module, student: nn.Module
     ) -> dict[str, float]:
         n, seed = self.preset.n, self.args.seed
-        tag = self.run_module._key(asdict(students_config(self.args)))[:8]  # pruning settings
+        tag = config_key(asdict(students_config(self.args)))[:8]  # pruning settings
         if label.endswith("x latency"):  # widths timed on this machine: key on the student
             tag += "-" + fingerprint(student)[:8]
         prefix = f"{arch}/{label}/{tag}/{self.args.preset}/seed{seed}"
@@ -283,14 +277,14 @@ def _block_student(teacher: nn.Module, speedup: float, args: argparse.Namespace)
     in coarse steps: the channels make up the rest, about ``C``)."""
     c = args.channel_speedup
     if c is None:
-        return prune(teacher, None, structure="block", block=BlockConfig(speedup=speedup))
+        return prune(teacher, BlockConfig(speedup=speedup))
     if not 1 < c < speedup:
         raise SystemExit(f"--channel-speedup must be in (1, {speedup:g}), got {c:g}")
     x = torch.zeros(1, *teacher.pretrained_cfg["input_size"])
     goal = int(count_macs(teacher, x) / speedup)
     channel = replace(students_config(args), target_macs=goal)
     block = BlockConfig(speedup=speedup / c)
-    return prune(teacher, None, structure="block", block=block, channel=channel)
+    return prune(teacher, [block, channel])
 
 
 def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
@@ -305,14 +299,12 @@ def students(teacher: nn.Module, args: argparse.Namespace) -> dict[str, nn.Modul
     out = {}
     for s in args.speedups:
         if args.latency_budget:  # widths from a latency table measured here, at batch 64
-            budget = replace(cfg, latency_speedup=s, latency_batch=64)
-            out[f"{s:g}x latency"] = prune(teacher, None, structure="channel", channel=budget)
+            budget = LatencyConfig(s, batch=64, channel=cfg)
+            out[f"{s:g}x latency"] = prune(teacher, budget)
             continue
-        out[f"{s:g}x MACs"] = prune(
-            teacher, None, structure="channel", channel=replace(cfg, speedup=s)
-        )
+        out[f"{s:g}x MACs"] = prune(teacher, replace(cfg, speedup=s))
     for a in args.amounts:
-        out[f"amount {a:g}"] = prune(teacher, a, structure="channel", channel=cfg)
+        out[f"amount {a:g}"] = prune(teacher, replace(cfg, amount=a))
     return out
 
 
@@ -393,11 +385,6 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _update_docs(md: str, marker: str) -> None:
-    page = ROOT / "docs" / "channel-pruning.md"
-    page.write_text(_load_run_module().replace_block(page.read_text(), marker, md))
-
-
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     """Recovered (DeepInversion) top-1 against eager latency at batch 64, 1 thread."""
     import matplotlib
@@ -471,7 +458,7 @@ def compare_importance(args: argparse.Namespace) -> str:
                 cfg = ChannelConfig(
                     importance="magnitude" if data is None else "taylor", speedup=speedup
                 )
-                student = prune(teacher, None, structure="channel", channel=cfg, data=data).eval()
+                student = prune(teacher, cfg, data=data).eval()
                 with torch.no_grad():
                     top1 = (student(x).argmax(1) == y).float().mean().item() * 100
                 lines.append(f"| {arch} | {speedup:g}x MACs | {name} | {top1:.2f} |")
@@ -493,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--latency-budget",
         action="store_true",
-        help="channel: each --speedups S is ChannelConfig(latency_speedup=S): widths from a "
+        help="channel: each --speedups S is the experimental LatencyConfig(S): widths from a "
         "latency table measured here (batch 64), not one fraction for a MAC count",
     )
     p.add_argument(
@@ -541,7 +528,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-latency", dest="latency", action="store_false", help="top-1 columns only")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--columns", nargs="+", default=["deepinversion", "noise", "real"])
-    p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--data", default=str(DATA))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "runs" / "channel"))
     p.add_argument("--plot", action="store_true", help="top-1 against latency (needs --recover)")
@@ -568,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         md = "\n".join(to_markdown(json.loads(Path(f).read_text())["rows"]) for f in args.render)
         print(md)
         if args.update_docs:
-            _update_docs(md, args.update_docs)
+            update_block(ROOT / "docs" / "channel-pruning.md", args.update_docs, md)
         return {"markdown": md}
     if args.compare_importance:
         if args.tiny:
@@ -597,12 +584,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.update(
         rows=rows,
         settings={
-            **{k: v for k, v in vars(args).items()},
+            **machine(),  # its "threads" is torch's; --threads (the latency runs) wins
+            **vars(args),
             "distill": asdict(recovery.dcfg) if recovery else None,
             "command": " ".join(sys.argv),
-            "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": str(torch.__version__),
         },
     )
     write_json_atomic(results, path)

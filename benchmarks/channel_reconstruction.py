@@ -20,11 +20,12 @@ recon_d1 73.86 (JPEG CIFAR-10 test top-1).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import torch
+from _common import DATA, jpeg_teacher
 
 import recoverprune.distill.repair as cal
 from recoverprune import (
@@ -41,14 +42,18 @@ from recoverprune.models import load_model
 
 
 def main() -> None:
-    mode, threads = sys.argv[1], int(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=["synth", "norecon", "recon", "recon_d1"])
+    p.add_argument("threads", type=int, help="torch threads")
+    args = p.parse_args()
+    mode, threads = args.mode, args.threads
     if mode.startswith("recon") and not hasattr(cal, "_solve_dense"):
         raise SystemExit("this mode needs commit 1be6611's _calibrate.py (see the docstring)")
     if mode == "recon_d1":
         solve = cal._solve_dense
         cal._solve_dense = lambda h, c, w_t, w0, damp: solve(h, c, w_t, w0, 1.0)
     torch.set_num_threads(threads)
-    teacher = load_model("resnet32", "runs/teachers/resnet32-jpeg.pt").eval()
+    teacher = load_model("resnet32", jpeg_teacher("resnet32")).eval()
     images = synthesize(
         teacher,
         1024,
@@ -60,12 +65,12 @@ def main() -> None:
     )
     if mode == "synth":
         return
-    student = prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=3))
+    student = prune(teacher, ChannelConfig(speedup=3))
     cfg = DistillConfig(epochs=60, reconstruct=mode.startswith("recon"))
     t0 = time.time()
     student = recover(teacher, student, images, config=cfg, seed=0, progress=False)
     seconds = time.time() - t0
-    test = load_split("../shared/datasets/cifar10-jpeg.tar.gz", "test")
+    test = load_split(DATA, "test")
     top1 = evaluate(student, test, progress=False).top1
     print(
         json.dumps({"mode": mode, "top1": top1, "recover_s": seconds, "torch": torch.__version__})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import machine
 
 from recoverprune import SyntheticImages
 from recoverprune.models import default_teacher
@@ -88,9 +88,7 @@ def main() -> None:
         "single_seconds": single,
         "distributed_seconds": multi,
         "identical": bool(torch.equal(one.images, many.images)),
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": str(torch.__version__),
+        **machine(),
         "note": "wall time includes process start-up and model loading",
     }
     print(json.dumps(result, indent=2))

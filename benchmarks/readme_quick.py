@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- quick:begin -->", "<!-- quick:end -->"
+from _common import ROOT, update_block
+
 STAGES = {"prune": "pruning", "synthesize": "synthesis", "recover": "recovery"}
 
 
@@ -99,23 +99,13 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update(page: Path, block: str) -> None:
-    """Replace the text between the quick markers of ``page`` with ``block``."""
-    text = page.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{page} has no {BEGIN} ... {END} block")
-    pre, rest = text.split(BEGIN, 1)
-    post = rest.split(END, 1)[1]
-    page.write_text(pre + BEGIN + "\n" + block + END + post)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--report", default=str(ROOT / "runs/quick/report.json"))
     p.add_argument("--readme", default=str(ROOT / "README.md"))
     args = p.parse_args(argv)
     block = render(json.loads(Path(args.report).read_text()))
-    update(Path(args.readme), block)
+    update_block(args.readme, "quick", block)
     print(block, end="")
     print(f"(written into {args.readme})")
 

@@ -26,21 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    DATA,
+    ROOT,
+    cell,
+    config_key,
+    jpeg_teacher,
+    machine,
+    synthesis_seconds,
+    table_teacher,
+    update_block,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 
-from run import _key, _machine, noise_set, real_set
+from run import noise_set, real_set
 
 from recoverprune import DistillConfig, SyntheticImages, evaluate, prune, recover
 from recoverprune.core.io import write_json_atomic
 from recoverprune.data import load_split
 from recoverprune.distill.loop import RECONSTRUCT_IMAGES
 from recoverprune.distill.repair import recalibrate_bn, reconstruct
-from recoverprune.models import default_teacher, load_model
 from recoverprune.pipeline.report import check_quality
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 #: the recipe before this ablation: logit KD only, 5 % of the images held out
 OLD = DistillConfig(
@@ -71,14 +78,13 @@ RECIPES: dict[str, DistillConfig] = {
 
 
 def teacher_for(arch: str) -> torch.nn.Module:
-    if arch == "resnet20":
-        return default_teacher()
-    path = ROOT / "runs" / "teachers" / f"{arch}-jpeg.pt"
-    if not path.is_file():
+    found = table_teacher(arch)
+    if found is None:
         raise SystemExit(
-            f"{path} is missing: make it with benchmarks/train_teacher.py (see benchmarks/cifar10/run.py)"
+            f"{jpeg_teacher(arch)} is missing: make it with benchmarks/train_teacher.py "
+            "(see benchmarks/cifar10/run.py)"
         )
-    return load_model(arch, path)
+    return found[0]
 
 
 def quality(teacher: Any, student: Any, check: SyntheticImages) -> dict[str, float]:
@@ -106,7 +112,9 @@ def run_cell(
     test: Any,
     check: SyntheticImages | None,
     results: dict[str, Any],
+    path: Path,
 ) -> dict[str, Any]:
+    """The cell ``spec`` (measured unless ``results`` holds it already)."""
     arch, amount, recipe, source, mult = parse_cell(spec)
     cfg = RECIPES.get(recipe, BASE)  # prep:* cells train nothing
     cfg = replace(cfg, epochs=max(1, round(args.epochs * mult)))
@@ -121,57 +129,42 @@ def run_cell(
         "n": len(base),
         "seed": args.seed,
     }
-    key = f"{spec}:{_key(key_cfg)}"
-    if key in results["cells"]:
-        return results["cells"][key]
-    teacher = teacher_for(arch)
-    if recipe.startswith("prep:"):
-        return prep_cell(spec, key, key_cfg, teacher, amount, base, recipe[5:], test, results)
-    if source.startswith("noise:"):
-        data = noise_set(len(base), base, args.seed)
-    elif source.startswith("real:"):
-        data = real_set(len(base), load_split(args.data, "train"), args.seed)
-    else:
-        data = base
-    t0 = time.perf_counter()
-    student = recover(
-        teacher, prune(teacher, amount), data, config=cfg, seed=args.seed, progress=False
-    )
-    seconds = time.perf_counter() - t0
-    rec = {
-        "spec": spec,
-        "top1": evaluate(student, test, progress=False).top1,
-        "seconds": seconds,
-        "config": key_cfg,
-        **_machine(),
-    }
-    if check is not None:
-        rec.update(quality(teacher, student, check))
-    students = Path(args.out) / "students"
-    students.mkdir(exist_ok=True)
-    torch.save(student.state_dict(), students / f"{_key(key_cfg)}.pt")
-    rec["student_file"] = f"students/{_key(key_cfg)}.pt"
-    hist = getattr(student, "recovery_history", [])
-    rec["prep"] = {k: v for k, v in (hist[0] if hist else {}).items() if k.endswith("_s")}
-    results["cells"][key] = rec
-    print(
-        json.dumps({k: rec.get(k) for k in ("spec", "top1", "seconds", "check_agreement")}),
-        flush=True,
-    )
-    return rec
+
+    def measure() -> dict[str, Any]:
+        teacher = teacher_for(arch)
+        if recipe.startswith("prep:"):
+            return prep_cell(teacher, amount, base, recipe[5:], test)
+        if source.startswith("noise:"):
+            data = noise_set(len(base), base, args.seed)
+        elif source.startswith("real:"):
+            data = real_set(len(base), load_split(args.data, "train"), args.seed)
+        else:
+            data = base
+        t0 = time.perf_counter()
+        student = recover(
+            teacher, prune(teacher, amount), data, config=cfg, seed=args.seed, progress=False
+        )
+        rec = {  # the recovery's seconds, without the measuring
+            "seconds": time.perf_counter() - t0,
+            "top1": evaluate(student, test, progress=False).top1,
+        }
+        if check is not None:
+            rec.update(quality(teacher, student, check))
+        students = Path(args.out) / "students"
+        students.mkdir(exist_ok=True)
+        torch.save(student.state_dict(), students / f"{config_key(key_cfg)}.pt")
+        rec["student_file"] = f"students/{config_key(key_cfg)}.pt"
+        hist = getattr(student, "recovery_history", [])
+        rec["prep"] = {k: v for k, v in (hist[0] if hist else {}).items() if k.endswith("_s")}
+        return rec
+
+    key = f"{spec}:{config_key(key_cfg)}"
+    return cell(results, path, key, measure, spec=spec, config=key_cfg)
 
 
 def prep_cell(
-    spec: str,
-    key: str,
-    key_cfg: dict[str, Any],
-    teacher: Any,
-    amount: float,
-    data: SyntheticImages,
-    what: str,
-    test: Any,
-    results: dict[str, Any],
-) -> Any:
+    teacher: Any, amount: float, data: SyntheticImages, what: str, test: Any
+) -> dict[str, Any]:
     """Top-1 of the pruned student after a repair alone (``none``, ``recal``, ``recon``)."""
     student = prune(teacher, amount)
     images = data.get_batch(torch.arange(len(data)))[0]
@@ -180,16 +173,8 @@ def prep_cell(
         reconstruct(teacher, student, images[:RECONSTRUCT_IMAGES])
     elif what == "recal":
         recalibrate_bn(student, images)
-    rec = {
-        "spec": spec,
-        "top1": evaluate(student, test, progress=False).top1,
-        "seconds": time.perf_counter() - t0,
-        "config": key_cfg,
-        **_machine(),
-    }
-    results["cells"][key] = rec
-    print(json.dumps({k: rec[k] for k in ("spec", "top1", "seconds")}), flush=True)
-    return rec
+    top1 = evaluate(student, test, progress=False).top1
+    return {"top1": top1, "seconds": time.perf_counter() - t0}
 
 
 def rescore(results: dict[str, Any], check: SyntheticImages, out: Path) -> None:
@@ -202,11 +187,6 @@ def rescore(results: dict[str, Any], check: SyntheticImages, out: Path) -> None:
         student = prune(teacher, amount)
         student.load_state_dict(torch.load(out / rec["student_file"], weights_only=True))
         rec.update(quality(teacher, student, check))
-
-
-def synthesis_seconds(data: SyntheticImages) -> float | None:
-    stats = data.meta.get("stats") or []
-    return sum(s.get("seconds", 0.0) for s in stats) or None
 
 
 def _describe(recipe: str) -> str:
@@ -273,22 +253,12 @@ def to_markdown(results: dict[str, Any], specs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_docs(md: str, path: Path) -> None:
-    """Replace the ablation block of ``path`` (between its markers) with ``md``."""
-    text = path.read_text()
-    begin, end = "<!-- ablation:begin -->", "<!-- ablation:end -->"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{md}{end}{rest.split(end, 1)[1]}")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", nargs="*", default=[], help="NAME=DIR synthetic sets")
     p.add_argument("--check", default=None, help="independent synthetic check set (DIR)")
     p.add_argument("--cells", nargs="*", default=[], help="arch@amount/recipe/source[xE]")
-    p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--data", default=str(DATA))
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -306,13 +276,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = load_split(args.data, "test")
     if args.tiny:
         test = type(test)(test.images[:200], test.labels[:200], test.classes, test.mean, test.std)
-    print(json.dumps({"settings": vars(args), **_machine()}), flush=True)
+    print(json.dumps({"settings": vars(args), **machine()}), flush=True)
     path = out / f"results-{args.worker}.json"
     results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
     results["synthesis_seconds"] = {k: synthesis_seconds(v) for k, v in sets.items()}
     for spec in [] if args.report else args.cells:
-        run_cell(spec, args, sets, test, check, results)
-        write_json_atomic(results, path)
+        run_cell(spec, args, sets, test, check, results, path)
     for other in sorted(out.glob("results-*.json")):  # cells other workers measured
         theirs = json.loads(other.read_text())
         results["cells"] = {**theirs["cells"], **results["cells"]}
@@ -324,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = to_markdown(results, args.cells)
     (out / "ablation.md").write_text(md)
     if args.update_docs:
-        update_docs(md, ROOT / "docs" / "results.md")
+        update_block(ROOT / "docs" / "results.md", "ablation", md)
     print(md)
     return results
 

@@ -24,28 +24,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
+import _throughput as tp
 import torch
-from _throughput import (
-    CPU_FP32,
-    UTILISATION_COLUMNS,
-    UTILISATION_NOTE,
-    add_common_arguments,
-    add_utilisation,
-    chosen_variants,
-    counted_flops,
-    machine,
-    measure_variants,
-    model_description,
-    model_from,
-    parse,
-    peaks,
-    print_header,
-    print_table,
-    synchronize,
-    write_json,
-)
 from torch import nn
 
 from recoverprune import Accel, DistillConfig, SyntheticImages, prune, recover
@@ -71,19 +52,19 @@ def _timed(
 ) -> tuple[float, dict[str, float]]:
     cfg = DistillConfig(epochs=args.epochs, batch_size=args.batch_size, holdout=0.0)
     student = prune(teacher, args.amount)
-    synchronize(device)
+    tp.synchronize(device)
     t0 = time.perf_counter()
     recover(
         teacher, student, data, config=cfg, device=device, accel=accel, seed=args.seed,
         progress=False,
     )  # fmt: skip
-    synchronize(device)
+    tp.synchronize(device)
     seconds = time.perf_counter() - t0
     student.cpu()
     quality = {
         "final_loss": student.recovery_history[-1]["loss"],  # type: ignore[index]
         # the recovery loop's own held-out measure, as a fraction, on the CPU in float32
-        "agreement": agreement(teacher, student, data, resolve("cpu", CPU_FP32)) / 100,
+        "agreement": agreement(teacher, student, data, resolve("cpu", tp.CPU_FP32)) / 100,
     }
     return seconds, quality
 
@@ -95,64 +76,47 @@ def flops_per_image_epoch(teacher: nn.Module, amount: float, batch_size: int) ->
     def run(epochs: int) -> object:
         cfg = DistillConfig(epochs=epochs, batch_size=batch_size, holdout=0.0)
         return recover(
-            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=CPU_FP32,
+            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=tp.CPU_FP32,
             progress=False,
         )  # fmt: skip
 
-    return counted_flops(run, 1, 2) / batch_size
+    return tp.counted_flops(run, 1, 2) / batch_size
+
+
+#: the throughput column (images x epochs per second) and the quality columns
+RATE = ("images/s", "images_per_second", ".1f")
+QUALITY = [("final loss", "final_loss", ".4f"), ("agreement", "agreement", ".1%")]
+NOTE = (
+    "s/run: median wall time of one recover() call; images/s: images x epochs per "
+    "second; final loss and teacher-student agreement, same seed"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_arguments(p)
+    p = tp.parser(__doc__)
     p.add_argument("--n", type=int, default=4096, help="images in the transfer set")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--amount", type=float, default=0.75, help="sparsity of the student")
-    args = parse(p, argv)
-
-    names, skipped = chosen_variants(args)
-    teacher = model_from(args)
+    args = tp.parse(p, argv)
+    teacher = tp.model_from(args)
     data = _images(teacher, args.n, args.seed)
     flops = flops_per_image_epoch(teacher, args.amount, min(args.batch_size, 8))
-    config: dict[str, Any] = {
+    config = {
         "benchmark": "recovery",
-        "model": model_description(args),
+        "model": tp.model_description(args),
         "amount": args.amount,
         "n": args.n,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "repeats": args.repeats,
         "gflops_per_image": flops / 1e9,
-        **machine(),
-        **peaks(args),
     }
-    print_header(config, skipped)
+    units = {"images_per_second": args.n * args.epochs}
 
-    rows = measure_variants(
-        names,
-        lambda device, accel: _timed(teacher, data, device, accel, args),
-        args.repeats,
-        {"images_per_second": args.n * args.epochs},
-    )
-    add_utilisation(rows, flops, "images_per_second", config)
-    print_table(
-        rows,
-        [
-            ("variant", "variant", ""),
-            ("s/run", "seconds", ".2f"),
-            ("images/s", "images_per_second", ".1f"),
-            *UTILISATION_COLUMNS,
-            ("final loss", "final_loss", ".4f"),
-            ("agreement", "agreement", ".1%"),
-        ],
-        f"(s/run: median wall time of one recover() call; images/s: images x epochs per "
-        f"second; {UTILISATION_NOTE}; final loss and teacher-student agreement, same seed)",
-    )
-    write_json(args.json, config, rows)
-    return 0
+    def timed(device: str, accel: Accel) -> tuple[float, dict[str, float]]:
+        return _timed(teacher, data, device, accel, args)
+
+    return tp.run(args, config, timed, units, flops, RATE, QUALITY, NOTE)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ recovered with the library's default recipe for the same number of distillation 
 - ``deepinversion``: today's default, a fixed set of ``--n`` DeepInversion images
   (``--iterations`` per batch of 256), made before recovery;
 - ``generator``: a fixed set of ``--n`` images from the amortised generator
-  (``synthesize(method="generator")``), made before recovery;
+  (``synthesize_with_generator``), made before recovery;
 - ``stream``: a ``SyntheticStream`` (default ``StreamConfig``), fresh generator batches
   between epochs;
 - ``noise`` / ``real``: Gaussian noise / real training images, ``--n`` of them.
@@ -32,28 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import DATA, ROOT, cell, config_key, machine, synthesis_seconds, update_block
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
 
-from run import _key, _machine, noise_set, real_set, synthesis_seconds
+from run import noise_set, real_set
 
-from recoverprune import (
-    DistillConfig,
-    GeneratorConfig,
-    InputSpec,
-    StreamConfig,
-    SyntheticStream,
-    evaluate,
-    prune,
-    recover,
-    synthesize,
-)
+from recoverprune import DistillConfig, InputSpec, evaluate, prune, recover, synthesize
 from recoverprune.core.io import write_json_atomic
 from recoverprune.data import load_split
+from recoverprune.experimental.amortised import synthesize_with_generator
+from recoverprune.experimental.generator import GeneratorConfig
+from recoverprune.experimental.stream import StreamConfig, SyntheticStream
 from recoverprune.models import default_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 COLUMNS = ("deepinversion", "generator", "stream", "noise", "real")
 
 
@@ -108,11 +100,10 @@ def _sources(args: argparse.Namespace, teacher: torch.nn.Module) -> dict[str, An
             seed=args.seed,
             progress=False,
         ),
-        "generator": lambda: synthesize(
+        "generator": lambda: synthesize_with_generator(
             teacher,
             args.n,
-            method="generator",
-            generator_config=gen_cfg,
+            config=gen_cfg,
             batch_size=16 if args.tiny else 128,
             seed=args.seed,
             progress=False,
@@ -158,7 +149,6 @@ def _cell(args: argparse.Namespace, column: str, teacher: Any, test: Any) -> dic
         "total_s": recovered if column == "stream" else synth + recovered,
         "images_made": getattr(source, "made", None) or len(source),
         "load_average_at_start": load,
-        **_machine(),
     }
 
 
@@ -183,25 +173,25 @@ def table_cells(path: Path, amount: float) -> list[dict[str, Any]]:
     want = json.loads(json.dumps(asdict(replace(DistillConfig(), epochs=60))))
     row = next(r for r in results["table"] if r["arch"] == "resnet20" and r["amount"] == amount)
     out = []
-    for key, cell in results["cells"].items():
+    for key, rec in results["cells"].items():
         name = key.split(":")[0]
         column = name.split("/")[-1]
         if name != f"resnet20@{amount}/{column}" or column not in COLUMNS:
             continue
-        if cell["config"]["distill"] != want or cell["config"]["n"] != 1024:
+        if rec["config"]["distill"] != want or rec["config"]["n"] != 1024:
             raise SystemExit(f"{path}: {key} has another recipe; rerun its column here")
         synth = row.get("synthesis_seconds") if column == "deepinversion" else 0.0
         out.append(
             {
-                **cell,
+                **rec,
                 "column": column,
                 "steps": 480,
                 "batch_size": 128,
                 "images_made": 1024,
-                "iterations": cell["config"]["inversion"]["iterations"],
+                "iterations": rec["config"]["inversion"]["iterations"],
                 "synthesis_s": synth,
-                "recovery_s": cell["seconds"],
-                "total_s": cell["seconds"] + (synth or 0.0),
+                "recovery_s": rec["seconds"],
+                "total_s": rec["seconds"] + (synth or 0.0),
                 "from": path.name,
                 "load_average_at_start": None,
             }
@@ -307,10 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         md = render(args.render, args.table)
         print(md)
         if args.update_docs:
-            from run import replace_block  # the markers every generated docs block uses
-
-            page = ROOT / "docs" / "results.md"
-            page.write_text(replace_block(page.read_text(), "stream-budget", md))
+            update_block(ROOT / "docs" / "results.md", "stream-budget", md)
         return {"markdown": md}
     if args.tiny:
         args.n, args.iterations, args.epochs = 32, 2, 1
@@ -325,16 +312,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test = type(test)(test.images[:200], test.labels[:200], test.classes, test.mean, test.std)
     skip = ("render", "update_docs", "table")
     settings = {k: str(v) for k, v in vars(args).items() if k not in skip}
-    ref_key = _key({"amount": args.amount, "tiny": args.tiny})
+    ref_key = config_key({"amount": args.amount, "tiny": args.tiny})
     if results.get("reference", {}).get("key") != ref_key:
         results["reference"] = {"key": ref_key, **_teacher_cells(args, teacher, test)}
     for column in args.columns:
-        key = f"{column}:{_key({**settings, 'column': column, 'columns': None})}"
-        if key not in results["cells"]:
-            results["cells"][key] = _cell(args, column, teacher, test)
-            write_json_atomic(results, path)
-        print(json.dumps(results["cells"][key]), flush=True)
-    results["settings"] = {**settings, "command": " ".join(sys.argv), **_machine()}
+        key = f"{column}:{config_key({**settings, 'column': column, 'columns': None})}"
+        cell(results, path, key, lambda column=column: _cell(args, column, teacher, test))
+    results["settings"] = {**settings, "command": " ".join(sys.argv), **machine()}
     write_json_atomic(results, path)
     return results
 

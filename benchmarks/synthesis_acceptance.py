@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -27,26 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine, shared_teacher
 
-from recoverprune import InversionConfig, __version__, synthesize
+from recoverprune import InversionConfig, synthesize
 from recoverprune.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TEACHER = ROOT.parent / "shared" / "teachers" / "resnet20-12fca82f.th"
+DEFAULT_TEACHER = shared_teacher("resnet20")
 MIN_ACCURACY = 0.95
 MAX_BN_RATIO = 0.1
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} / {platform.platform()} / {cpu} / {os.cpu_count()} logical CPUs"
 
 
 def _weighted(stats: list[dict[str, float]], sizes: list[int], key: str) -> float:
@@ -94,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iterations,
         "device": args.device,
         "seed": args.seed,
-        "torch": str(torch.__version__),
-        "recoverprune": __version__,
-        "threads": torch.get_num_threads(),
-        "machine": _machine(),
+        **machine(),
     }
     if torch.device(args.device).type == "cuda":
         config["gpu"] = torch.cuda.get_device_name(torch.device(args.device))

@@ -26,27 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
-from _throughput import (
-    CPU_FP32,
-    UTILISATION_COLUMNS,
-    UTILISATION_NOTE,
-    add_common_arguments,
-    add_utilisation,
-    chosen_variants,
-    counted_flops,
-    machine,
-    measure_variants,
-    model_description,
-    model_from,
-    parse,
-    peaks,
-    print_header,
-    print_table,
-    synchronize,
-    write_json,
-)
+import _throughput as tp
 from torch import nn
 
 from recoverprune import Accel, synthesize
@@ -55,7 +36,7 @@ from recoverprune import Accel, synthesize
 def _timed(
     model: nn.Module, device: str, accel: Accel, args: argparse.Namespace
 ) -> tuple[float, dict[str, float]]:
-    synchronize(device)
+    tp.synchronize(device)
     t0 = time.perf_counter()
     ds = synthesize(
         model,
@@ -67,7 +48,7 @@ def _timed(
         seed=args.seed,
         progress=False,
     )
-    synchronize(device)
+    tp.synchronize(device)
     seconds = time.perf_counter() - t0
     stats = ds.meta["stats"][-1]
     return seconds, {k: stats[k] for k in ("bn_loss_first", "bn_loss_final", "accuracy")}
@@ -83,62 +64,45 @@ def flops_per_image_iteration(model: nn.Module) -> float:
             batch_size=2,
             iterations=iterations,
             device="cpu",
-            accel=CPU_FP32,
+            accel=tp.CPU_FP32,
             progress=False,
         )
 
-    return counted_flops(run, 1, 2) / 2
+    return tp.counted_flops(run, 1, 2) / 2
+
+
+#: the throughput column (image-iterations per second) and the quality columns
+RATE = ("img-it/s", "image_iterations_per_second", ".1f")
+QUALITY = [("bn final", "bn_loss_final", ".2f"), ("target acc", "accuracy", ".1%")]
+NOTE = (
+    "s/run: median wall time of one synthesize() call; bn final and target acc: final "
+    "BatchNorm loss and teacher accuracy on its images, same seed"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_arguments(p)
+    p = tp.parser(__doc__)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--n", type=int, default=None, help="images per run (default: one batch)")
     p.add_argument("--iterations", type=int, default=20)
-    args = parse(p, argv)
+    args = tp.parse(p, argv)
     args.n = args.n or args.batch_size
-
-    names, skipped = chosen_variants(args)
-    model = model_from(args)
+    model = tp.model_from(args)
     flops = flops_per_image_iteration(model)
-    config: dict[str, Any] = {
+    config = {
         "benchmark": "synthesis",
-        "model": model_description(args),
+        "model": tp.model_description(args),
         "n": args.n,
         "batch_size": args.batch_size,
         "iterations": args.iterations,
-        "repeats": args.repeats,
         "gflops_per_image_iteration": flops / 1e9,
-        **machine(),
-        **peaks(args),
     }
-    print_header(config, skipped)
+    units = {"images_per_second": args.n, "image_iterations_per_second": args.n * args.iterations}
 
-    rows = measure_variants(
-        names,
-        lambda device, accel: _timed(model, device, accel, args),
-        args.repeats,
-        {"images_per_second": args.n, "image_iterations_per_second": args.n * args.iterations},
-    )
-    add_utilisation(rows, flops, "image_iterations_per_second", config)
-    print_table(
-        rows,
-        [
-            ("variant", "variant", ""),
-            ("s/run", "seconds", ".2f"),
-            ("img-it/s", "image_iterations_per_second", ".1f"),
-            *UTILISATION_COLUMNS,
-            ("bn final", "bn_loss_final", ".2f"),
-            ("target acc", "accuracy", ".1%"),
-        ],
-        f"(s/run: median wall time of one synthesize() call; {UTILISATION_NOTE}; bn final and "
-        "target acc: final BatchNorm loss and teacher accuracy on its images, same seed)",
-    )
-    write_json(args.json, config, rows)
-    return 0
+    def timed(device: str, accel: Accel) -> tuple[float, dict[str, float]]:
+        return _timed(model, device, accel, args)
+
+    return tp.run(args, config, timed, units, flops, RATE, QUALITY, NOTE)
 
 
 if __name__ == "__main__":

@@ -276,17 +276,22 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _where(what: str) -> str:
+    """The first line's start: the machine, torch and the load as the run begins."""
+    return (
+        f"{what}: {platform.platform()}, {available_cpus()} CPUs available, "
+        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f} at start; "
+    )
+
+
 def main_scenarios(args: argparse.Namespace) -> None:
     """The four scenarios of issue 26, each setting in a fresh process."""
     base = QUICK if args.quick else Workload()
     picked = {f.name: getattr(args, f.name) for f in fields(Workload)}
     work = replace(base, **{k: v for k, v in picked.items() if v is not None})
     settings = args.scenario_settings or (["auto", "loadavg"] if args.quick else SCENARIO_SETTINGS)
-    print(
-        f"threads scenarios: {platform.platform()}, {available_cpus()} CPUs available, "
-        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f} at start; "
-        f"settings {list(settings)}, {work}{', quick' if args.quick else ''}"
-    )
+    quick = ", quick" if args.quick else ""
+    print(f"{_where('threads scenarios')}settings {list(settings)}, {work}{quick}")
     t0 = time.perf_counter()
     results = scenarios(list(settings), work)
     print(f"load {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t0:.0f} s in all")
@@ -303,9 +308,8 @@ def main() -> None:
         return
     timeout = 60.0 if args.timeout is None else args.timeout
     print(
-        f"threads benchmark: {platform.platform()}, {available_cpus()} CPUs available, "
-        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f} at start; "
-        f"settings {args.settings}, {args.di_steps} DI steps, timeout {timeout:.0f} s"
+        f"{_where('threads benchmark')}settings {args.settings}, {args.di_steps} DI steps, "
+        f"timeout {timeout:.0f} s"
     )
     results: dict[str, dict[str, dict[str, list]]] = {}
     t0 = time.perf_counter()

@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import DATA, machine
 
 from recoverprune import InputSpec, evaluate
 from recoverprune.core.io import save_atomic
@@ -42,8 +41,6 @@ from recoverprune.core.runtime import generator, resolve
 from recoverprune.data import load_split
 from recoverprune.distill.augment import augment
 from recoverprune.models import create_model, load_model
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/cifar10-jpeg.tar.gz"
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -114,8 +111,7 @@ def train(args: argparse.Namespace) -> dict:
         "train_images": len(keep),
         "train_seconds": train_seconds,
         "history": history,
-        "machine": platform.platform(),
-        "torch": str(torch.__version__),
+        **machine(),
         "device": str(rt.device),
         "data": "CIFAR-10 (JPEG q75 copy)",
         "command": " ".join(sys.argv),
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--image-size", type=int, default=None, help="train/test size (default: the model's)"
     )
     p.add_argument("--init", default=None, help="checkpoint to fine-tune (default: from scratch)")
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", default=str(DATA))
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.05)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from recoverprune import compress
+from recoverprune import InputSpec, compress
 
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST's; use the values your model was trained with
 
@@ -56,7 +56,8 @@ def main() -> None:
     data = gray_folder(d / "data")  # read as grayscale: the model's first conv takes 1 channel
 
     # Python API: the normalisation is one value (or one per channel)
-    res = compress(teacher, 0.75, image_size=28, mean=MEAN, std=STD, preset=preset,
+    spec = InputSpec.of(teacher, image_size=28, mean=MEAN, std=STD)
+    res = compress(teacher, 0.75, input=spec, preset=preset,
                    eval_data=data, out_dir=d / "api", progress=not args.tiny)  # fmt: skip
     print(f"API: top-1 {res.report['top1']} (random stand-in data), input {res.report['input']}")
 

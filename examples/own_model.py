@@ -13,7 +13,7 @@ import argparse
 import torch
 import torchvision
 
-from recoverprune import evaluate, prune, recover, sparsity, synthesize
+from recoverprune import InputSpec, evaluate, prune, recover, sparsity, synthesize
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     synthetic = synthesize(
         teacher,
         n=n,
-        image_size=32,
+        input=InputSpec.of(teacher, image_size=32),
         iterations=iterations,
         batch_size=min(64, n),
         progress=not args.tiny,

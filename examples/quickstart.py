@@ -25,7 +25,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="recoverprune-quickstart-"))
 
     teacher = default_teacher()
-    student = prune(teacher, amount=0.75)
+    student = prune(teacher, 0.75)
     print(f"pruned: {sparsity(student).overall:.2%} of the prunable weights are zero")
 
     synthetic = synthesize(

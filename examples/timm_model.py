@@ -40,7 +40,7 @@ def main() -> None:
         teacher,
         0.5,
         preset="tiny" if args.tiny else "quick",
-        image_size=(h, w),
+        input=InputSpec.of(teacher, image_size=(h, w)),
         exclude=["conv1", "fc"],
         out_dir=tempfile.mkdtemp(prefix="recoverprune-timm-"),
         progress=not args.tiny,

@@ -31,7 +31,8 @@ from recoverprune.cli import main
 from recoverprune.core.io import fingerprint
 from recoverprune.data import load_split
 from recoverprune.models.builders import build_model
-from recoverprune.synthesis.bn import bn_layers, bn_statistics
+from recoverprune.pruning.batchnorm import bn_layers
+from recoverprune.synthesis.bn import bn_statistics
 
 #: Every 224x224 run of the heavy architectures is gated: 10-80 s each on one CPU thread.
 FULL = os.environ.get("RECOVERPRUNE_FULL_ARCHS") == "1"
@@ -66,7 +67,8 @@ def _end_to_end(name: str, size: int) -> None:
         # global pruning may empty it, and prune says so (that warning has its own test)
         warnings.filterwarnings("ignore", "pruning at amount=0.5 removes every weight")
         student = prune(teacher, 0.5)
-    synthetic = synthesize(teacher, 4, batch_size=2, iterations=1, image_size=size, progress=False)
+    spec = InputSpec.of(teacher, image_size=size)
+    synthetic = synthesize(teacher, 4, batch_size=2, iterations=1, input=spec, progress=False)
     assert synthetic.image_shape == (3, size, size)
     cfg = DistillConfig(epochs=1, batch_size=4, holdout=0)
     student = recover(teacher, student, synthetic, config=cfg, progress=False)
@@ -76,7 +78,10 @@ def _end_to_end(name: str, size: int) -> None:
         assert student(synthetic.images[:2]).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(  # resnet18 and densenet121 take about a minute each: slow
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet18", "densenet121") else n for n in FAST],
+)
 def test_original_architectures_end_to_end_at_224(name):
     _end_to_end(name, 224)
 
@@ -158,7 +163,8 @@ def test_cli_compress_torchvision_state_dict(tmp_path):
 def test_python_api_compress_at_224_tiny(tmp_path, name):
     teacher = _teacher(name, 224)
     before = fingerprint(teacher)
-    res = compress(teacher, 0.5, preset="tiny", image_size=224, out_dir=tmp_path, progress=False)
+    spec = InputSpec.of(teacher, image_size=224)
+    res = compress(teacher, 0.5, preset="tiny", input=spec, out_dir=tmp_path, progress=False)
     assert res.report["input"]["size"] == [224, 224] and fingerprint(teacher) == before
 
 
@@ -181,9 +187,7 @@ def test_grayscale_cnn_through_compress(tmp_path):
     res = compress(
         teacher,
         0.75,
-        image_size=28,
-        mean=0.286,
-        std=0.353,
+        input=InputSpec.of(teacher, image_size=28, mean=0.286, std=0.353),
         preset="tiny",
         eval_data=_gray_folder(tmp_path / "gray"),
         out_dir=tmp_path / "out",
@@ -226,16 +230,9 @@ def test_grayscale_without_normalisation_says_what_to_pass(tmp_path, capsys):
 
 
 def test_scalar_mean_std_in_synthesize():
-    ds = synthesize(
-        _gray_teacher(),
-        4,
-        batch_size=4,
-        iterations=1,
-        image_size=28,
-        mean=0.286,
-        std=0.353,
-        progress=False,
-    )
+    gray = _gray_teacher()
+    spec = InputSpec.of(gray, image_size=28, mean=0.286, std=0.353)
+    ds = synthesize(gray, 4, batch_size=4, iterations=1, input=spec, progress=False)
     assert ds.mean == (0.286,) and ds.images.shape == (4, 1, 28, 28)
 
 
@@ -320,7 +317,8 @@ def test_image_folders_read_in_the_models_channel_mode_and_resized(tmp_path):
     assert rgb.images.shape == (10, 3, 8, 8)  # the same folder, read for an RGB model
     # an RGB torchvision model evaluated at 64 on 8x8 images (the 32 -> 224 protocol, scaled)
     net = _teacher("shufflenet_v2_x1_0", 64)
-    res = evaluate(net, gray, resize=64, cache_dir=tmp_path / "c", progress=False)
+    at64 = InputSpec.of(net, image_size=64)
+    res = evaluate(net, gray, input=at64, cache_dir=tmp_path / "c", progress=False)
     assert res.n == 10
 
 

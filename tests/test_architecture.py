@@ -6,6 +6,8 @@ Layers, bottom to top (``docs/architecture.md``): ``core`` → ``pruning`` → `
 none of them) and reports:
 
 - an import of a higher layer (also inside a function or a ``TYPE_CHECKING`` block);
+- an import of ``experimental`` from anywhere but ``experimental/`` and ``cli/`` (the public
+  face never lists an experiment);
 - any import cycle among the package's modules, counting imports inside functions;
 - an import of the package's own modules inside a function, outside ``cli/`` and the
   public face (the only places allowed to defer torch, for a fast ``--help``);
@@ -24,9 +26,22 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "recoverprune"
-LAYERS = ("core", "pruning", "models", "data", "synthesis", "distill", "pipeline", "", "cli")
+LAYERS = (
+    "core",
+    "pruning",
+    "models",
+    "data",
+    "evaluation",
+    "synthesis",
+    "distill",
+    "pipeline",
+    "experimental",
+    "",
+    "cli",
+)
 FACE = LAYERS.index("")
 DEFER_OK = {FACE, LAYERS.index("cli")}
+EXPERIMENTS = LAYERS.index("experimental")
 MAX_LINES = 80
 
 
@@ -151,6 +166,8 @@ def check_tree(root: Path) -> list[str]:
                         f"{where}:{line}: {LAYERS[mod.layer] or 'the public face'} imports "
                         f"{t} from the higher layer {LAYERS[modules[t].layer] or 'public face'}"
                     )
+                elif modules[t].layer == EXPERIMENTS and mod.layer == FACE:
+                    problems.append(f"{where}:{line}: the public face imports experimental {t}")
             if in_function and mod.layer not in DEFER_OK:
                 problems.append(f"{where}:{line}: function-level import of {target}")
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
@@ -231,6 +248,22 @@ PLANTED = {
 def test_checker_fails_on_a_planted_upward_import(tmp_path):
     problems = check_tree(_plant(tmp_path, PLANTED["upward import"]))
     assert any("higher layer pipeline" in p and "core/io.py:1" in p for p in problems), problems
+
+
+def test_checker_fails_on_the_public_face_importing_an_experiment(tmp_path):
+    root = _plant(tmp_path, {"__init__.py": "from recoverprune.experimental import x\n"})
+    problems = check_tree(root)
+    expected = "recoverprune/__init__.py:1: the public face imports experimental recoverprune."
+    assert problems == [expected + "experimental"], problems
+
+
+def test_the_public_face_lists_no_experiment():
+    import recoverprune
+
+    lazy = recoverprune._WHERE  # the public names, from the face's one list of imports
+    assert recoverprune.__all__ == ["__version__", *lazy] and "prune" in lazy
+    assert not [m for m in lazy.values() if m.startswith("recoverprune.experimental")], lazy
+    assert {"GeneratorConfig", "StreamConfig", "SyntheticStream"}.isdisjoint(lazy)
 
 
 def test_checker_fails_on_a_planted_cycle_inside_a_layer(tmp_path):

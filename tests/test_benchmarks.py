@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recoverprune.core.runtime import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,20 @@ def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def _render(script: str, *files: str) -> str:
+    """What ``benchmarks/SCRIPT --render FILES...`` prints (it must succeed)."""
+    proc = _run([f"benchmarks/{script}", "--render", *files], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+def _docs_hold(table: str, marker: str, pages: tuple[str, ...], hint: str) -> None:
+    """Each page's ``marker`` block is ``table``, to the letter (else: ``hint``)."""
+    for page in pages:
+        block = _block((ROOT / page).read_text(), marker)
+        assert block.strip() == table, f"{page}: {hint}"
 
 
 @pytest.mark.slow
@@ -63,48 +79,35 @@ def test_cifar10_table_tiny(shared_dir, tmp_path):
 def test_torchvision_rows_in_docs_are_generated_from_committed_results():
     files = sorted(str(p) for p in (ROOT / "benchmarks/results/h100").glob("tv-*.json"))
     assert len(files) == 3
-    proc = _run(["benchmarks/cifar10/run.py", "--render", *files], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = proc.stdout.strip()
-    for page in ("README.md", "docs/results.md"):
-        text = (ROOT / page).read_text()
-        block = _block(text, "torchvision")
-        assert block.strip() == table, f"{page}: rerun run.py --render ... --update-readme"
+    table = _render("cifar10/run.py", *files)
+    hint = "rerun run.py --render ... --update-readme"
+    _docs_hold(table, "torchvision", ("README.md", "docs/results.md"), hint)
     for arch in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0"):
         for sparsity in ("50%", "75%"):
             assert f"| torchvision:{arch} | {sparsity} |" in table
     assert "| teacher | pruned | deepinversion | seed | noise | real |" in table
 
 
+@pytest.mark.slow
 def test_channel_recovery_tables_in_docs_are_generated_from_committed_results():
-    files = [
-        str(ROOT / f"benchmarks/results/channel/{n}.json") for n in ("resnet32", "resnet32-inner")
-    ]
-    proc = _run(["benchmarks/channel_pruning.py", "--render", *files], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (ROOT / "docs/channel-pruning.md").read_text()
-    block = _block(text, "channel-recovery")
-    assert block.strip() == proc.stdout.strip(), (
-        "rerun channel_pruning.py --render ... --update-docs"
-    )
-    assert "| resnet32 | 3x MACs | 88.61 |" in block and "streams whole" in block
-    r20 = [str(ROOT / "benchmarks/results/channel/resnet20.json")]
-    proc = _run(["benchmarks/channel_pruning.py", "--render", *r20], timeout=120)
-    block = _block(text, "channel-r20")
-    assert block.strip() == proc.stdout.strip() and "| resnet20 | 2x MACs | 87.72 |" in block
-    blocks = [str(ROOT / "benchmarks/results/channel/resnet32-blocks.json")]
-    proc = _run(["benchmarks/channel_pruning.py", "--render", *blocks], timeout=120)
-    block = _block(text, "channel-blocks")
-    assert (
-        block.strip() == proc.stdout.strip() and "| resnet32 | 2x MACs, blocks | 88.22 |" in block
-    )
-    names = ("combo", "latency", "uniform")
-    frontier = [str(ROOT / f"benchmarks/results/channel/resnet32-{n}.json") for n in names]
-    proc = _run(["benchmarks/channel_pruning.py", "--render", *frontier], timeout=120)
-    block = _block(text, "channel-frontier")
-    assert block.strip() == proc.stdout.strip(), "rerun --render ... --update-docs channel-frontier"
+    blocks = {  # docs block -> the committed results it is rendered from
+        "channel-recovery": ("resnet32", "resnet32-inner"),
+        "channel-r20": ("resnet20",),
+        "channel-blocks": ("resnet32-blocks",),
+        "channel-frontier": ("resnet32-combo", "resnet32-latency", "resnet32-uniform"),
+    }
+    tables = {}
+    for marker, names in blocks.items():
+        files = [str(ROOT / f"benchmarks/results/channel/{n}.json") for n in names]
+        tables[marker] = _render("channel_pruning.py", *files)
+        hint = f"rerun channel_pruning.py --render ... --update-docs {marker}"
+        _docs_hold(tables[marker], marker, ("docs/channel-pruning.md",), hint)
+    recovery = tables["channel-recovery"]
+    assert "| resnet32 | 3x MACs | 88.61 |" in recovery and "streams whole" in recovery
+    assert "| resnet20 | 2x MACs | 87.72 |" in tables["channel-r20"]
+    assert "| resnet32 | 2x MACs, blocks | 88.22 |" in tables["channel-blocks"]
     for label in ("2.4x MACs, blocks (asked 1.8x) + channels", "2x latency", "3x MACs"):
-        assert f"| resnet32 | {label} | 88.22 |" in block
+        assert f"| resnet32 | {label} | 88.22 |" in tables["channel-frontier"]
 
 
 def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
@@ -115,6 +118,7 @@ def _throughput(script: str, tmp_path: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_throughput_benchmarks_count_flops_and_measure(tmp_path):
     synth = _throughput("synthesis_throughput", tmp_path, "--batch-size", "8", "--iterations", "2")
     distil = _throughput(
@@ -125,12 +129,29 @@ def test_throughput_benchmarks_count_flops_and_measure(tmp_path):
     ratio = distil["config"]["gflops_per_image"] / synth["config"]["gflops_per_image_iteration"]
     assert 1.9 < ratio < 2.1, ratio
     assert 0.1 < synth["config"]["gflops_per_image_iteration"] < 0.25  # ResNet-20: 2 x 41 MMAC
+    cpu_rows = ["cpu fp32 eager"]  # no CUDA here: only the CPU rows run, bf16 where native
+    if cpu_has_native_bf16():
+        cpu_rows += ["cpu bf16 + channels_last", "cpu default (automatic)"]
     for result in (synth, distil):
-        (row,) = result["results"]  # no CUDA here: only the CPU row runs
-        assert row["variant"] == "cpu fp32 eager"
-        assert row["seconds"] > 0 and row["tflops"] > 0
-        assert row["fraction_of_datasheet_bf16_tflops"] is None
+        assert [row["variant"] for row in result["results"]] == cpu_rows
+        for row in result["results"]:
+            assert row["seconds"] > 0 and row["tflops"] > 0
+            assert row["fraction_of_datasheet_bf16_tflops"] is None
     assert 0.0 <= distil["results"][0]["agreement"] <= 1.0
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_throughput_benchmarks_add_cpu_bf16_rows_only_where_native(monkeypatch, native_bf16):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _throughput
+
+    monkeypatch.setattr(_throughput, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    names, skipped = _throughput.chosen_variants(_throughput.parser("").parse_args([]))
+    bf16 = ["cpu bf16 + channels_last", "cpu default (automatic)"] if native_bf16 else []
+    assert (names, skipped) == (["cpu fp32 eager", *bf16], [])
+    asked = _throughput.parser("").parse_args(["--variants", "cpu fp32 eager", "cuda fp32 eager"])
+    assert _throughput.chosen_variants(asked) == (["cpu fp32 eager"], ["cuda fp32 eager"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -149,15 +170,10 @@ def test_throughput_benchmarks_on_cuda_keep_quality(tmp_path):
 
 
 def test_channel_compensation_table_in_docs_is_generated_from_committed_results():
-    path = "benchmarks/results/channel/compensation.json"
-    proc = _run(["benchmarks/channel_compensation.py", "--render", path], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (ROOT / "docs/channel-pruning.md").read_text()
-    block = _block(text, "channel-compensation")
-    assert block.strip() == proc.stdout.strip(), (
-        "rerun channel_compensation.py --render ... --update-docs"
-    )
-    assert "| resnet20 (embedded) | 40.6 M → 19.8 M | 87.72 |" in block
+    table = _render("channel_compensation.py", "benchmarks/results/channel/compensation.json")
+    hint = "rerun channel_compensation.py --render ... --update-docs"
+    _docs_hold(table, "channel-compensation", ("docs/channel-pruning.md",), hint)
+    assert "| resnet20 (embedded) | 40.6 M → 19.8 M | 87.72 |" in table
 
 
 def test_cpu_results_table_in_docs_is_generated_from_committed_results():
@@ -165,15 +181,12 @@ def test_cpu_results_table_in_docs_is_generated_from_committed_results():
         str(ROOT / f"benchmarks/results/cpu/{n}.json")
         for n in ("r20", "r32", "r32-seed", "r20-sweep", "r20-90", "r32-real", "r20-90di")
     ]
-    proc = _run(["benchmarks/cifar10/run.py", "--render", *files], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = proc.stdout.strip()
-    for page in ("README.md", "docs/results.md"):
+    table = _render("cifar10/run.py", *files)
+    pages = ("README.md", "docs/results.md")
+    hint = f"rerun run.py --render {' '.join(files)} --update-readme --marker results"
+    _docs_hold(table, "results", pages, hint)
+    for page in pages:
         text = (ROOT / page).read_text()
-        block = _block(text, "results")
-        assert block.strip() == table, (
-            f"{page}: rerun run.py --render {' '.join(files)} --update-readme --marker results"
-        )
         assert "older recipe" not in text and "before the ablation" not in text
     head = "| model | sparsity | teacher | pruned | deepinversion | seed | noise | real |"
     assert head in table
@@ -200,13 +213,9 @@ def test_stream_budget_table_in_docs_is_generated_from_committed_results():
     files = sorted(str(p) for p in (ROOT / "benchmarks/results/stream").glob("*.json"))
     assert files, "no committed results in benchmarks/results/stream"
     table = str(ROOT / "benchmarks/results/cpu/r20.json")
-    proc = _run(["benchmarks/stream_budget.py", "--render", *files, "--table", table], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (ROOT / "docs/results.md").read_text()
-    block = _block(text, "stream-budget")
-    assert block.strip() == proc.stdout.strip(), (
-        f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
-    )
+    block = _render("stream_budget.py", *files, "--table", table)
+    hint = f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
+    _docs_hold(block, "stream-budget", ("docs/results.md",), hint)
     sources = ("deepinversion 1,024x200 (table)", "generator", "stream", "noise (table)")
     for source in (*sources, "real (table)"):
         assert f"| {source} |" in block

@@ -13,6 +13,7 @@ from torch import nn
 
 from recoverprune import (
     BlockConfig,
+    Calibration,
     ChannelConfig,
     channel_spec,
     compress,
@@ -23,7 +24,7 @@ from recoverprune.core.io import fingerprint, save_atomic
 from recoverprune.models import load_model, mobilenet_v2, resnet18, resnet20, vgg11_bn
 from recoverprune.pruning.blocks import drop_blocks, droppable_blocks
 from recoverprune.pruning.channel_spec import dropped_blocks
-from recoverprune.pruning.channels import count_macs
+from recoverprune.pruning.measure import count_macs
 
 X = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -170,14 +171,14 @@ def test_exclude_keeps_blocks_and_must_match_a_module():
         teacher.layer3[1].bn2.weight.zero_()
         teacher.layer3[1].bn2.bias.zero_()
     cfg = BlockConfig(drop=1, exclude=("layer1", "layer2"))  # and prune's own exclude= adds
-    short = prune(teacher, None, structure="block", block=cfg, exclude=["layer3.1"], data=X)
+    short = prune(teacher, cfg, exclude=["layer3.1"], data=X)
     assert dropped_blocks(short) == ["layer3.2"]
 
 
 # -- what dropping does -------------------------------------------------------------------
 def test_drop_two_removes_exactly_two_blocks_and_their_macs():
     teacher = _calibrated(resnet20())
-    short = prune(teacher, None, structure="block", block=BlockConfig(drop=2), data=X)
+    short = prune(teacher, BlockConfig(drop=2), data=X)
     dropped = dropped_blocks(short)
     assert len(dropped) == 2 and set(dropped) <= set(RESNET20_IDENTITY)
     assert _identities(short) == dropped
@@ -192,7 +193,7 @@ def test_drop_two_removes_exactly_two_blocks_and_their_macs():
 @pytest.mark.parametrize("speedup", [1.1, 1.5, 3.0])
 def test_speedup_is_met_with_the_fewest_blocks(speedup):
     teacher = _calibrated(resnet20())
-    short = prune(teacher, None, structure="block", block=BlockConfig(speedup=speedup), data=X)
+    short = prune(teacher, BlockConfig(speedup=speedup), data=X)
     full, left = count_macs(teacher, X), count_macs(short, X)
     assert left <= full / speedup < left + BLOCK_MACS  # one block fewer would not do
 
@@ -202,7 +203,7 @@ def test_speedup_is_met_with_the_fewest_blocks(speedup):
 )
 def test_mobilenets_keep_their_output_shape(build):
     teacher = _calibrated(build())
-    short = prune(teacher, None, structure="block", block=BlockConfig(drop=2), data=X)
+    short = prune(teacher, BlockConfig(drop=2), data=X)
     with torch.no_grad():
         out = short(X)
     assert out.shape == teacher(X).shape and torch.isfinite(out).all()
@@ -214,7 +215,7 @@ def test_the_greedy_choice_is_a_block_whose_branch_is_zeroed():
     with torch.no_grad():  # layer2.2 now computes relu(0 + x) = x: removing it changes nothing
         teacher.layer2[2].bn2.weight.zero_()
         teacher.layer2[2].bn2.bias.zero_()
-    short = prune(teacher, None, structure="block", block=BlockConfig(drop=1), data=X)
+    short = prune(teacher, BlockConfig(drop=1), data=X)
     assert dropped_blocks(short) == ["layer2.2"]
     with torch.no_grad():  # nothing shifted: no BatchNorm re-estimated, same function
         torch.testing.assert_close(short(X), teacher(X), rtol=1e-5, atol=1e-5)
@@ -222,9 +223,7 @@ def test_the_greedy_choice_is_a_block_whose_branch_is_zeroed():
 
 def test_each_greedy_step_takes_the_least_damaging_block():
     teacher = _calibrated(resnet20())
-    short = prune(
-        teacher, None, structure="block", block=BlockConfig(drop=2, recalibrate=False), data=X
-    )
+    short = prune(teacher, BlockConfig(drop=2, recalibrate=False), data=X)
     first = min(RESNET20_IDENTITY, key=lambda n: _kl(teacher, _without(teacher, [n]), X))
     rest = [n for n in RESNET20_IDENTITY if n != first]
     second = min(rest, key=lambda n: _kl(teacher, _without(teacher, [first, n]), X))
@@ -235,13 +234,8 @@ def test_each_greedy_step_takes_the_least_damaging_block():
 
 def test_batchnorm_statistics_are_re_estimated_after_the_first_dropped_block_only():
     teacher = _calibrated(resnet20())
-    short = prune(
-        teacher,
-        None,
-        structure="block",
-        block=BlockConfig(drop=1, exclude=("layer1", "layer2.1", "layer3")),
-        data=X,
-    )
+    cfg = BlockConfig(drop=1, exclude=("layer1", "layer2.1", "layer3"))
+    short = prune(teacher, cfg, data=X)
     assert dropped_blocks(short) == ["layer2.2"]
     t_bns = dict(teacher.named_modules())
     after = 0
@@ -255,9 +249,7 @@ def test_batchnorm_statistics_are_re_estimated_after_the_first_dropped_block_onl
         else:
             assert same, name
     assert after == 6  # the six BatchNorm layers of stage 3
-    kept = prune(
-        teacher, None, structure="block", block=BlockConfig(drop=1, recalibrate=False), data=X
-    )
+    kept = prune(teacher, BlockConfig(drop=1, recalibrate=False), data=X)
     for name, bn in kept.named_modules():
         if isinstance(bn, nn.BatchNorm2d):
             assert torch.equal(bn.running_var, t_bns[name].running_var), name
@@ -265,9 +257,7 @@ def test_batchnorm_statistics_are_re_estimated_after_the_first_dropped_block_onl
 
 def test_deterministic_for_fixed_inputs():
     teacher = _calibrated(resnet20())
-    a, b = (
-        prune(teacher, None, structure="block", block=BlockConfig(drop=3), data=X) for _ in "ab"
-    )
+    a, b = (prune(teacher, BlockConfig(drop=3), data=X) for _ in "ab")
     assert dropped_blocks(a) == dropped_blocks(b)
     assert fingerprint(a) == fingerprint(b)
 
@@ -280,8 +270,8 @@ def test_teacher_bitwise_unchanged(data):
     before = fingerprint(teacher)
     modes = [m.training for m in teacher.modules()]
     flags = [p.requires_grad for p in teacher.parameters()]
-    cfg = BlockConfig(drop=2, images=4, iterations=2)
-    short = prune(teacher, None, structure="block", block=cfg, data=X if data == "given" else None)
+    cfg, budget = BlockConfig(drop=2), Calibration(images=4, iterations=2)
+    short = prune(teacher, cfg, data=X if data == "given" else None, calibration=budget)
     assert fingerprint(teacher) == before
     assert [m.training for m in teacher.modules()] == modes
     assert [p.requires_grad for p in teacher.parameters()] == flags
@@ -293,9 +283,7 @@ def test_teacher_bitwise_unchanged(data):
 
 # -- save, load, compress, the command line -------------------------------------------
 def test_save_load_round_trip_is_exact(tmp_path):
-    short = prune(
-        _calibrated(resnet20()), None, structure="block", block=BlockConfig(drop=2), data=X
-    ).eval()
+    short = prune(_calibrated(resnet20()), BlockConfig(drop=2), data=X).eval()
     path = tmp_path / "short.pt"
     save_atomic({"state_dict": short.state_dict(), "channel_spec": channel_spec(short)}, path)
     torch.load(path, weights_only=True)  # plain data only
@@ -312,14 +300,17 @@ def test_bad_settings_are_refused_with_what_to_pass():
         ({"drop": True}, "drop is a number"),
         ({"speedup": 1.0}, "speedup is a MAC ratio"),
         ({"drop": 2, "speedup": 2.0}, "not both"),
-        ({"images": 1}, "recalibrate=False"),
-        ({"iterations": 0}, "iterations must be"),
         ({"exclude": "layer1"}, "tuple of glob patterns"),
-        ({"image_size": 0}, "image_size must be"),
+        ({"recalibrate": 0}, "recalibrate must be True or False"),
     ]:
         with pytest.raises(ValueError, match=message):
             BlockConfig(**kwargs)
-    assert BlockConfig(images=1, recalibrate=False).images == 1
+    for kwargs, message in [
+        ({"images": 1}, "BatchNorm statistics need 2"),
+        ({"iterations": 0}, "iterations must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Calibration(**kwargs)
     assert BlockConfig(exclude=["layer1"]).exclude == ("layer1",)  # type: ignore[arg-type]
 
 
@@ -332,7 +323,11 @@ def _never() -> None:
     [
         (resnet20, {"drop": 8}, r"drop=8 asks for more blocks .*\(7: layer1.0.*pass drop<=7"),
         (resnet20, {"speedup": 10.0}, r"5.39x at most. Pass speedup<=5.39"),
-        (vgg11_bn, {}, r"VGG has no residual block that can be dropped.*structure=\"channel\""),
+        (
+            vgg11_bn,
+            {},
+            r"VGG has no residual block that can be dropped.*Prune channels \(ChannelConfig\)",
+        ),
         (resnet20, {"exclude": ("layer*",)}, r"outside exclude=\['layer\*'\].*exclude fewer"),
     ],
     ids=["too-many", "unreachable-speedup", "no-block", "all-excluded"],
@@ -342,20 +337,16 @@ def test_models_and_budgets_out_of_reach_are_refused_before_any_images(model, kw
         drop_blocks(model(), BlockConfig(**kwargs), _never)
 
 
-def test_amount_and_data_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"takes no amount.*amount=None"):
-        prune(resnet20(), 0.5, structure="block")
+def test_data_is_refused_by_name():
     with pytest.raises(ValueError, match="pass data="):
         drop_blocks(resnet20(), BlockConfig(), None)
-    with pytest.raises(ValueError, match="'unstructured', 'channel' or 'block'"):
-        prune(resnet20(), 0.5, structure="blocks")  # type: ignore[arg-type]
 
 
 def test_compress_drops_blocks_saves_loads_and_resumes(tmp_path, monkeypatch):
     teacher = _calibrated(resnet20())
-    cfg = BlockConfig(drop=2, images=4, iterations=2)
-    kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False, structure="block", block=cfg)
-    res = compress(teacher, **kwargs)
+    cfg, budget = BlockConfig(drop=2), Calibration(images=4, iterations=2)
+    kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False, calibration=budget)
+    res = compress(teacher, cfg, **kwargs)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["structure"] == "block" and report["amount"] is None
     assert report["dropped_blocks"] == dropped_blocks(res.student) and report["block"]["drop"] == 2
@@ -367,12 +358,10 @@ def test_compress_drops_blocks_saves_loads_and_resumes(tmp_path, monkeypatch):
         raise AssertionError("the pruned stage was recomputed instead of resumed")
 
     monkeypatch.setattr("recoverprune.pipeline.compress.prune", no_pruning)
-    again = compress(teacher, **kwargs)
+    again = compress(teacher, cfg, **kwargs)
     assert dropped_blocks(again.student) == report["dropped_blocks"]
     with pytest.raises(ValueError, match=r"block \("):
-        compress(teacher, **{**kwargs, "block": BlockConfig(drop=3, images=4, iterations=2)})
-    with pytest.raises(ValueError, match="takes no amount"):
-        compress(teacher, 0.5, **kwargs)
+        compress(teacher, BlockConfig(drop=3), **kwargs)
 
 
 def test_cli_prune_and_compress_with_structure_block(tmp_path, capsys):
@@ -408,8 +397,8 @@ def test_blocks_then_channels_multiply_their_mac_ratios_and_round_trip(tmp_path)
     teacher = _calibrated(resnet20())
     before = fingerprint(teacher)
     block, channel = BlockConfig(drop=2), ChannelConfig(speedup=1.3)
-    short = prune(teacher, None, structure="block", block=block, data=X)
-    both = prune(teacher, None, structure="block", block=block, channel=channel, data=X)
+    short = prune(teacher, block, data=X)
+    both = prune(teacher, [block, channel], data=X)
     assert dropped_blocks(both) == dropped_blocks(short)  # the same blocks go first
     kept = kept_channels(both)
     assert kept and not any(k.startswith(tuple(dropped_blocks(both))) for k in kept)
@@ -428,8 +417,21 @@ def test_blocks_then_channels_needs_a_channel_budget_before_any_images():
     def no_images():
         raise AssertionError("images were made before the settings were checked")
 
-    with pytest.raises(ValueError, match=r"give ChannelConfig\(speedup=X\)"):
-        prune(resnet20(), None, structure="block", channel=ChannelConfig(), data=no_images)
+    with pytest.raises(ValueError, match=r"needs a budget after a BlockConfig"):
+        prune(resnet20(), [BlockConfig(), ChannelConfig()], data=no_images)
+
+
+def test_a_sequence_makes_its_images_once_for_every_step():
+    made = []
+
+    def images():
+        made.append(1)
+        return X
+
+    both = prune(
+        _calibrated(resnet20()), [BlockConfig(drop=1), ChannelConfig(speedup=1.25)], data=images
+    )
+    assert made == [1] and dropped_blocks(both) and kept_channels(both)
 
 
 def test_cli_structure_block_with_speedup_prunes_the_remaining_channels(tmp_path, capsys):

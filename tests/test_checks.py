@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from _nets import calibrated, tiny_bn_net
-from recoverprune import SyntheticImages, compress, prune, recover, sparsity
+from recoverprune import (
+    InputSpec,
+    SyntheticImages,
+    UnstructuredConfig,
+    compress,
+    prune,
+    recover,
+    sparsity,
+)
 from recoverprune.core.errors import explain
 from recoverprune.core.files import clean_stale
 from recoverprune.core.io import atomic_path, read_json, save_atomic
@@ -22,12 +30,14 @@ def _teacher(seed: int = 0, widths: tuple[int, int] = (8, 8)) -> torch.nn.Module
 
 
 def _compress(out: Path, teacher: torch.nn.Module | None = None, **kw):
-    kw.setdefault("amount", 0.75)
+    amount, scope = kw.pop("amount", 0.75), kw.pop("scope", "global")
+    teacher = teacher if teacher is not None else _teacher()
     return compress(
-        teacher if teacher is not None else _teacher(),
+        teacher,
+        UnstructuredConfig(amount, scope=scope),
         out_dir=out,
         preset="tiny",
-        image_size=8,
+        input=InputSpec.of(teacher, image_size=8),
         progress=False,
         **kw,
     )
@@ -123,7 +133,7 @@ import os, signal, sys
 import torch
 sys.path.insert(0, {tests!r})
 from _nets import calibrated, tiny_bn_net
-from recoverprune import compress
+from recoverprune import InputSpec, compress
 real, calls = torch.save, []
 def save(obj, f, *args, **kwargs):  # write the temp file fully, then die before os.replace
     real(obj, f, *args, **kwargs)
@@ -132,10 +142,12 @@ def save(obj, f, *args, **kwargs):  # write the temp file fully, then die before
         os.kill(os.getpid(), signal.SIGKILL)
 torch.save = save
 teacher = calibrated(tiny_bn_net())
-compress(teacher, 0.75, out_dir={out!r}, preset="tiny", image_size=8, progress=False)
+compress(teacher, 0.75, out_dir={out!r}, preset="tiny", progress=False,
+         input=InputSpec.of(teacher, image_size=8))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 3, 5])  # pruned.pt, 2nd shard, 2nd recovery epoch
 def test_kill_inside_atomic_write_then_rerun_leaves_no_temp(tmp_path, kill_at):
     import signal

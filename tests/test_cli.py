@@ -328,6 +328,7 @@ def _error(capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_compress_refuses_another_amount_then_overwrites(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     assert _compress(ckpt, out, "--amount", "0.75") == 0
@@ -539,7 +540,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(ckpt, folder, tmp_path, 
     argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(tmp_path / "none.pt")]
     with pytest.raises(CheckpointError):
         main([*argv, "--data", str(folder), "--debug"])
-    import recoverprune.data.evaluate as ev
+    import recoverprune.evaluation.evaluate as ev
 
     monkeypatch.setattr(ev, "evaluate", _raise(KeyError("a bug")))
     with pytest.raises(KeyError):

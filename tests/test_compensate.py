@@ -1,4 +1,5 @@
-"""Channel pruning's repairs at prune time: compensation of removed channels, BN statistics."""
+"""Channel pruning's repairs at prune time: the experimental compensation of removed
+channels, and BatchNorm statistics re-estimated."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recoverprune import ChannelConfig, kept_channels, prune
+import recoverprune
+from recoverprune import BlockConfig, Calibration, ChannelConfig, InputSpec, kept_channels, prune
 from recoverprune.core.errors import explain
 from recoverprune.core.io import fingerprint
+from recoverprune.experimental.compensate import (
+    ACTIVATIONS,
+    CompensatedChannelConfig,
+    compensate,
+    expected_activation,
+)
 from recoverprune.models import resnet20
 from recoverprune.pipeline.prune import calibration_source, recalibration_budget
 from recoverprune.pruning.batchnorm import recalibrate_bn, shifted_bns
-from recoverprune.pruning.compensate import ACTIVATIONS, compensate, expected_activation
 
 pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
 
@@ -66,10 +73,14 @@ def _trained_like(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _cfg(**kw) -> ChannelConfig:
-    return ChannelConfig(
-        **{"protect_first": False, "image_size": 12, "recalibrate_images": 0, **kw}
-    )
+#: the input of the small test models, which carry no size hint
+SPEC = InputSpec(size=12)
+
+
+def _cfg(compensate: bool = False, **kw) -> ChannelConfig | CompensatedChannelConfig:
+    """Half the channels, the first layer too, no re-estimation; compensated when asked."""
+    cfg = ChannelConfig(**{"amount": 0.5, "protect_first": False, "recalibrate": False, **kw})
+    return CompensatedChannelConfig(cfg) if compensate else cfg
 
 
 #: the head reads conv2's outputs through a mean over positions, which compensation does
@@ -107,7 +118,7 @@ def test_relu_closed_form_and_degenerate_sigma():
 # -- compensation ---------------------------------------------------------------------------
 def test_nothing_removed_changes_nothing():
     teacher = _trained_like(_Chain)
-    same = prune(teacher, 0.0, structure="channel", channel=_cfg(compensate=True))
+    same = prune(teacher, _cfg(compensate=True, amount=0.0), input=SPEC)
     assert fingerprint(same) == fingerprint(teacher)  # bitwise: every tensor as it was
     done = compensate(teacher, copy.deepcopy(teacher), {}, torch.randn(2, 3, 12, 12))
     assert done.corrected == {} and done.skipped == {}
@@ -118,9 +129,8 @@ def test_nothing_removed_changes_nothing():
 def test_compensated_student_is_closer_to_the_teacher(act, seed):
     teacher = _trained_like(lambda: _Chain(act), seed)
     x = torch.randn(64, 3, 12, 12, generator=_gen(100 + seed))  # the distribution BN fits
-    how = dict(structure="channel", exclude=LAST)
-    plain = prune(teacher, 0.5, channel=_cfg(compensate=False), **how)
-    fixed = prune(teacher, 0.5, channel=_cfg(compensate=True), **how)
+    plain = prune(teacher, _cfg(compensate=False), exclude=LAST, input=SPEC)
+    fixed = prune(teacher, _cfg(compensate=True), exclude=LAST, input=SPEC)
     assert _error(teacher, fixed, x) < 0.7 * _error(teacher, plain, x)
 
 
@@ -131,7 +141,7 @@ def test_compensated_student_is_closer_to_the_teacher(act, seed):
 def test_correction_goes_to_the_next_bn_or_the_bias(bias, bn_after, where):
     x = torch.randn(2, 3, 12, 12, generator=_gen(3))
     teacher = _trained_like(lambda: _Chain(bias=bias, bn_after=bn_after))
-    student = prune(teacher, 0.5, structure="channel", channel=_cfg(compensate=False))
+    student = prune(teacher, _cfg(), input=SPEC)
     before = _state(student)
     done = compensate(teacher, student, kept_channels(student), x)
     assert done.corrected["conv2"] == where and "conv2" not in done.skipped
@@ -141,7 +151,7 @@ def test_correction_goes_to_the_next_bn_or_the_bias(bias, bn_after, where):
 
 def test_a_layer_it_cannot_fold_into_is_named_and_left_as_it_is():
     teacher = _trained_like(lambda: _Chain(bias=False, bn_after=False))
-    student = prune(teacher, 0.5, structure="channel", channel=_cfg(compensate=False))
+    student = prune(teacher, _cfg(), input=SPEC)
     before = _state(student)
     done = compensate(teacher, student, kept_channels(student), torch.randn(2, 3, 12, 12))
     assert "no bias and no BatchNorm" in done.skipped["conv2"]
@@ -171,7 +181,7 @@ class _Residual(nn.Module):
 
 def test_a_residual_reader_is_skipped_with_its_reason():
     teacher = _trained_like(_Residual)
-    student = prune(teacher, 0.5, structure="channel", channel=_cfg(compensate=False))
+    student = prune(teacher, _cfg(), input=SPEC)
     before = _state(student)
     done = compensate(teacher, student, kept_channels(student), torch.randn(2, 3, 12, 12))
     assert "residual add" in done.skipped["conv3"] and "conv3" not in done.corrected
@@ -181,8 +191,8 @@ def test_a_residual_reader_is_skipped_with_its_reason():
 def test_compensation_keeps_widths_and_the_teacher():
     teacher = _trained_like(resnet20, seed=4)
     before = fingerprint(teacher)
-    cfgs = [ChannelConfig(recalibrate_images=0, compensate=c) for c in (False, True)]
-    plain, fixed = (prune(teacher, 0.5, structure="channel", channel=c) for c in cfgs)
+    cfg = ChannelConfig(amount=0.5, recalibrate=False)
+    plain, fixed = prune(teacher, cfg), prune(teacher, CompensatedChannelConfig(cfg))
     assert fingerprint(teacher) == before
     shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in (plain, fixed)]
     assert shapes[0] == shapes[1]
@@ -196,13 +206,13 @@ def test_compensation_keeps_widths_and_the_teacher():
 # -- BatchNorm statistics -------------------------------------------------------------------
 def test_only_shifted_bns_are_re_estimated():
     teacher = _trained_like(_Chain)
-    student = prune(teacher, 0.5, structure="channel", channel=_cfg(protect_first=True))
+    student = prune(teacher, _cfg(protect_first=True), input=SPEC)
     probe = torch.randn(2, 3, 12, 12, generator=_gen(5))
     shifted = shifted_bns(teacher, student, kept_channels(student), probe)
     assert shifted == ["bn2"]  # stem, conv1 still read the teacher's inputs: bn0, bn1 exact
-    cfg = _cfg(protect_first=True, recalibrate_images=8)
+    cfg = _cfg(protect_first=True, recalibrate=True)
     images = torch.randn(8, 3, 12, 12, generator=_gen(6))
-    fixed = prune(teacher, 0.5, structure="channel", channel=cfg, data=images)
+    fixed = prune(teacher, cfg, data=images, input=SPEC)
     kept = kept_channels(fixed)
     assert torch.equal(fixed.bn1.running_var, teacher.bn1.running_var[kept["bn1"]])
     assert not torch.equal(fixed.bn2.running_var, student.bn2.running_var)
@@ -219,38 +229,43 @@ def test_images_are_made_only_when_a_statistic_shifted():
         calls.append(1)
         return torch.randn(4, 3, 12, 12)
 
-    cfg = _cfg(recalibrate_images=4)
-    prune(teacher, 0.0, structure="channel", channel=cfg, data=make)
+    prune(teacher, _cfg(recalibrate=True, amount=0.0), data=make, input=SPEC)
     assert calls == []  # nothing pruned: no images
-    prune(teacher, 0.5, structure="channel", channel=cfg, data=make)
+    prune(teacher, _cfg(recalibrate=True), data=make, input=SPEC)
     assert calls == [1]
 
 
 def test_re_estimation_lifts_a_pruned_resnet_towards_its_teacher():
     teacher = _trained_like(resnet20, seed=7)
     x = torch.randn(64, 3, 12, 12, generator=_gen(8))
-    plain = prune(teacher, 0.5, structure="channel", channel=ChannelConfig(recalibrate_images=0))
-    fixed = prune(teacher, 0.5, structure="channel", data=torch.randn(64, 3, 12, 12))
+    plain = prune(teacher, ChannelConfig(amount=0.5, recalibrate=False), input=SPEC)
+    fixed = prune(teacher, ChannelConfig(amount=0.5), data=torch.randn(64, 3, 12, 12), input=SPEC)
     assert _error(teacher, fixed, x) < _error(teacher, plain, x)
 
 
 def test_calibration_source_makes_what_is_needed():
-    assert calibration_source(nn.Sequential(nn.Conv2d(3, 4, 1)), ChannelConfig()) is None
-    assert calibration_source(resnet20(), ChannelConfig(recalibrate_images=0)) is None
-    made = calibration_source(
-        resnet20(), ChannelConfig(recalibrate_images=4, recalibrate_iterations=1)
-    )
+    assert calibration_source(nn.Sequential(nn.Conv2d(3, 4, 1)), [ChannelConfig()]) is None
+    assert calibration_source(resnet20(), [ChannelConfig(recalibrate=False)]) is None
+    assert calibration_source(resnet20(), [0.5]) is None  # masks need no images
+    tiny = Calibration(images=4, iterations=1, taylor_images=3, taylor_iterations=1)
+    made = calibration_source(resnet20(), [ChannelConfig()], tiny)
     assert made is not None and made().images.shape == (4, 3, 32, 32)
+    taylor = calibration_source(resnet20(), [ChannelConfig("taylor", recalibrate=False)], tiny)
+    assert taylor is not None and taylor().images.shape == (3, 3, 32, 32)
+    # blocks are scored on the re-estimation budget, also without any BatchNorm
+    net = nn.Sequential(nn.Conv2d(3, 4, 1))
+    steps = [BlockConfig(), CompensatedChannelConfig(ChannelConfig("taylor", speedup=2))]
+    assert calibration_source(net, steps, tiny, InputSpec(size=4)) is not None
 
 
 def test_the_automatic_budget_shrinks_for_heavy_models_only():
     from recoverprune.models.builders import build_model
 
-    assert recalibration_budget(resnet20(), ChannelConfig()) == (64, 50)  # the measured one
+    assert recalibration_budget(resnet20(), Calibration()) == (64, 50)  # the measured one
     heavy = build_model("torchvision:resnet18", num_classes=10)  # 1.8 G MACs at 224x224
-    assert recalibration_budget(heavy, ChannelConfig()) == (16, 10)
-    assert recalibration_budget(heavy, ChannelConfig(recalibrate_images=64)) == (64, 10)
-    cfg = ChannelConfig(recalibrate_images=64, recalibrate_iterations=50)
+    assert recalibration_budget(heavy, Calibration()) == (16, 10)
+    assert recalibration_budget(heavy, Calibration(images=64)) == (64, 10)
+    cfg = Calibration(images=64, iterations=50)
     assert recalibration_budget(heavy, cfg) == (64, 50)  # explicit: paid as asked
 
 
@@ -259,9 +274,7 @@ def test_a_model_without_batchnorm_prunes_without_synthesis():
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(2)
     )
     net(torch.zeros(1, 3, 8, 8))
-    small = prune(
-        net, 0.5, structure="channel", channel=ChannelConfig(protect_first=False, image_size=8)
-    )
+    small = prune(net, ChannelConfig(amount=0.5, protect_first=False), input=InputSpec(size=8))
     assert small[0].out_channels == 4
 
 
@@ -269,18 +282,29 @@ def test_a_model_without_batchnorm_prunes_without_synthesis():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"recalibrate_images": -1}, "recalibrate_images must be a number of images >= 0"),
-        ({"recalibrate_images": 1}, "recalibrate_images=1 gives no batch statistics"),
-        ({"recalibrate_images": True}, "recalibrate_images must be"),
-        ({"recalibrate_iterations": 0}, "recalibrate_iterations must be a number of steps >= 1"),
-        ({"calibration_iterations": 2.5}, "calibration_iterations must be"),
-        ({"compensate": "yes"}, "compensate must be True or False"),
+        ({"images": -1}, "images must be a number of images"),
+        ({"images": 1}, "BatchNorm statistics need 2"),
+        ({"images": True}, "images must be"),
+        ({"iterations": 0}, "iterations must be a number of steps >= 1"),
+        ({"taylor_iterations": 2.5}, "taylor_iterations must be"),
     ],
 )
 def test_bad_settings_are_refused_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
-        ChannelConfig(**kwargs)
+        Calibration(**kwargs)
     assert explain(info.value) is not None  # the CLI reports it without a traceback
+    with pytest.raises(ValueError, match="recalibrate must be True or False"):
+        ChannelConfig(recalibrate="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="channel takes a ChannelConfig"):
+        CompensatedChannelConfig(0.5)  # type: ignore[arg-type]
+
+
+def test_compensation_is_experimental_and_off_the_main_configs():
+    assert "CompensatedChannelConfig" not in recoverprune.__all__
+    with pytest.raises(TypeError, match="compensate"):
+        ChannelConfig(compensate=True)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="CompensatedChannelConfig needs a budget"):
+        prune(resnet20(), CompensatedChannelConfig(ChannelConfig()))
 
 
 def test_bad_recalibration_input_is_refused_before_any_pass():

@@ -154,6 +154,7 @@ def test_evaluate_restores_mode_on_exception():
     assert model.training and model.bn.training
 
 
+@pytest.mark.slow
 def test_real_cifar10_test_split(shared_dir, tmp_path):
     archive = shared_dir / "datasets" / "cifar10-jpeg.tar.gz"
     ds = load_split(archive, "test", cache_dir=tmp_path)
@@ -186,6 +187,7 @@ def _extract_and_read(archive: str, cache: str, start: float) -> int:
             return found
 
 
+@pytest.mark.slow
 def test_concurrent_extraction_never_removes_a_finished_cache(tmp_path):
     # torchrun ranks and side-by-side benchmarks share one cache: a process that finishes
     # second must not delete the tree the first one is already reading.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recoverprune import SyntheticImages
-from recoverprune.data.synthetic import MANIFEST, shard_name
+from recoverprune.data.synthetic_io import MANIFEST, shard_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

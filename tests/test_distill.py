@@ -266,3 +266,37 @@ def test_recover_leaves_teacher_and_student_in_their_memory_format():
     assert all(p.is_contiguous() for p in teacher.parameters())
     assert all(p.is_contiguous() for p in out.parameters())
     assert all(b.is_contiguous() for b in out.buffers())
+
+
+class _Minimal:
+    """Only the required members of the transfer-source protocol."""
+
+    def __init__(self, data: SyntheticImages) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, epoch, batch_size, seed, rank, world_size):
+        return list(torch.arange(len(self)).split(batch_size))
+
+    def get_batch(self, idx):
+        return self.data.get_batch(idx)
+
+    def key(self) -> str:
+        return "minimal"
+
+
+def test_recover_reads_any_source_of_the_protocol_and_writes_one_student_format(tmp_path):
+    teacher = _teacher()
+    cfg = DistillConfig(epochs=2, batch_size=16, holdout=0.5)  # no split(): nothing held out
+    student = recover(
+        teacher, prune(teacher, 0.5), _Minimal(_data()), config=cfg, out_dir=tmp_path,
+        progress=False,
+    )  # fmt: skip
+    assert [h["epoch"] for h in student.recovery_history] == [1, 2]
+    assert "agreement" not in student.recovery_history[0]
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["meta"]["synthetic"] == "minimal" and state["done"]
+    final = torch.load(tmp_path / "student.pt", weights_only=True)  # the format load_model reads
+    assert torch.equal(final["state_dict"]["3.weight_orig"], student[3].weight_orig)

@@ -16,7 +16,10 @@ from torch.multiprocessing.spawn import ProcessException
 from _nets import calibrated, tiny_bn_net
 from recoverprune import DistillConfig, SyntheticImages, prune, recover, synthesize
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+pytestmark = [  # spawned processes: slow
+    pytest.mark.slow,
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
+]
 
 
 def _teacher() -> nn.Module:
@@ -43,7 +46,7 @@ def _synth_worker(rank: int, world: int, store: str, out: str, fail_rank: int) -
     _init(rank, world, store, timeout_s=10 if fail_rank >= 0 else 60)
     try:
         if rank == fail_rank:
-            import recoverprune.synthesis.inversion as inv
+            import recoverprune.data.synthetic_io as inv
 
             real = inv.save_atomic
             calls = {"n": 0}
@@ -152,8 +155,8 @@ def test_ddp_recovery_keeps_masks_and_ranks_in_sync(tmp_path: Path) -> None:
 
 
 def _stream_worker(rank: int, world: int, store: str, out: str) -> None:
-    from recoverprune import StreamConfig, SyntheticStream
-    from recoverprune.synthesis.generator import GeneratorConfig
+    from recoverprune.experimental.generator import GeneratorConfig
+    from recoverprune.experimental.stream import StreamConfig, SyntheticStream
 
     _init(rank, world, store)
     try:

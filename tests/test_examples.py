@@ -26,7 +26,10 @@ def test_every_example_is_covered():
     assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXPECT)
 
 
-@pytest.mark.parametrize("script", sorted(EXPECT))
+@pytest.mark.parametrize(
+    "script",  # each in its own process, whole pipelines: slow, but for the README's first
+    [s if s == "quickstart.py" else pytest.param(s, marks=pytest.mark.slow) for s in sorted(EXPECT)],
+)
 def test_example_runs_tiny(script):
     if script == "timm_model.py" and importlib.util.find_spec("timm") is None:
         pytest.skip("timm not installed (pip install 'recoverprune[timm]')")

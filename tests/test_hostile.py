@@ -205,7 +205,7 @@ def test_cli_reads_a_deliberate_subset_by_name(tmp_path, reader_ckpt, capsys):
 
 
 def test_class_names_saved_in_a_checkpoint_come_back(tmp_path):
-    from recoverprune.data.evaluate import model_classes
+    from recoverprune.evaluation.evaluate import model_classes
 
     path = tmp_path / "named.pt"
     torch.save({"state_dict": resnet20().state_dict(), "label_names": CIFAR}, path)
@@ -345,10 +345,10 @@ def test_a_job_too_big_for_memory_or_disk_is_refused_up_front(tmp_path, monkeypa
 
 
 def test_synthesize_checks_its_size_before_building_its_batch_plan(tmp_path, monkeypatch):
-    import recoverprune.synthesis.inversion as inversion
+    import recoverprune.synthesis.plan as plan
     from recoverprune import synthesize
 
-    monkeypatch.setattr(inversion, "_batch_sizes", lambda *a: pytest.fail("allocated first"))
+    monkeypatch.setattr(plan, "batch_sizes", lambda *a: pytest.fail("allocated first"))
     teacher = InputSpec(3, 8).attach(calibrated(tiny_bn_net(10)))
     with pytest.raises(ValueError, match="needs about"):  # main: grew to 16 GB
         synthesize(teacher, 10**10, out_dir=tmp_path / "s", progress=False)
@@ -374,7 +374,8 @@ def test_an_image_size_the_network_cannot_take_is_refused():
 def test_evaluate_refuses_a_resize_far_below_the_models_size(tmp_path, r20_ckpt, capsys):
     data = _tree(tmp_path / "d", CIFAR, per_class=1)
     with pytest.raises(ValueError, match="below a quarter"):  # main: evaluated at 7 px
-        evaluate(load_model("resnet20", r20_ckpt), data, resize=7, progress=False)
+        r20 = load_model("resnet20", r20_ckpt)
+        evaluate(r20, data, input=InputSpec.of(r20, image_size=7), progress=False)
     argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(r20_ckpt), "--data", str(data)]
     assert main([*argv, "--resize", "7", "--no-progress"]) == 2
     assert "below a quarter" in _cli_error(capsys)

@@ -18,14 +18,14 @@ from _nets import calibrated, tiny_bn_net
 from recoverprune import Accel, InversionConfig, SyntheticImages, synthesize
 from recoverprune.core.borrow import borrowed
 from recoverprune.core.io import fingerprint
-from recoverprune.core.spec import infer_input_shape
-from recoverprune.data.synthetic import MANIFEST, shard_name
+from recoverprune.core.spec import InputSpec
+from recoverprune.data.synthetic_io import MANIFEST, shard_name
 from recoverprune.synthesis.bn import bn_statistics
-from recoverprune.synthesis.inversion import _batch_sizes
+from recoverprune.synthesis.plan import batch_sizes
 from recoverprune.synthesis.priors import total_variation
 
 _REAL_RUN = inv._Inverter.run
-QUICK = {"iterations": 3, "image_size": 8, "progress": False, "device": "cpu"}
+QUICK = {"iterations": 3, "input": InputSpec(size=8), "progress": False, "device": "cpu"}
 
 
 def _teacher(num_classes: int = 4, in_channels: int = 3, seed: int = 0) -> nn.Module:
@@ -107,32 +107,38 @@ def test_number_of_classes_comes_from_the_teacher_output():
 
 def test_channels_from_first_conv_and_size_from_hint_or_argument():
     gray = _teacher(in_channels=1)
-    ds = synthesize(gray, 4, batch_size=4, mean=(0.5,), std=(0.25,), **QUICK)
+    spec = InputSpec.of(gray, image_size=8, mean=(0.5,), std=(0.25,))  # channels from the conv
+    ds = synthesize(gray, 4, batch_size=4, **{**QUICK, "input": spec})
     assert ds.images.shape == (4, 1, 8, 8) and ds.mean == (0.5,) and ds.std == (0.25,)
 
     hinted = _teacher()
     hinted.pretrained_cfg = {"input_size": (3, 6, 6), "mean": (0.5, 0.5, 0.5), "std": (0.2,) * 3}
     ds = synthesize(hinted, 4, batch_size=4, iterations=2, progress=False, device="cpu")
     assert ds.images.shape == (4, 3, 6, 6) and ds.mean == (0.5, 0.5, 0.5)
-    ds = synthesize(
-        _teacher(), 4, batch_size=4, iterations=2, image_size=(6, 10), progress=False, device="cpu"
-    )
+    ds = synthesize(_teacher(), 4, batch_size=4, **{**QUICK, "input": InputSpec(size=(6, 10))})
     assert ds.images.shape == (4, 3, 6, 10)
+    ds = synthesize(hinted, 4, batch_size=4, **QUICK)  # the input given wins over the hint
+    assert ds.images.shape == (4, 3, 8, 8) and ds.mean == InputSpec().mean
 
 
-def test_infer_input_shape():
+def test_synthesize_is_deepinversion_only():
+    with pytest.raises(TypeError, match="method"):
+        synthesize(_teacher(), 4, batch_size=4, method="generator", **QUICK)
+    with pytest.raises(TypeError, match="image_size"):
+        synthesize(_teacher(), 4, batch_size=4, image_size=8, iterations=2, progress=False)
+
+
+def test_the_input_shape_of_a_teacher():
     net = _teacher()
-    assert infer_input_shape(net, image_size=16) == (3, 16, 16)
-    assert infer_input_shape(net, image_size=(4, 6)) == (3, 4, 6)
+    assert InputSpec.of(net, image_size=16).shape == (3, 16, 16)
+    assert InputSpec.of(net, image_size=(4, 6)).shape == (3, 4, 6)
     net.pretrained_cfg = {"input_size": (3, 32, 32)}
-    assert infer_input_shape(net) == (3, 32, 32)
-    assert infer_input_shape(net, image_size=8) == (3, 8, 8)  # the argument wins
+    assert InputSpec.of(net).shape == (3, 32, 32)
+    assert InputSpec.of(net, image_size=8).shape == (3, 8, 8)  # the argument wins
     with pytest.raises(ValueError, match="image_size"):
-        infer_input_shape(_teacher())
-    with pytest.raises(ValueError, match="image_size"):
-        infer_input_shape(_teacher(), image_size=(1, 2, 3))
-    with pytest.raises(ValueError, match="Conv2d"):
-        infer_input_shape(nn.Sequential(nn.Linear(2, 2)), image_size=8)
+        InputSpec.of(_teacher()).shape  # noqa: B018
+    with pytest.raises(ValueError, match="size must be a positive int or"):
+        InputSpec.of(_teacher(), image_size=(1, 2, 3))
 
 
 def test_missing_image_size_is_a_value_error_naming_image_size():
@@ -143,7 +149,7 @@ def test_missing_image_size_is_a_value_error_naming_image_size():
 def test_batch_sizes_never_hold_a_single_image():
     for n in range(2, 40):
         for bs in range(2, 12):
-            sizes = _batch_sizes(n, bs)
+            sizes = batch_sizes(n, bs)
             assert sum(sizes) == n and min(sizes) >= 2 and max(sizes) - min(sizes) <= 1
             # only batch_size=2 with an odd n needs one batch of 3
             assert max(sizes) <= max(bs, 3)
@@ -226,12 +232,8 @@ def test_teacher_restored_when_the_loop_raises(monkeypatch, exc: type[BaseExcept
 # --------------------------------------------------------------------------- quality
 def test_bn_loss_falls_and_teacher_accuracy_rises_over_iterations():
     teacher = _teacher()
-    start = synthesize(
-        teacher, 32, batch_size=32, iterations=1, image_size=8, progress=False, device="cpu"
-    ).meta["stats"][0]
-    end = synthesize(
-        teacher, 32, batch_size=32, iterations=40, image_size=8, progress=False, device="cpu"
-    ).meta["stats"][0]
+    start = synthesize(teacher, 32, batch_size=32, **{**QUICK, "iterations": 1}).meta["stats"][0]
+    end = synthesize(teacher, 32, batch_size=32, **{**QUICK, "iterations": 40}).meta["stats"][0]
     # measured: bn 3.27 -> 1.97, accuracy 0.16 -> 1.0
     assert end["bn_loss_final"] < 0.8 * end["bn_loss_first"]
     assert end["bn_loss_final"] < 0.8 * start["bn_loss_final"]
@@ -394,7 +396,6 @@ def test_teacher_without_batchnorm_is_refused():
         ({"labels": [0, 1, -1, 2]}, r"\[0, 4\)"),
         ({"labels": [0, 1, 2]}, "expected n=4"),
         ({"labels": [0, 1, 2, 3, 0]}, "expected n=4"),
-        ({"mean": (0.5, 0.5)}, "mean has 2 values"),
     ],
 )
 def test_bad_arguments_are_value_errors(kwargs: dict[str, object], match: str):
@@ -557,7 +558,7 @@ def test_cuda_default_fast_path_is_finite_and_close_to_fp32_eager():
         "n": 32,
         "batch_size": 32,
         "iterations": 20,
-        "image_size": 8,
+        "input": InputSpec(size=8),
         "progress": False,
         "device": "cuda",
     }

@@ -1,5 +1,5 @@
-"""Widths chosen for measured latency: the table is measured, the allocation follows it, and
-channel pruning checks the result against the model's own measured latency."""
+"""Experimental widths chosen for measured latency: the table is measured, the allocation
+follows it, and the result is checked against the model's own measured latency."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import pytest
 import torch
 from torch import nn
 
+import recoverprune
 from recoverprune import ChannelConfig, kept_channels, prune
 from recoverprune.core.io import fingerprint
-from recoverprune.models import resnet20
-from recoverprune.pruning import channels as channels_module
-from recoverprune.pruning.latency import (
+from recoverprune.experimental import latency as latency_module
+from recoverprune.experimental.latency import (
     FRACTIONS,
+    LatencyConfig,
     LatencyTable,
     allocate,
     measured_speedup,
     median_seconds,
+    next_goal,
 )
+from recoverprune.models import resnet20
 
 pytest.importorskip("torch_pruning")
 
@@ -38,7 +41,7 @@ def test_identical_layers_on_identical_inputs_are_timed_once(monkeypatch):
         timed.append(1)
         return float(len(timed))
 
-    monkeypatch.setattr("recoverprune.pruning.latency.median_seconds", fake)
+    monkeypatch.setattr("recoverprune.experimental.latency.median_seconds", fake)
     net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
     table = LatencyTable.measure(net, torch.zeros(1, 8, 8, 8), batch=2)
     assert len(timed) == len(FRACTIONS) ** 2  # the second layer reuses the first's times
@@ -74,7 +77,7 @@ def _measured(monkeypatch, readings: list[float]) -> list[float]:
     to MACs; return the goals it asked the allocation for."""
     goals: list[float] = []
     plans.clear()
-    real_allocate = channels_module.allocate
+    real_allocate = latency_module.allocate
 
     def spy(table, links, scores, goal, **kw):
         goals.append(goal)
@@ -86,10 +89,10 @@ def _measured(monkeypatch, readings: list[float]) -> list[float]:
         layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         return LatencyTable(FRACTIONS, batch, dict.fromkeys(layers, grid))
 
-    monkeypatch.setattr(channels_module, "allocate", spy)
-    monkeypatch.setattr(channels_module.LatencyTable, "measure", staticmethod(table))
+    monkeypatch.setattr(latency_module, "allocate", spy)
+    monkeypatch.setattr(latency_module.LatencyTable, "measure", staticmethod(table))
     it = iter(readings)
-    monkeypatch.setattr(channels_module, "measured_speedup", lambda *a, **k: next(it))
+    monkeypatch.setattr(latency_module, "measured_speedup", lambda *a, **k: next(it))
     return goals
 
 
@@ -97,8 +100,8 @@ def test_a_short_measurement_tightens_the_goal_and_the_widths_are_exact(monkeypa
     teacher = resnet20().eval()
     before = fingerprint(teacher)
     goals = _measured(monkeypatch, [1.2, 1.32])
-    cfg = ChannelConfig(latency_speedup=1.3, latency_batch=16, recalibrate_images=0)
-    student = prune(teacher, None, structure="channel", channel=cfg)
+    cfg = LatencyConfig(1.3, batch=16, channel=ChannelConfig(recalibrate=False))
+    student = prune(teacher, cfg)
     assert len(goals) == 2 and goals[1] < goals[0]  # short: the next goal is tighter
     assert plans[1] != plans[0]  # the tighter goal pruned more
     for group, width in plans[1].items():  # the plan that met the speed-up, exactly
@@ -110,23 +113,30 @@ def test_a_short_measurement_tightens_the_goal_and_the_widths_are_exact(monkeypa
 
 def test_a_speedup_never_reached_warns_with_what_was(monkeypatch):
     goals = _measured(monkeypatch, [1.1, 1.2, 1.15, 1.18])
-    cfg = ChannelConfig(latency_speedup=1.3, latency_batch=16, recalibrate_images=0)
+    cfg = LatencyConfig(1.3, batch=16, channel=ChannelConfig(recalibrate=False))
     with pytest.warns(UserWarning, match=r"1\.20x, short of latency_speedup=1\.3"):
-        prune(resnet20().eval(), None, structure="channel", channel=cfg)
+        prune(resnet20().eval(), cfg)
     assert len(goals) >= 3 and goals == sorted(goals, reverse=True)  # tighter each round
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"latency_speedup": 1.0}, "must be > 1"),
-        ({"latency_speedup": 2.0, "speedup": 2.0}, "give one of"),
-        ({"latency_batch": 0}, "latency_batch"),
+        ({"speedup": 1.0}, "must be > 1"),
+        ({"speedup": 2.0, "channel": ChannelConfig(speedup=2.0)}, "without amount/speedup"),
+        ({"speedup": 2.0, "batch": 0}, "batch must be"),
     ],
 )
 def test_latency_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ChannelConfig(**kwargs)
+        LatencyConfig(**kwargs)
+
+
+def test_latency_is_experimental_and_off_the_main_configs():
+    assert "LatencyConfig" not in recoverprune.__all__
+    for gone in ("latency_speedup", "latency_batch"):
+        with pytest.raises(TypeError, match=gone):
+            ChannelConfig(**{gone: 2.0})
 
 
 def test_cli_prune_latency_speedup_needs_no_amount(tmp_path, monkeypatch, capsys):
@@ -144,13 +154,11 @@ def test_cli_prune_latency_speedup_needs_no_amount(tmp_path, monkeypatch, capsys
 
 
 def test_the_next_goal_follows_the_secant_of_what_was_measured():
-    from recoverprune.pruning.channels import _next_goal
-
     # predicted 100 -> measured 1.0; predicted 50 -> measured 0.75 (a fixed 0.5 the table
     # does not see): 1/2 of the time needs a predicted 0, not 50/0.75*0.5
-    assert _next_goal([(100.0, 1.0), (50.0, 0.75)], 2.0) == pytest.approx(0.1)
-    assert _next_goal([(100.0, 1.0), (50.0, 0.75)], 1.6) == pytest.approx(25.0)
-    assert _next_goal([(100.0, 1.0), (50.0, 0.4)], 2.0) > 50.0  # overshot: wider again
+    assert next_goal([(100.0, 1.0), (50.0, 0.75)], 2.0) == pytest.approx(0.1)
+    assert next_goal([(100.0, 1.0), (50.0, 0.75)], 1.6) == pytest.approx(25.0)
+    assert next_goal([(100.0, 1.0), (50.0, 0.4)], 2.0) > 50.0  # overshot: wider again
     # no usable slope (noise: narrower read slower): scale by the miss, either way
-    assert _next_goal([(100.0, 0.5), (50.0, 0.8)], 2.0) == pytest.approx(31.25)
-    assert _next_goal([(100.0, 0.3), (50.0, 0.4)], 2.0) == pytest.approx(62.5)
+    assert next_goal([(100.0, 0.5), (50.0, 0.8)], 2.0) == pytest.approx(31.25)
+    assert next_goal([(100.0, 0.3), (50.0, 0.4)], 2.0) == pytest.approx(62.5)

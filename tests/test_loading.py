@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recoverprune import ChannelConfig, channel_spec, prune
+from recoverprune import ChannelConfig, InputSpec, channel_spec, prune
 from recoverprune.cli import main
 from recoverprune.core.io import CheckpointError
 from recoverprune.models import load_model
@@ -30,9 +30,10 @@ def _teacher(tmp_path) -> tuple[torch.nn.Module, str]:
     return net, str(path)
 
 
+@pytest.mark.slow
 def test_channel_pruned_torchvision_model_round_trips_through_the_api(tmp_path):
     teacher, _ = _teacher(tmp_path)
-    small = prune(teacher, 0.5, structure="channel").eval()
+    small = prune(teacher, ChannelConfig(amount=0.5)).eval()
     path = tmp_path / "small.pt"
     torch.save({"state_dict": small.state_dict(), "channel_spec": channel_spec(small)}, path)
     loaded = load_model("torchvision:resnet18", path)
@@ -41,6 +42,7 @@ def test_channel_pruned_torchvision_model_round_trips_through_the_api(tmp_path):
         assert torch.equal(loaded(X), small(X))
 
 
+@pytest.mark.slow
 def test_channel_pruned_torchvision_model_round_trips_through_the_cli(tmp_path, capsys):
     teacher, t_path = _teacher(tmp_path)
     out = tmp_path / "pruned.pt"
@@ -49,7 +51,8 @@ def test_channel_pruned_torchvision_model_round_trips_through_the_cli(tmp_path, 
     rc = main(["prune", *common, "--checkpoint", t_path, *how])
     assert rc == 0
     loaded = load_model("torchvision:resnet18", out)
-    expected = prune(teacher, 0.5, structure="channel", channel=ChannelConfig(image_size=32))
+    spec = InputSpec.of(teacher, image_size=32)
+    expected = prune(teacher, ChannelConfig(amount=0.5), input=spec)
     with torch.no_grad():
         assert torch.equal(loaded(X), expected.eval()(X))
     assert loaded.pretrained_cfg["input_size"] == (3, 32, 32)  # saved with the checkpoint

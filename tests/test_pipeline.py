@@ -59,7 +59,7 @@ def test_killed_in_a_stage_then_rerun_gives_same_student(tmp_path, monkeypatch, 
 
     calls = {"n": 0}
     if stage == "synthesis":
-        real = inversion_mod.save_atomic
+        real = inversion_mod.write_shard
 
         def dying(*a, **k):  # dies when writing the second shard
             calls["n"] += 1
@@ -67,7 +67,7 @@ def test_killed_in_a_stage_then_rerun_gives_same_student(tmp_path, monkeypatch, 
                 raise _Boom
             return real(*a, **k)
 
-        monkeypatch.setattr(inversion_mod, "save_atomic", dying)
+        monkeypatch.setattr(inversion_mod, "write_shard", dying)
     else:
         real_kd = distill_mod.kd_loss
 
@@ -112,3 +112,11 @@ def test_check_set_is_independent_and_its_signal_separates_good_from_useless(tmp
     assert same["agreement"] == 100.0 and same["kl"] == 0.0
     useless = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
     assert check_quality(teacher, useless, check)["kl"] > res.report["check"]["kl"]
+
+
+@pytest.mark.slow
+def test_compress_the_bundled_teacher_at_the_tiny_preset(tmp_path):
+    """The examples of ``compress`` and ``CompressResult`` (a whole run, so not doctests)."""
+    res = compress(None, 0.5, preset="tiny", out_dir=tmp_path, progress=False)
+    assert round(res.report["sparsity"], 2) == 0.5
+    assert sorted(res.report["seconds"]) == ["prune", "recover", "synthesize"]

@@ -13,7 +13,15 @@ import torchvision
 from rich.table import Table
 from torch import nn
 
-from recoverprune import finalize, is_pruned, prune, sparsity
+from recoverprune import (
+    BlockConfig,
+    ChannelConfig,
+    UnstructuredConfig,
+    finalize,
+    is_pruned,
+    prune,
+    sparsity,
+)
 from recoverprune.core.io import fingerprint
 from recoverprune.models import load_model, mobilenet_v2, resnet20
 from recoverprune.pruning.masks import restore_pruning
@@ -64,13 +72,13 @@ def test_hand_countable_global_and_layerwise():
     g = prune(net, 0.5)  # removes |w| in {0.1, 0.5, 1, 2}
     assert g[0].weight.tolist() == [[0.0, -4.0], [3.0, 0.0]]
     assert g[1].weight.tolist() == [[0.0, 5.0], [-6.0, 0.0]]
-    lw = prune(net, 0.25, scope="layerwise")  # one per layer
+    lw = prune(net, UnstructuredConfig(0.25, scope="layerwise"))  # one per layer
     assert lw[0].weight.tolist() == [[0.0, -4.0], [3.0, -2.0]]
     assert lw[1].weight.tolist() == [[0.5, 5.0], [-6.0, 0.0]]
 
 
 def test_layerwise_fraction_per_layer():
-    pruned = prune(resnet20(), 0.6, scope="layerwise")
+    pruned = prune(resnet20(), UnstructuredConfig(0.6, scope="layerwise"))
     for layer in sparsity(pruned).layers:
         assert layer.zeros == round(0.6 * layer.numel), layer.name
 
@@ -80,9 +88,9 @@ def test_include_exclude_and_types():
     ex = prune(m, 0.5, exclude=["conv1", "linear"])
     rows = {la.name: la for la in sparsity(ex).layers}
     assert rows["conv1"].zeros == 0 and rows["linear"].zeros == 0
-    inc = prune(m, 0.5, include=["layer1.*"])
+    inc = prune(m, UnstructuredConfig(0.5, include=["layer1.*"]))
     assert all((la.zeros > 0) == la.name.startswith("layer1.") for la in sparsity(inc).layers)
-    lin = prune(m, 0.5, layer_types=(nn.Linear,))
+    lin = prune(m, UnstructuredConfig(0.5, layer_types=(nn.Linear,)))
     assert [la.name for la in sparsity(lin).layers if la.zeros] == ["linear"]
     with pytest.raises(ValueError, match="nosuch"):
         prune(m, 0.5, exclude=["nosuch"])
@@ -220,7 +228,33 @@ def test_no_prunable_layer_and_bad_scope():
     with pytest.raises(ValueError, match="no prunable layer"):
         prune(nn.Sequential(nn.ReLU()), 0.5)
     with pytest.raises(ValueError, match="scope"):
-        prune(_mlp(), 0.5, scope="foo")  # type: ignore[arg-type]
+        UnstructuredConfig(0.5, scope="foo")  # type: ignore[arg-type]
+
+
+def test_a_float_is_global_unstructured_and_configs_apply_in_order():
+    m = resnet20()
+    assert fingerprint(prune(m, 0.5)) == fingerprint(prune(m, UnstructuredConfig(0.5)))
+    twice = prune(m, [0.5, UnstructuredConfig(0.75)])  # the second tightens the first
+    assert fingerprint(twice) == fingerprint(prune(prune(m, 0.5), 0.75))
+
+
+def test_the_config_type_picks_the_method_and_nothing_is_ignored():
+    m = resnet20()
+    with pytest.raises(TypeError, match=r"UnstructuredConfig, ChannelConfig, BlockConfig"):
+        prune(m, "channel")
+    with pytest.raises(TypeError, match="dict"):
+        prune(m, {"amount": 0.5})
+    for gone in ("structure", "amount", "channel", "block", "scope"):
+        with pytest.raises(TypeError, match=gone):
+            prune(m, 0.5, **{gone: None})
+    with pytest.raises(ValueError, match="empty"):
+        prune(m, [])
+    with pytest.raises(ValueError, match="inplace"):
+        prune(m, ChannelConfig(amount=0.5), inplace=True)
+    made = []
+    with pytest.raises(ValueError, match="needs a budget after a BlockConfig"):
+        prune(m, [BlockConfig(drop=1), ChannelConfig()], data=lambda: made.append(1))
+    assert made == []  # refused before any images were made
 
 
 def test_warns_when_a_layer_is_emptied():

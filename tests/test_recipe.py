@@ -223,14 +223,15 @@ def test_full_recipe_resume_after_kill_is_exact(tmp_path, monkeypatch):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", ["blocks", "bn"])
 def test_feature_loss_indexes_channel_pruned_students(layers):
     pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
-    from recoverprune import kept_channels
+    from recoverprune import ChannelConfig, kept_channels
     from recoverprune.distill.objectives import _kept_indices
 
     teacher = calibrated(resnet20(), size=32).eval()
-    student = prune(teacher, 0.5, structure="channel").eval()
+    student = prune(teacher, ChannelConfig(amount=0.5)).eval()
     names = feature_layers(teacher, layers)
     kept, recorded = _kept_indices(student, names), kept_channels(student)
     for n in names:  # every layer is matched: a block by its last BN (the residual stream)
@@ -243,6 +244,7 @@ def test_feature_loss_indexes_channel_pruned_students(layers):
     assert 1e-3 < loss < 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residual", [True, False])
 def test_reconstruction_leaves_channel_pruned_layers_to_distillation(residual):
     # measured: refitting them lowered the recovered top-1 (docs/channel-pruning.md)
@@ -251,16 +253,19 @@ def test_reconstruction_leaves_channel_pruned_layers_to_distillation(residual):
 
     teacher = calibrated(resnet20(), size=32).eval()
     cfg = ChannelConfig(speedup=2.5, residual=residual)
-    student = prune(teacher, None, structure="channel", channel=cfg).eval()
+    student = prune(teacher, cfg).eval()
     before = fingerprint(student)
     assert reconstruct(teacher, student, torch.randn(16, 3, 32, 32)) == []
     assert fingerprint(student) == before
 
 
+@pytest.mark.slow
 def test_reconstruction_leaves_layers_both_channel_pruned_and_masked():
     pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
+    from recoverprune import ChannelConfig
+
     teacher = calibrated(resnet20(), size=32).eval()
-    student = prune(prune(teacher, 0.3, structure="channel"), 0.5)  # channels, then sparsity
+    student = prune(teacher, [ChannelConfig(amount=0.3), 0.5])  # channels, then sparsity
     masks = _masks(student)
     names = reconstruct(teacher, student, torch.randn(32, 3, 32, 32))
     t_mods = dict(teacher.named_modules())

@@ -6,14 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from recoverprune import DistillConfig, prune, recover, synthesize
+from recoverprune import DistillConfig, prune, recover
 from recoverprune.core.io import fingerprint
 from recoverprune.core.runtime import resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.distill import loop as loop_mod
-from recoverprune.synthesis import amortised
-from recoverprune.synthesis.generator import AmortisedSynthesizer, Generator, GeneratorConfig
-from recoverprune.synthesis.stream import StreamConfig, SyntheticStream
+from recoverprune.distill.source import TransferSource
+from recoverprune.experimental import amortised
+from recoverprune.experimental.amortised import synthesize_with_generator
+from recoverprune.experimental.generator import AmortisedSynthesizer, Generator, GeneratorConfig
+from recoverprune.experimental.stream import StreamConfig, StreamSource, SyntheticStream
 
 SMALL = DistillConfig(batch_size=8)  # the default 128 would make every step 128 images
 TINY = GeneratorConfig(width=16, latent_dim=8, warmup_batches=1, warmup_steps=3, inner_steps=2)
@@ -42,7 +44,8 @@ def _net(channels: int = 3, classes: int = 4) -> nn.Module:
 def _stream(net: nn.Module, size: int = 12, **kw) -> SyntheticStream:
     cfg = dict(batch_size=8, initial_batches=2, batches_per_epoch=1, steps_per_epoch=2)
     cfg.update(kw)
-    return SyntheticStream(net, StreamConfig(generator=TINY, **cfg), image_size=size)
+    spec = InputSpec.of(net, image_size=size)
+    return SyntheticStream(net, StreamConfig(generator=TINY, **cfg), input=spec)
 
 
 def _hooks(net: nn.Module) -> int:
@@ -111,10 +114,8 @@ def test_adversarial_term_leaves_the_student_as_it_was():
 def test_generator_set_leaves_the_teacher_and_resumes_after_a_kill(tmp_path, monkeypatch):
     net = _net()
     before = fingerprint(net)
-    kw = dict(
-        method="generator", generator_config=TINY, batch_size=8, image_size=12, progress=False
-    )
-    whole = synthesize(net, 32, **kw)
+    kw = dict(config=TINY, batch_size=8, input=InputSpec(size=12), progress=False)
+    whole = synthesize_with_generator(net, 32, **kw)
     assert fingerprint(net) == before and _hooks(net) == 0 and not net.training
     assert whole.images.shape == (32, 3, 12, 12)
     assert whole.meta["config"]["method"] == "generator"
@@ -131,9 +132,9 @@ def test_generator_set_leaves_the_teacher_and_resumes_after_a_kill(tmp_path, mon
 
     monkeypatch.setattr(amortised.AmortisedSynthesizer, "make_batch", dies)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(net, 32, out_dir=tmp_path / "s", **kw)
+        synthesize_with_generator(net, 32, out_dir=tmp_path / "s", **kw)
     monkeypatch.setattr(amortised.AmortisedSynthesizer, "make_batch", real)
-    resumed = synthesize(net, 32, out_dir=tmp_path / "s", **kw)
+    resumed = synthesize_with_generator(net, 32, out_dir=tmp_path / "s", **kw)
     assert torch.equal(resumed.images, whole.images)
     assert torch.equal(resumed.labels, whole.labels)
 
@@ -181,7 +182,7 @@ def test_kill_mid_stream_resumes_to_the_same_student(tmp_path, monkeypatch):
     whole = recover(net, prune(net, 0.5), _stream(net), epochs=4, config=SMALL, progress=False)
     real = loop_mod._train_epoch
 
-    def dies(loop, epoch, *a, **k):
+    def dies(loop, epoch, *a, **k):  # the checkpoint then holds epoch 2 and the stream's pool
         if epoch == 2:
             raise KeyboardInterrupt
         return real(loop, epoch, *a, **k)
@@ -218,9 +219,7 @@ def test_gray_28px_and_torchvision_64px_on_a_tiny_budget():
     stream = SyntheticStream(
         gray,
         StreamConfig(batch_size=10, initial_batches=1, steps_per_epoch=1, generator=TINY),
-        image_size=28,
-        mean=0.286,
-        std=0.353,
+        input=InputSpec.of(gray, image_size=28, mean=0.286, std=0.353),
     )
     out = recover(gray, prune(gray, 0.5), stream, epochs=2, config=SMALL, progress=False)
     assert out(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -236,7 +235,7 @@ def test_gray_28px_and_torchvision_64px_on_a_tiny_budget():
         pool_size=8,
         generator=TINY,
     )
-    stream = SyntheticStream(tv, cfg, image_size=64)
+    stream = SyntheticStream(tv, cfg, input=InputSpec.of(tv, image_size=64))
     quick = DistillConfig(batch_size=4, reconstruct=False)  # the refit of 20 layers: minutes
     student = recover(tv, prune(tv, 0.5), stream, epochs=2, config=quick, progress=False)
     assert stream.image_shape == (3, 64, 64) and len(stream) == 8
@@ -248,10 +247,39 @@ def test_generator_config_refuses_nonsense():
         GeneratorConfig(inner_steps=0)
     with pytest.raises(ValueError, match="pool_size"):
         StreamConfig(batch_size=64, pool_size=32)
-    with pytest.raises(ValueError, match="method"):
-        synthesize(_net(), 8, method="gan", image_size=8, progress=False)
 
 
+def test_the_stream_is_a_transfer_source_and_its_factory_describes_it():
+    from recoverprune import PRESETS
+
+    stream = _stream(_net())
+    assert isinstance(stream, TransferSource)
+    assert stream.fill is not None and len(stream.fill) == 3  # black crops, not zero
+    from types import SimpleNamespace
+
+    cfg = StreamSource().describe(SimpleNamespace(budget=PRESETS["tiny"]))
+    assert cfg["method"] == "stream" and cfg["stream"]["batch_size"] == 16
+
+
+def test_distill_names_no_concrete_source():
+    """recover() reads the protocol: distill/ imports no stream and tests no source's type."""
+    import ast
+    from pathlib import Path
+
+    import recoverprune.distill as distill
+
+    for path in Path(distill.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert "experimental" not in (node.module or ""), path
+                assert "stream" not in (node.module or ""), path
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
+                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                assert not names & {"SyntheticStream", "SyntheticImages", "Labelled"}, path
+
+
+@pytest.mark.slow
 def test_compress_streams_from_the_cli(tmp_path, capsys):
     from recoverprune.cli import main
 
@@ -266,3 +294,6 @@ def test_compress_streams_from_the_cli(tmp_path, capsys):
     said = capsys.readouterr()
     assert "generator batches streamed" in said.out + said.err
     assert main([*args, "--out", str(out), "--no-progress"]) == 0  # resumes: done
+    fixed = [a for a in args if a not in ("--synthesis", "stream")]
+    assert main([*fixed, "--out", str(out), "--no-progress"]) == 2  # another source: refused
+    assert "different settings: synthetic" in capsys.readouterr().err

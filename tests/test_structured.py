@@ -10,11 +10,20 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from recoverprune import ChannelConfig, export, kept_channels, prune, sparsity
+from recoverprune import (
+    Calibration,
+    ChannelConfig,
+    InputSpec,
+    export,
+    kept_channels,
+    prune,
+    sparsity,
+)
 from recoverprune.core.io import fingerprint, save_atomic
+from recoverprune.experimental.compensate import CompensatedChannelConfig
 from recoverprune.models import create_model, list_models, load_model, resnet20, resnet32
 from recoverprune.pruning.channel_spec import channel_spec
-from recoverprune.pruning.channels import count_macs
+from recoverprune.pruning.measure import count_macs
 
 pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
 
@@ -23,6 +32,12 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _channels(compensate: bool = False, **kw) -> ChannelConfig | CompensatedChannelConfig:
+    """A ChannelConfig, wrapped in the experimental compensation when asked."""
+    cfg = ChannelConfig(**kw)
+    return CompensatedChannelConfig(cfg) if compensate else cfg
 
 
 def _calibrated(model: nn.Module) -> nn.Module:
@@ -50,8 +65,8 @@ def _tiny_torchvision() -> dict[str, nn.Module]:
 def test_every_model_gets_smaller_and_still_runs(name):
     model = create_model(name) if name in list_models() else _tiny_torchvision()[name]
     model.eval()
-    cfg = ChannelConfig(image_size=32, compensate=True)  # + BN statistics on X: no synthesis
-    small = prune(model, 0.5, structure="channel", channel=cfg, data=X)
+    cfg = _channels(compensate=True, amount=0.5)  # + BN statistics on X: no synthesis
+    small = prune(model, cfg, data=X, input=InputSpec.of(model, image_size=32))
     with torch.no_grad():
         assert small(X).shape == model(X).shape
         assert torch.isfinite(small(X)).all()
@@ -61,7 +76,7 @@ def test_every_model_gets_smaller_and_still_runs(name):
 
 
 def test_exact_channel_counts_resnet20():
-    small = prune(resnet20(), 0.5, structure="channel", data=X)
+    small = prune(resnet20(), ChannelConfig(amount=0.5), data=X)
     for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
         stream = 16 if stage == "layer1" else width // 2  # layer1's stream is conv1's: protected
         for block in getattr(small, stage):
@@ -76,8 +91,8 @@ def test_exact_channel_counts_resnet20():
 
 
 def test_residual_false_prunes_only_inside_blocks():
-    cfg = ChannelConfig(residual=False)
-    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
+    cfg = ChannelConfig(amount=0.5, residual=False)
+    small = prune(resnet20(), cfg, data=X)
     for stage, width in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
         for block in getattr(small, stage):
             assert block.conv1.out_channels == width // 2 and block.conv2.out_channels == width
@@ -89,21 +104,21 @@ def test_residual_false_prunes_only_inside_blocks():
 @pytest.mark.parametrize("compensate", [True, False])
 def test_amount_zero_computes_the_teacher_function(residual, compensate):
     teacher = _calibrated(resnet32())
-    cfg = ChannelConfig(residual=residual, compensate=compensate)  # BN re-estimation is on
-    same = prune(teacher, 0.0, structure="channel", channel=cfg)  # and makes no images
+    cfg = _channels(compensate, amount=0.0, residual=residual)  # BN re-estimation is on
+    same = prune(teacher, cfg)  # and makes no images
     with torch.no_grad():
         torch.testing.assert_close(same(X), teacher(X), atol=1e-5, rtol=1e-5)
 
 
 def test_round_to_keeps_multiples():
-    small = prune(resnet20(), 0.6, structure="channel", channel=ChannelConfig(round_to=4), data=X)
+    small = prune(resnet20(), ChannelConfig(amount=0.6, round_to=4), data=X)
     assert all(b.conv1.out_channels % 4 == 0 for b in small.layer1)
 
 
 def test_kept_channels_are_the_teacher_slices():
     teacher = _calibrated(resnet20())
-    cfg = ChannelConfig(recalibrate_images=0)  # the teacher's statistics, sliced
-    small = prune(teacher, 0.5, structure="channel", channel=cfg)
+    cfg = ChannelConfig(amount=0.5, recalibrate=False)  # the teacher's statistics, sliced
+    small = prune(teacher, cfg)
     kept = kept_channels(small)
     idx, stream = kept["layer2.1.conv1"], kept["layer2.1.conv2"]
     assert torch.equal(kept["layer2.1.bn1"], idx) and len(idx) == 16 and len(stream) == 16
@@ -122,15 +137,9 @@ def test_kept_channels_are_the_teacher_slices():
 def test_teacher_bitwise_unchanged(importance):
     teacher = _calibrated(resnet20())
     before, flags = fingerprint(teacher), [p.requires_grad for p in teacher.parameters()]
-    cfg = ChannelConfig(
-        importance=importance,
-        calibration_images=8,
-        calibration_iterations=2,
-        compensate=True,
-        recalibrate_images=8,
-        recalibrate_iterations=2,
-    )
-    prune(teacher, 0.5, structure="channel", channel=cfg)
+    cfg = _channels(True, importance=importance, amount=0.5)
+    budget = Calibration(images=8, iterations=2, taylor_images=8, taylor_iterations=2)
+    prune(teacher, cfg, calibration=budget)
     assert fingerprint(teacher) == before and not teacher.training
     assert [p.requires_grad for p in teacher.parameters()] == flags
     assert all(p.grad is None for p in teacher.parameters())
@@ -139,8 +148,8 @@ def test_teacher_bitwise_unchanged(importance):
 def test_taylor_on_given_images_differs_from_magnitude():
     teacher = _calibrated(resnet20())
     images = torch.randn(16, 3, 32, 32)
-    taylor = prune(teacher, 0.5, structure="channel", channel=ChannelConfig("taylor"), data=images)
-    magnitude = prune(teacher, 0.5, structure="channel", data=images)
+    taylor = prune(teacher, ChannelConfig("taylor", amount=0.5), data=images)
+    magnitude = prune(teacher, ChannelConfig(amount=0.5), data=images)
     a, b = kept_channels(taylor), kept_channels(magnitude)
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
@@ -149,7 +158,7 @@ def test_taylor_on_given_images_differs_from_magnitude():
 def test_speedup_budget_is_met_closely(speedup):
     teacher = resnet32()
     cfg = ChannelConfig(speedup=speedup)
-    small = prune(teacher, None, structure="channel", channel=cfg, data=X)
+    small = prune(teacher, cfg, data=X)
     ratio = count_macs(teacher, X) / count_macs(small, X)
     assert speedup <= ratio < speedup * 1.1
 
@@ -158,15 +167,15 @@ def test_target_macs_and_unreachable_budget():
     teacher = resnet20()
     goal = count_macs(teacher, X) // 2
     cfg = ChannelConfig(target_macs=goal)
-    small = prune(teacher, None, structure="channel", channel=cfg, data=X)
+    small = prune(teacher, cfg, data=X)
     assert count_macs(small, X) <= goal
     with pytest.raises(ValueError, match="cannot reach"):
-        prune(teacher, None, structure="channel", channel=ChannelConfig(speedup=50))
+        prune(teacher, ChannelConfig(speedup=50))
 
 
 def test_channel_then_unstructured_in_one_call():
-    cfg = ChannelConfig(unstructured=0.5)
-    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
+    cfg = ChannelConfig(amount=0.5, unstructured=0.5)
+    small = prune(resnet20(), cfg, data=X)
     assert small.layer1[0].conv1.out_channels == 8
     report = sparsity(small)
     layers = [la for la in report.layers if not la.name.endswith("shortcut")]
@@ -176,9 +185,9 @@ def test_channel_then_unstructured_in_one_call():
 
 @pytest.mark.parametrize("compensate", [True, False])
 def test_save_load_round_trip_weights_only(tmp_path, compensate):
-    cfg = ChannelConfig(unstructured=0.3, compensate=compensate)
+    cfg = _channels(compensate, amount=0.5, unstructured=0.3)
     teacher = _calibrated(resnet20())
-    small = prune(teacher, 0.5, structure="channel", channel=cfg, data=torch.randn(8, 3, 32, 32))
+    small = prune(teacher, cfg, data=torch.randn(8, 3, 32, 32))
     path = tmp_path / "small.pt"
     save_atomic({"state_dict": small.state_dict(), "channel_spec": channel_spec(small)}, path)
     loaded = load_model("resnet20", path)  # torch.load(weights_only=True) inside
@@ -192,7 +201,7 @@ def test_save_load_round_trip_weights_only(tmp_path, compensate):
 
 
 def test_export_matches_eager(tmp_path):
-    small = _calibrated(prune(resnet20(), 0.5, structure="channel", data=X))
+    small = _calibrated(prune(resnet20(), ChannelConfig(amount=0.5), data=X))
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         want = small(x)
@@ -224,39 +233,42 @@ def test_unresolvable_coupling_names_the_layers():
     with pytest.raises(ValueError, match=r"'conv'.*'stem'.*exclude=\['conv', 'stem'\]"):
         prune(
             _FunctionalPad(),
-            0.5,
-            structure="channel",
-            channel=ChannelConfig(protect_first=False, image_size=8),
+            ChannelConfig(amount=0.5, protect_first=False),
+            input=InputSpec(size=8),
         )
 
 
 def test_option_a_stream_kept_whole_without_residual_even_unprotected():
-    cfg = ChannelConfig(protect_first=False, residual=False)
-    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
+    cfg = ChannelConfig(amount=0.5, protect_first=False, residual=False)
+    small = prune(resnet20(), cfg, data=X)
     assert small.conv1.out_channels == 16 and small.layer3[2].conv2.out_channels == 64
-    cfg = ChannelConfig(protect_first=False)
-    small = prune(resnet20(), 0.5, structure="channel", channel=cfg, data=X)
+    cfg = ChannelConfig(amount=0.5, protect_first=False)
+    small = prune(resnet20(), cfg, data=X)
     assert small.conv1.out_channels == 8 and small.layer1[0].conv2.out_channels == 8
 
 
 def test_exclude_keeps_a_layer_whole():
-    small = prune(resnet20(), 0.5, structure="channel", exclude=["layer1.0.conv1"], data=X)
+    small = prune(resnet20(), ChannelConfig(amount=0.5), exclude=["layer1.0.conv1"], data=X)
     assert small.layer1[0].conv1.out_channels == 16 and small.layer1[1].conv1.out_channels == 8
 
 
 def test_clear_import_error_without_torch_pruning(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     with pytest.raises(ImportError, match=r"recoverprune\[channel\]"):
-        prune(resnet20(), 0.5, structure="channel")
+        prune(resnet20(), ChannelConfig(amount=0.5))
 
 
-def test_bad_structure_and_config():
-    with pytest.raises(ValueError, match="structure"):
-        prune(resnet20(), 0.5, structure="filters")  # type: ignore[arg-type]
+def test_bad_config():
     with pytest.raises(ValueError, match="speedup"):
         ChannelConfig(speedup=0.5)
-    with pytest.raises(TypeError, match="amount"):
-        prune(resnet20(), None, structure="channel")
+    with pytest.raises(ValueError, match="amount"):
+        ChannelConfig(amount=1.5)
+    with pytest.raises(ValueError, match="give one of amount, speedup and target_macs"):
+        ChannelConfig(amount=0.5, speedup=2.0)
+    with pytest.raises(ValueError, match="needs a budget"):
+        prune(resnet20(), ChannelConfig())
+    with pytest.raises(ValueError, match="images"):
+        Calibration(images=1)
 
 
 def test_cli_prune_channel_round_trip(tmp_path, capsys):
@@ -284,18 +296,19 @@ def test_cli_prune_channel_round_trip(tmp_path, capsys):
     assert load_model("resnet20", out).layer2[0].conv1.out_channels == 16
 
 
+@pytest.mark.slow
 def test_compress_channel_saves_loads_and_resumes(tmp_path):
     from recoverprune import compress
 
     teacher = _calibrated(resnet20())
-    kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False, structure="channel")
-    res = compress(teacher, 0.5, **kwargs)
+    kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False)
+    res = compress(teacher, ChannelConfig(amount=0.5), **kwargs)
     assert res.report["structure"] == "channel"
     assert res.student.layer2[0].conv1.out_channels == 16
     loaded = load_model("resnet20", tmp_path / "student.pt")
     with torch.no_grad():
         assert torch.equal(loaded(X), res.student.eval()(X))
-    again = compress(teacher, 0.5, **kwargs)  # resumes from pruned.pt: same widths
+    again = compress(teacher, ChannelConfig(amount=0.5), **kwargs)  # resumes: same widths
     assert again.student.layer3[0].shortcut.out_channels == 32
 
 
@@ -316,6 +329,7 @@ def _bench(tmp_path, *extra: str) -> dict:
     return json.loads((tmp_path / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_channel_benchmark_tiny_latency(tmp_path):
     row = _bench(tmp_path)["rows"][0]
     assert row["macs"][0] / row["macs"][1] >= 2.0 and row["params"][1] < row["params"][0]
@@ -334,7 +348,7 @@ def test_channel_benchmark_tiny_recovery(shared_dir, tmp_path):
 
 def test_train_mode_teacher_keeps_its_statistics():
     teacher = _calibrated(resnet20()).train()
-    small = prune(teacher, 0.5, structure="channel", data=X)  # BN statistics re-estimated ...
+    small = prune(teacher, ChannelConfig(amount=0.5), data=X)  # BN statistics re-estimated ...
     kept = kept_channels(small)["layer1.0.bn1"]
     assert small.training  # mode of the input is kept ...
     # ... but only where pruning changed a BatchNorm's input: not in layer1.0.bn1
@@ -350,8 +364,8 @@ def test_frozen_teacher_gives_a_whole_student(importance):
     # the graph is traced through autograd: a frozen teacher once gave a student whose
     # residual stream was pruned in the shortcut but not in the blocks
     frozen = _calibrated(resnet20()).requires_grad_(False)
-    cfg = ChannelConfig(importance, recalibrate_images=0)  # nothing runs the student here
-    small = prune(frozen, 0.5, structure="channel", channel=cfg, data=torch.randn(8, 3, 32, 32))
+    cfg = ChannelConfig(importance, amount=0.5, recalibrate=False)  # the student never runs
+    small = prune(frozen, cfg, data=torch.randn(8, 3, 32, 32))
     assert not any(p.requires_grad for p in small.parameters())  # the flags are kept
     assert not any(p.requires_grad for p in frozen.parameters())
     with torch.no_grad():

@@ -32,9 +32,7 @@ resumes. Plots need the ``bench`` extra (matplotlib).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import shutil
 import sys
 import time
@@ -43,6 +41,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
+
+from _common import (
+    DATA,
+    ROOT,
+    SHARED_TEACHERS,
+    TEACHERS,
+    cell,
+    config_key,
+    jpeg_teacher,
+    machine,
+    set_seconds,
+    shared_teacher,
+    stem,
+    synthesis_seconds,
+    update_block,
+)
 
 from recoverprune import (
     PRESETS,
@@ -57,38 +73,17 @@ from recoverprune import (
     sparsity,
     synthesize,
 )
-from recoverprune.core.io import write_json_atomic
+from recoverprune.core.io import sha256_file, write_json_atomic
 from recoverprune.core.runtime import generator
 from recoverprune.data import load_split
 from recoverprune.models import load_model
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
 COLUMNS = ("teacher", "pruned", "deepinversion", "seed", "noise", "real", "adi")
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def _stem(arch: str) -> str:
-    """A file-name-safe form of a model spec (``torchvision:resnet18`` -> ``torchvision-resnet18``)."""
-    return arch.replace(":", "-").replace("/", "-")
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
     """The JPEG-fine-tuned teacher of ``arch`` (trained once with train_teacher.py)."""
-    path = Path(args.teachers) / f"{_stem(arch)}-jpeg.pt"
+    path = jpeg_teacher(arch, args.teachers)
     if path.is_file():
         return path
     if arch == "resnet20" and not args.retrain_default:
@@ -98,10 +93,8 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
         from recoverprune.models.default import DEFAULT_TEACHER_FILE
 
         return Path(str(resources.files("recoverprune") / "_assets" / DEFAULT_TEACHER_FILE))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import train_teacher
+    import train_teacher  # benchmarks/, on the path above
 
-    init = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}.get(arch)
     cmd = [
         "--arch",
         arch,
@@ -114,8 +107,8 @@ def ensure_teacher(arch: str, args: argparse.Namespace) -> Path:
         "--device",
         args.device,
     ]
-    if init:
-        cmd += ["--init", str(SHARED / "teachers" / init)]
+    if arch in SHARED_TEACHERS:
+        cmd += ["--init", str(shared_teacher(arch))]
     elif ":" in arch:  # a torchvision/timm architecture: from scratch, at --image-size
         cmd += ["--epochs", str(args.scratch_epochs), "--lr", str(args.scratch_lr)]
         cmd += ["--image-size", str(args.image_size), "--batch-size", "256"]
@@ -142,6 +135,46 @@ def real_set(n: int, train: Any, seed: int) -> SyntheticImages:
     idx = torch.randperm(len(train), generator=generator(seed, "real"))[:n]
     x, y = train.batch(idx)
     return SyntheticImages(x, y, mean=train.mean, std=train.std)
+
+
+def _synthesize(
+    teacher: torch.nn.Module, n: int, args: argparse.Namespace, out_dir: Path, **options: Any
+) -> SyntheticImages:
+    """``n`` DeepInversion images of ``teacher`` in ``out_dir`` (resumed, or refused when
+    made otherwise), at the run's batch size, seed, device and switches unless ``options``
+    say otherwise."""
+    options = {"batch_size": args.batch_size, "accel": args.accel, **options}
+    return synthesize(
+        teacher,
+        n,
+        out_dir=out_dir,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+        **options,
+    )
+
+
+def _recovered(
+    teacher: torch.nn.Module,
+    amount: float,
+    data: SyntheticImages,
+    config: DistillConfig,
+    test: Any,
+    args: argparse.Namespace,
+) -> float:
+    """Test top-1 of ``teacher`` pruned to ``amount`` and recovered on ``data``."""
+    student = recover(
+        teacher,
+        prune(teacher, amount),
+        data,
+        config=config,
+        seed=args.seed,
+        device=args.device,
+        accel=args.accel,
+        progress=args.progress,
+    )
+    return evaluate(student, test, device=args.device, progress=False).top1
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,40 +209,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             splits[key] = data
         return splits[key]
 
-    def cell(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any] | None:
-        key = f"{name}:{_key(config)}"
-        if key in results["cells"]:
-            return results["cells"][key]
-        if args.only_cached:
+    def measured(name: str, config: dict[str, Any], fn: Any) -> dict[str, Any] | None:
+        key = f"{name}:{config_key(config)}"
+        if args.only_cached and key not in results["cells"]:
             return None  # not measured (yet): a "-" in the table
-        t0 = time.perf_counter()
-        top1 = fn()
-        rec = {
-            "name": name,
-            "top1": top1,
-            "seconds": time.perf_counter() - t0,
-            "config": config,
-            **_machine(),
-        }
-        results["cells"][key] = rec
-        write_json_atomic(results, results_path)
-        print(json.dumps({k: rec[k] for k in ("name", "top1", "seconds")}), flush=True)
-        return rec
+        return cell(results, results_path, key, fn, name=name, config=config)
 
     def do_row(arch: str, amount: float) -> dict[str, Any]:
         tpath = ensure_teacher(arch, args)
         teacher = load_model(arch, tpath)
         test = split("test", teacher)
-        base = {"arch": arch, "teacher_file": tpath.name, "teacher_sha": _file_sha(tpath)}
+        base = {"arch": arch, "teacher_file": tpath.name, "teacher_sha": sha256_file(tpath)[:12]}
         line: dict[str, Any] = {"arch": arch, "amount": amount}
-        line["teacher"] = cell(
+        line["teacher"] = measured(
             f"{arch}/teacher",
             base,
             lambda t=teacher: evaluate(t, test, device=args.device, progress=False).top1,
         )
         pruned = prune(teacher, amount)
         line["sparsity"] = sparsity(pruned).overall
-        line["pruned"] = cell(
+        line["pruned"] = measured(
             f"{arch}@{amount}/pruned",
             {**base, "amount": amount},
             lambda p=pruned: evaluate(p, test, device=args.device, progress=False).top1,
@@ -222,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
         }
         synth_dir = args.synthetic_from.get(
-            arch, out / "synthetic" / f"{_stem(arch)}-{_key(synth_cfg)}"
+            arch, out / "synthetic" / f"{stem(arch)}-{config_key(synth_cfg)}"
         )
         made: dict[str, Any] = {}
         line["synthesis_seconds"] = set_seconds(synth_dir)
@@ -231,21 +250,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             """The row's DeepInversion set, made (or resumed) only when a column needs it."""
             if "di" not in made:
                 t_syn = time.perf_counter()
-                made["di"] = synthesize(
-                    teacher,
-                    args.n,
-                    config=inv,
-                    batch_size=args.batch_size,
-                    out_dir=synth_dir,
-                    seed=args.seed,
-                    device=args.device,
-                    accel=args.accel,
-                    progress=args.progress,
-                )  # resumes, or refuses a dir made otherwise
+                made["di"] = _synthesize(teacher, args.n, args, synth_dir, config=inv)
                 line["synthesis_seconds"] = synthesis_seconds(made["di"]) or (
                     time.perf_counter() - t_syn
                 )
-                grid = out / f"synthetic-grid-{_stem(arch)}.png"
+                grid = out / f"synthetic-grid-{stem(arch)}.png"
                 if not grid.exists():
                     made["di"].save_grid(grid)
             return made["di"]
@@ -254,30 +263,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "deepinversion": deepinversion,
             "noise": lambda: noise_set(args.n, InputSpec.of(teacher), args.seed),
             "real": lambda: real_set(args.n, split("train", teacher), args.seed),
-            "seed": lambda: synthesize(  # the seed recipe's own set: synthesis batch 32
+            "seed": lambda: _synthesize(  # the seed recipe's own set: synthesis batch 32
                 teacher,
                 args.n,
+                args,
+                out / "synthetic" / f"{stem(arch)}-seed-{config_key(synth_cfg)}",
                 config=inv,
                 batch_size=min(seed_preset.batch_size, args.batch_size),
-                out_dir=out / "synthetic" / f"{_stem(arch)}-seed-{_key(synth_cfg)}",
-                seed=args.seed,
-                device=args.device,
-                accel=args.accel,
-                progress=args.progress,
             ),
         }
         if "adi" in args.columns:
             adi_cfg = replace(inv, competition_weight=args.adi_weight)
-            sources["adi"] = lambda: synthesize(
+            sources["adi"] = lambda: _synthesize(
                 teacher,
                 args.n,
+                args,
+                out / "synthetic" / f"{stem(arch)}-adi-{amount}-{config_key(synth_cfg)}",
                 config=adi_cfg,
-                batch_size=args.batch_size,
                 student=prune(teacher, amount),
-                seed=args.seed,
-                device=args.device,
-                out_dir=out / "synthetic" / f"{_stem(arch)}-adi-{amount}-{_key(synth_cfg)}",
-                progress=args.progress,
+                accel=None,
             )
         for col in ("deepinversion", "seed", "noise", "real", "adi"):
             if col not in args.columns:
@@ -288,20 +292,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cfg["batch"] = min(seed_preset.batch_size, args.batch_size)
 
             def job(col: str = col, col_dcfg: DistillConfig = col_dcfg) -> float:
-                data = sources[col]()
-                student = recover(
-                    teacher,
-                    prune(teacher, amount),
-                    data,
-                    config=col_dcfg,
-                    seed=args.seed,
-                    device=args.device,
-                    accel=args.accel,
-                    progress=args.progress,
-                )
-                return evaluate(student, test, device=args.device, progress=False).top1
+                return _recovered(teacher, amount, sources[col](), col_dcfg, test, args)
 
-            rec = cell(f"{arch}@{amount}/{col}", cfg, job)
+            rec = measured(f"{arch}@{amount}/{col}", cfg, job)
             line[col] = rec
         return line
 
@@ -309,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for row in args.rows:
         arch, amount_s = row.rsplit(":", 1)
         table.append(do_row(arch, float(amount_s)))
-    sweep = run_sweep(args, out, results, cell, inv, dcfg, split) if args.sweep_n else []
+    sweep = run_sweep(args, out, results, measured, inv, dcfg, split) if args.sweep_n else []
     results["sweep"] = sweep
     results["table"] = [
         {k: (v["top1"] if isinstance(v, dict) else v) for k, v in line.items()} for line in table
@@ -325,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sweep_arch": args.sweep_arch,
         "sweep_amount": args.sweep_amount,
         "command": " ".join(a for a in sys.argv if a != "--only-cached"),
-        **_machine(),
+        **machine(),
     }
     write_json_atomic(results, results_path)
     md = to_markdown(results, table)
@@ -342,7 +335,7 @@ def run_sweep(
     args: argparse.Namespace,
     out: Path,
     results: dict[str, Any],
-    cell: Any,
+    measured: Any,
     inv: InversionConfig,
     dcfg: DistillConfig,
     split: Any,
@@ -355,7 +348,7 @@ def run_sweep(
     n_max = max(args.sweep_n)
     cfg = {
         "arch": arch,
-        "teacher_sha": _file_sha(tpath),
+        "teacher_sha": sha256_file(tpath)[:12],
         "n": n_max,
         "inversion": asdict(inv),
         "batch": args.batch_size,
@@ -366,17 +359,8 @@ def run_sweep(
         big = SyntheticImages.load(given)  # subsets of the set the table rows used
         cfg["n"] = len(big)
     else:
-        big = synthesize(
-            teacher,
-            n_max,
-            config=inv,
-            batch_size=args.batch_size,
-            out_dir=out / "synthetic" / f"{_stem(arch)}-sweep-{_key(cfg)}",
-            seed=args.seed,
-            device=args.device,
-            accel=args.accel,
-            progress=args.progress,
-        )
+        sweep_dir = out / "synthetic" / f"{stem(arch)}-sweep-{config_key(cfg)}"
+        big = _synthesize(teacher, n_max, args, sweep_dir, config=inv)
     results["sweep_synthesis_seconds"] = synthesis_seconds(big)
     results["sweep_set_n"] = len(big)
     rows = []
@@ -385,19 +369,9 @@ def run_sweep(
         def job(n: int = n) -> float:
             x, y = big.get_batch(torch.arange(n))
             subset = SyntheticImages(x, y, mean=big.mean, std=big.std)
-            student = recover(
-                teacher,
-                prune(teacher, amount),
-                subset,
-                config=dcfg,
-                seed=args.seed,
-                device=args.device,
-                accel=args.accel,
-                progress=args.progress,
-            )
-            return evaluate(student, test, device=args.device, progress=False).top1
+            return _recovered(teacher, amount, subset, dcfg, test, args)
 
-        rec = cell(
+        rec = measured(
             f"{arch}@{amount}/sweep-n{n}",
             {**cfg, "subset": n, "amount": amount, "distill": asdict(dcfg)},
             job,
@@ -405,26 +379,6 @@ def run_sweep(
         if rec is not None:
             rows.append({"n": n, "top1": rec["top1"], "seconds": rec["seconds"]})
     return rows
-
-
-def synthesis_seconds(images: SyntheticImages) -> float | None:
-    """Seconds a synthesis set took: the sum of the per-batch times it records (None when
-    it records none, e.g. noise or real images)."""
-    stats = images.meta.get("stats") or []
-    return sum(st.get("seconds", 0.0) for st in stats) or None
-
-
-def set_seconds(directory: Path) -> float | None:
-    """:func:`synthesis_seconds` of the finished set in ``directory``, or None when the set
-    is absent or unfinished."""
-    try:
-        return synthesis_seconds(SyntheticImages.load(directory))
-    except FileNotFoundError:
-        return None
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
@@ -569,34 +523,15 @@ def render(paths: list[str]) -> str:
     )
 
 
-def replace_block(text: str, marker: str, body: str) -> str:
-    """``text`` with what stands between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``
-    replaced by ``body`` (both markers must be there).
-
-    Example:
-        >>> replace_block("a<!-- x:begin -->old<!-- x:end -->b", "x", "new\\n")
-        'a<!-- x:begin -->\\nnew\\n<!-- x:end -->b'
-    """
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    pre, rest = text.split(begin, 1)
-    post = rest.split(end, 1)[1]
-    return pre + begin + "\n" + body + end + post
-
-
 def _update_readme(md: str, out: Path | None = None, marker: str = "results") -> None:
-    """Put the table between the ``marker`` markers of README.md and docs/results.md."""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    for page in (ROOT / "README.md", ROOT / "docs" / "results.md"):
-        text = page.read_text()
-        if begin not in text or end not in text:
-            continue
-        body = md
-        if page.parent.name == "docs" and out is not None:
-            assets = ROOT / "docs" / "assets"
-            for png in sorted(out.glob("accuracy-vs-*.png")):
-                shutil.copyfile(png, assets / png.name)
-                body += f"\n![{png.stem}](assets/{png.name})\n"
-        page.write_text(replace_block(text, marker, body))
+    """Put the table between the ``marker`` markers of README.md and docs/results.md (the
+    docs page also shows the plots of ``out``)."""
+    update_block(ROOT / "README.md", marker, md)
+    body = md
+    for png in sorted(out.glob("accuracy-vs-*.png")) if out is not None else []:
+        shutil.copyfile(png, ROOT / "docs" / "assets" / png.name)
+        body += f"\n![{png.stem}](assets/{png.name})\n"
+    update_block(ROOT / "docs" / "results.md", marker, body)
 
 
 def plots(results: dict[str, Any], table: list[dict[str, Any]], out: Path) -> None:
@@ -693,8 +628,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--scratch-epochs", type=int, default=30, help="training a torchvision teacher")
     p.add_argument("--scratch-lr", type=float, default=0.1)
     p.add_argument("--image-size", type=int, default=32, help="input size of torchvision teachers")
-    p.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
-    p.add_argument("--teachers", default=str(ROOT / "runs" / "teachers"))
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--teachers", default=str(TEACHERS))
     p.add_argument("--out", default=str(ROOT / "runs" / "cifar10"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

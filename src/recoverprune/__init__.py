@@ -4,122 +4,67 @@ The three calls:
 
 ```python
 from recoverprune import prune, synthesize, recover
-student = prune(teacher, amount=0.75)
+student = prune(teacher, 0.75)
 synthetic = synthesize(teacher, n=10_000)
 student = recover(teacher, student, synthetic)
 ```
+
+Each public name loads on first use, so that ``import recoverprune`` (and the command's
+``--help``) does not pay for torch. Features measured worse live in
+``recoverprune.experimental``, outside ``__all__``.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-import os
-import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recoverprune.core.version import __version__
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the one list of the public names: type checkers and docs read it here,
+    # and it yields ``__all__`` and the lazy loader below (scientific-python's SPEC 1 idea)
     from recoverprune.core.runtime import Accel
     from recoverprune.core.spec import InputSpec
-    from recoverprune.data.evaluate import EvalResult, evaluate
     from recoverprune.data.synthetic import SyntheticImages
     from recoverprune.distill.config import DistillConfig
     from recoverprune.distill.loop import recover
+    from recoverprune.distill.source import TransferSource
+    from recoverprune.evaluation.evaluate import EvalResult, evaluate
     from recoverprune.pipeline.compress import compress
     from recoverprune.pipeline.presets import PRESETS, Preset
-    from recoverprune.pipeline.prune import prune
+    from recoverprune.pipeline.prune import Calibration, prune
     from recoverprune.pipeline.report import CompressResult
     from recoverprune.pruning.blocks import BlockConfig
     from recoverprune.pruning.channel_spec import channel_spec, kept_channels
     from recoverprune.pruning.channels import ChannelConfig
     from recoverprune.pruning.export import export
-    from recoverprune.pruning.masks import finalize, is_pruned
+    from recoverprune.pruning.masks import UnstructuredConfig, finalize, is_pruned
     from recoverprune.pruning.sparsity import LayerSparsity, SparsityReport, sparsity
     from recoverprune.synthesis.config import InversionConfig
-    from recoverprune.synthesis.generator import GeneratorConfig
     from recoverprune.synthesis.inversion import synthesize
-    from recoverprune.synthesis.stream import StreamConfig, SyntheticStream
 
-# Where each public name lives. Started as the ``recoverprune`` command (console script or
-# ``python -m``), the package loads them on first use, so that ``recoverprune --help`` does
-# not pay for torch; ``cli.main`` loads ``core.runtime`` before it joins a process group.
-# Everywhere else ``import recoverprune`` loads them at once, which also imports
-# ``torch._dynamo`` before a user's own ``init_process_group`` (see ``core.runtime``).
-_WHERE = {
-    "SyntheticImages": "data.synthetic",
-    "DistillConfig": "distill.config",
-    "recover": "distill.loop",
-    "EvalResult": "data.evaluate",
-    "evaluate": "data.evaluate",
-    "InversionConfig": "synthesis.config",
-    "synthesize": "synthesis.inversion",
-    "GeneratorConfig": "synthesis.generator",
-    "StreamConfig": "synthesis.stream",
-    "SyntheticStream": "synthesis.stream",
-    "PRESETS": "pipeline.presets",
-    "CompressResult": "pipeline.report",
-    "Preset": "pipeline.presets",
-    "compress": "pipeline.compress",
-    "LayerSparsity": "pruning.sparsity",
-    "SparsityReport": "pruning.sparsity",
-    "finalize": "pruning.masks",
-    "is_pruned": "pruning.masks",
-    "prune": "pipeline.prune",
-    "sparsity": "pruning.sparsity",
-    "Accel": "core.runtime",
-    "InputSpec": "core.spec",
-    "ChannelConfig": "pruning.channels",
-    "BlockConfig": "pruning.blocks",
-    "channel_spec": "pruning.channel_spec",
-    "export": "pruning.export",
-    "kept_channels": "pruning.channel_spec",
-}
+
+def _public_names() -> dict[str, str]:
+    """Each public name and its module, read from the ``TYPE_CHECKING`` imports above."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If))  # ``if TYPE_CHECKING:``
+    imports = [n for n in block.body if isinstance(n, ast.ImportFrom)]
+    return {alias.name: str(n.module) for n in imports for alias in n.names}
+
+
+_WHERE = _public_names()
+__all__ = ["__version__", *_WHERE]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'recoverprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"recoverprune.{_WHERE[name]}"), name)
+    value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-if os.path.basename(sys.argv[0]) not in ("recoverprune", "recoverprune.exe", "-m"):
-    for _name in _WHERE:
-        __getattr__(_name)
-
-__all__ = [
-    "PRESETS",
-    "Accel",
-    "BlockConfig",
-    "ChannelConfig",
-    "CompressResult",
-    "DistillConfig",
-    "EvalResult",
-    "GeneratorConfig",
-    "InputSpec",
-    "InversionConfig",
-    "LayerSparsity",
-    "Preset",
-    "SparsityReport",
-    "StreamConfig",
-    "SyntheticImages",
-    "SyntheticStream",
-    "__version__",
-    "channel_spec",
-    "compress",
-    "evaluate",
-    "export",
-    "finalize",
-    "is_pruned",
-    "kept_channels",
-    "prune",
-    "recover",
-    "sparsity",
-    "synthesize",
-]

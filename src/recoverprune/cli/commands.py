@@ -13,6 +13,7 @@ from recoverprune.cli.options import (
     apply_overrides,
     bars,
     block_config,
+    calibration_config,
     channel_budget,
     channel_config,
 )
@@ -30,11 +31,9 @@ __all__ = [
 
 
 def _load(args: argparse.Namespace, path: str, teacher: bool = True) -> Any:
-    """Load ``--arch`` from ``path`` and attach the input description (options > checkpoint).
-
-    A teacher's weights are checked for plausibility; a student (which a short recovery
-    may legitimately leave with extreme BatchNorm statistics) is not.
-    """
+    """Load ``--arch`` from ``path`` with its input description (options > checkpoint); a
+    teacher's weights are checked for plausibility (a short recovery may leave a student's
+    BatchNorm statistics extreme)."""
     from recoverprune.core.spec import InputSpec
     from recoverprune.core.validate import check_image_size, check_plausible
     from recoverprune.models import load_model
@@ -46,12 +45,19 @@ def _load(args: argparse.Namespace, path: str, teacher: bool = True) -> Any:
     # the zoo's size hint is what its models are trained at; a torchvision/timm builder's
     # hint is its reference weights' size, which says nothing about the user's checkpoint
     recorded = InputSpec.of(model).size if parse_spec(args.arch)[0] == "zoo" else None
-    spec = InputSpec.of(
-        model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
-    )
+    spec = _spec(model, args)
     if args.image_size is not None:
         check_image_size(model, spec.shape, trained=recorded, what=f"checkpoint {path}")
     return spec.attach(model)
+
+
+def _spec(model: Any, args: argparse.Namespace) -> Any:
+    """The input description of ``model`` with the ``--image-size/--channels/--mean/--std`` given."""
+    from recoverprune.core.spec import InputSpec
+
+    return InputSpec.of(
+        model, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
+    )
 
 
 def _input(model: Any) -> dict[str, Any]:
@@ -60,27 +66,39 @@ def _input(model: Any) -> dict[str, Any]:
     return InputSpec.of(model).to_dict()
 
 
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed, device, acceleration and progress options every long command passes on."""
+    return {"seed": args.seed, "device": args.device, "accel": accel(args), "progress": bars(args)}
+
+
 def _labelled(model: Any, data: str | None, args: argparse.Namespace) -> Any:
     """``data`` as given, or read now when ``--resize`` or ``--classes`` asks for it."""
     classes, subset = getattr(args, "classes", None), getattr(args, "subset", False)
     if data is None or (args.resize is None and classes is None and not subset):
         return data
-    from recoverprune.data.evaluate import resolve_data
+    from recoverprune.evaluation.evaluate import resolve_data
 
-    return resolve_data(model, data, resize=args.resize, classes=classes, subset=subset)
+    return resolve_data(model, data, input=_read_as(model, args), classes=classes, subset=subset)
+
+
+def _read_as(model: Any, args: argparse.Namespace) -> Any:
+    """How a data path is read for ``model``: its own input spec, resized by ``--resize``."""
+    if args.resize is None:
+        return None
+    from recoverprune.core.spec import InputSpec
+
+    return InputSpec.of(model, image_size=args.resize)
 
 
 def _save_model(model: Any, path: str, **extra: Any) -> None:
-    from recoverprune.core.io import save_atomic
-    from recoverprune.data.evaluate import model_classes
+    """``model`` in the one model-file format (:func:`~recoverprune.core.io.save_model`),
+    with its channel widths (load_model reshapes from them) and class names."""
+    from recoverprune.core.io import save_model
+    from recoverprune.evaluation.evaluate import model_classes
     from recoverprune.pruning.channel_spec import channel_spec
 
-    if channel_spec(model) is not None:  # channel-pruned: load_model reshapes from this
-        extra["channel_spec"] = channel_spec(model)
-    if model_classes(model):  # class names travel with the checkpoint
-        extra["label_names"] = model_classes(model)
-
-    save_atomic({"state_dict": model.state_dict(), **extra}, path)
+    names = model_classes(model) or None
+    save_model(model, path, channel_spec=channel_spec(model), label_names=names, **extra)
 
 
 def init_distributed() -> None:
@@ -110,7 +128,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from recoverprune.data.evaluate import evaluate
+    from recoverprune.evaluation.evaluate import evaluate
 
     model = _load(args, args.checkpoint, teacher=False)
     res = evaluate(
@@ -120,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_dir=args.cache_dir,
-        resize=args.resize,
+        input=_read_as(model, args),
         classes=args.classes,
         subset=args.subset,
         progress=bars(args),
@@ -135,7 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from rich import print as rprint
 
-    from recoverprune import prune, sparsity
+    from recoverprune import UnstructuredConfig, prune, sparsity
+    from recoverprune.core.spec import InputSpec
 
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     block = block_config(args)  # refuses block options that do not fit, before loading
@@ -147,33 +166,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "--speedup or --latency-speedup, take none)"
         )
     model = _load(args, args.checkpoint)
-    if args.structure in ("channel", "block"):
-        pruned = prune(
-            model,
-            args.amount,
-            exclude=args.exclude or (),
-            structure=args.structure,
-            channel=channel,
-            block=block,
-        )
-        _save_model(
-            pruned,
-            args.out,
-            arch=args.arch,
-            amount=args.amount,
-            structure=args.structure,
-            input=_input(model),
-        )
+    if args.structure == "unstructured":
+        how: Any = UnstructuredConfig(args.amount, scope=args.scope, include=args.include)
+        meta, kw = {"scope": args.scope}, {}
+    else:
+        how, meta = [c for c in (block, channel) if c is not None], {"structure": args.structure}
+        spec = InputSpec.of(model, image_size=args.image_size)
+        kw = {"calibration": calibration_config(args), "input": spec}
+    pruned = prune(model, how, exclude=args.exclude or (), **kw)
+    _save_model(pruned, args.out, arch=args.arch, amount=args.amount, input=_input(model), **meta)
+    if args.structure == "unstructured":
+        title = f"{args.arch} pruned ({args.scope}, amount {args.amount})"
+        rprint(sparsity(pruned).table(title=title))
+    else:
         print(_smaller(args.arch, model, pruned))
-        print(f"wrote {args.out}")
-        return 0
-    pruned = prune(
-        model, args.amount, scope=args.scope, exclude=args.exclude or (), include=args.include
-    )
-    _save_model(
-        pruned, args.out, arch=args.arch, amount=args.amount, scope=args.scope, input=_input(model)
-    )
-    rprint(sparsity(pruned).table(title=f"{args.arch} pruned ({args.scope}, amount {args.amount})"))
     print(f"wrote {args.out}")
     return 0
 
@@ -183,7 +189,7 @@ def _smaller(arch: str, model: Any, pruned: Any) -> str:
     import torch
 
     from recoverprune.pruning.channel_spec import dropped_blocks, kept_channels
-    from recoverprune.pruning.channels import count_macs
+    from recoverprune.pruning.measure import count_macs
 
     x = torch.zeros(1, *model.pretrained_cfg["input_size"])
     params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
@@ -199,6 +205,7 @@ def _smaller(arch: str, model: Any, pruned: Any) -> str:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from recoverprune import InversionConfig, synthesize
+    from recoverprune.core.spec import InputSpec
 
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
     teacher = _load(args, args.checkpoint)
@@ -209,13 +216,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         config=cfg,
         batch_size=args.batch_size,
         iterations=args.iterations,
-        image_size=args.image_size,
+        input=InputSpec.of(teacher, image_size=args.image_size),
         out_dir=args.out,
-        seed=args.seed,
-        device=args.device,
-        accel=accel(args),
-        progress=bars(args),
         overwrite=args.overwrite,
+        **_runtime(args),
     )
     grid = Path(args.out) / "grid.png"
     ds.save_grid(grid)
@@ -229,14 +233,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from recoverprune.distill.loop import CHECKPOINT, FINAL, HISTORY
 
     out = Path(args.out)
+    written = [out / name for name in (CHECKPOINT, FINAL, HISTORY)]
+    inputs = {"--teacher": args.teacher, "--student": args.student, "--synthetic": args.synthetic}
     check_outputs(
-        {
-            "--teacher": args.teacher,
-            "--student": args.student,
-            "--synthetic": args.synthetic,
-            "--val-data": args.val_data,
-        },
-        {"--out": out, **{name: out / name for name in (CHECKPOINT, FINAL, HISTORY)}},
+        {**inputs, "--val-data": args.val_data},
+        {"--out": out, **{path.name: path for path in written}},
         untouched=["--val-data"],
     )
     teacher = _load(args, args.teacher)
@@ -253,18 +254,39 @@ def cmd_recover(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             val_data=_labelled(student, args.val_data, args),
             out_dir=args.out,
-            seed=args.seed,
-            device=args.device,
-            accel=accel(args),
-            progress=bars(args),
+            **_runtime(args),
         ),
-        [Path(args.out) / f for f in (CHECKPOINT, FINAL, HISTORY)],
+        written,
         args.overwrite,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # with the input description, for `evaluate`
-        _save_model(student, str(Path(args.out) / FINAL), arch=args.arch, input=_input(student))
-    print(f"wrote {Path(args.out) / 'student.pt'}")
+        _save_model(student, str(out / FINAL), arch=args.arch, input=_input(student))
+    print(f"wrote {out / 'student.pt'}")
     return 0
+
+
+def _compress_how(args: argparse.Namespace, block: Any) -> Any:
+    """What ``compress`` prunes: the configs of ``--structure`` (default amount 0.75)."""
+    from dataclasses import replace
+
+    from recoverprune import UnstructuredConfig
+
+    amount = 0.75 if args.amount is None else args.amount
+    if args.structure == "unstructured":
+        return UnstructuredConfig(amount, scope=args.scope)
+    channel = channel_config(args)
+    if args.structure == "channel" and not channel_budget(args):
+        channel = replace(channel, amount=amount)
+    return [c for c in (block, channel) if c is not None]
+
+
+def _source(args: argparse.Namespace) -> Any:
+    """The transfer source of ``--synthesis``: ``None`` (the DeepInversion set) or the stream."""
+    if args.synthesis != "stream":
+        return None
+    from recoverprune.experimental.stream import StreamSource
+
+    return StreamSource()
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -290,30 +312,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
         _startup(args, teacher)
     res = compress(
         teacher,
-        args.amount,
+        _compress_how(args, block),
         out_dir=args.out,
         preset=args.preset,
         n=args.n,
         iterations=args.iterations,
         epochs=args.epochs,
-        scope=args.scope,
         exclude=args.exclude or (),
-        structure=args.structure,
-        channel=channel_config(args),
-        block=block,
-        synthesis=args.synthesis,
+        calibration=calibration_config(args),
+        source=_source(args),
         inversion=apply_overrides(InversionConfig(), args, "di-"),
         distill=apply_overrides(PRESETS[args.preset].distill or DistillConfig(), args, "kd-"),
         eval_data=_labelled(teacher, args.eval_data, args),
-        image_size=args.image_size,
-        mean=args.mean,
-        std=args.std,
-        channels=args.channels,
-        seed=args.seed,
-        device=args.device,
-        accel=accel(args),
-        progress=bars(args),
+        input=_spec(teacher, args),
         overwrite=args.overwrite,
+        **_runtime(args),
     )
     if args.no_progress and not args.quiet:
         from recoverprune.pipeline.report import print_report
@@ -327,13 +340,12 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
     """The start-up summary of ``compress``: teacher, stages, budgets, output, threads, time."""
     from recoverprune import PRESETS
     from recoverprune.core.progress import console, duration, plan
-    from recoverprune.core.spec import infer_input_shape
+    from recoverprune.core.spec import InputSpec
     from recoverprune.core.threads import threads
     from recoverprune.pipeline.estimate import rough_seconds
 
     p = PRESETS[args.preset]
-    n, iterations = args.n or p.n, args.iterations or p.iterations
-    epochs = args.epochs or p.epochs
+    n, iterations, epochs = args.n or p.n, args.iterations or p.iterations, args.epochs or p.epochs
     who = f"{args.arch} from {args.checkpoint}" if args.checkpoint else "bundled ResNet-20"
     if args.structure == "block" and args.block_speedup is not None:
         what = f"drop residual blocks to {args.block_speedup}x fewer MACs"
@@ -358,16 +370,9 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
     try:
         if args.synthesis == "stream":
             raise ValueError("not modelled for --synthesis stream yet")
-        shape = infer_input_shape(teacher, getattr(args, "image_size", None))
-        est = rough_seconds(
-            teacher,
-            shape,
-            n=n,
-            iterations=iterations,
-            epochs=epochs,
-            batch_size=p.batch_size,
-            device=args.device,
-        )
+        shape = InputSpec.of(teacher, image_size=args.image_size).shape
+        budget = {"n": n, "iterations": iterations, "epochs": epochs, "batch_size": p.batch_size}
+        est = rough_seconds(teacher, shape, **budget, device=args.device)
     except (ValueError, RuntimeError) as exc:  # the stages will say what is wrong
         lines.append(f"time estimate unavailable ({exc})")
     else:

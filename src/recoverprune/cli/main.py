@@ -23,14 +23,24 @@ def _rank() -> int:
     return dist_info()[0]
 
 
-def _settle_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` (else the automatic policy) and say what was chosen."""
-    from recoverprune.core.progress import console
-    from recoverprune.core.threads import set_threads, threads
+def _run(args: argparse.Namespace) -> int:
+    """Run the command on the CPU threads the policy picks for it (``--threads`` wins).
 
+    The policy is the command's, never the library's: all CPUs on an idle machine, fewer
+    beside a busy job, looked at again at the progress steps of long loops.
+    """
+    if not hasattr(args, "threads"):
+        return int(args.func(args))
+    from recoverprune.core.progress import console, on_advance
+    from recoverprune.core.threads import revisit, set_threads, threads
+
+    if _rank() > 0:  # one start-up summary and threads line, from rank 0
+        args.quiet = True
     chosen = set_threads(args.threads) if args.threads is not None else threads()
     if not args.quiet and (args.command != "compress"):
         console.print(chosen.line(), markup=False, highlight=False)
+    with on_advance(lambda: revisit(verbose=not args.quiet)):
+        return int(args.func(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,11 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         init_distributed()
-        if hasattr(args, "threads"):
-            if _rank() > 0:  # one start-up summary and threads line, from rank 0
-                args.quiet = True
-            _settle_threads(args)
-        return int(args.func(args))
+        return _run(args)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

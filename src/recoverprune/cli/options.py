@@ -20,6 +20,7 @@ __all__ = [
     "apply_overrides",
     "bars",
     "block_config",
+    "calibration_config",
     "channel_budget",
     "channel_config",
     "config_default",
@@ -63,16 +64,13 @@ def add_output(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model(
-    p: argparse.ArgumentParser,
-    required: bool = True,
-    flag: str = "--checkpoint",
-    resize: bool = False,
-) -> None:
+def add_model(p: argparse.ArgumentParser, required: bool = True, resize: bool = False) -> None:
     default = "" if required else " (default: none, the bundled ResNet-20 teacher)"
     p.add_argument("--arch", required=required, help=f"{ARCH_HELP}{default}")
     p.add_argument(
-        flag, required=required, help=f"checkpoint file (state_dict or dict holding one){default}"
+        "--checkpoint",
+        required=required,
+        help=f"checkpoint file (state_dict or dict holding one){default}",
     )
     p.add_argument(
         "--num-classes", type=int, default=None, help="default: read from the checkpoint"
@@ -145,16 +143,10 @@ def config_overrides(
         if f.name in skip or kind not in (int, float, bool, str):
             continue
         opt = f"--{prefix}{f.name.replace('_', '-')}"
-        if kind is bool:
-            p.add_argument(
-                opt,
-                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                default=None,
-                metavar="BOOL",
-                help=f"(default {f.default})",
-            )
-        else:
-            p.add_argument(opt, type=kind, default=None, help=f"(default {f.default})")
+        parse = (lambda s: s.lower() in ("1", "true", "yes", "on")) if kind is bool else kind
+        metavar = "BOOL" if kind is bool else None
+        text = f"(default {f.default})"
+        p.add_argument(opt, type=parse, default=None, metavar=metavar, help=text)
 
 
 def apply_overrides(cfg: Any, args: argparse.Namespace, prefix: str) -> Any:
@@ -232,29 +224,41 @@ def channel_budget(args: argparse.Namespace) -> bool:
 
 
 def channel_config(args: argparse.Namespace) -> Any:
-    """The :class:`~recoverprune.ChannelConfig` of ``--structure channel``, or of
-    ``--structure block --speedup X`` (the channel pruning after the blocks), else ``None``."""
+    """The :class:`~recoverprune.ChannelConfig` of ``--structure channel`` or of ``--structure
+    block --speedup X`` (wrapped in the experimental ``LatencyConfig`` by ``--latency-speedup``),
+    else ``None``; ``--amount`` is its budget when no speed-up is given."""
     from recoverprune import ChannelConfig
+    from recoverprune.experimental.latency import LatencyConfig
 
     if args.structure != "channel" and (args.structure != "block" or not channel_budget(args)):
         if args.latency_speedup is not None:
             raise ValueError("--latency-speedup needs --structure channel (or block)")
         return None
-    return ChannelConfig(
+    cfg = ChannelConfig(
         importance=args.importance,
+        amount=None if channel_budget(args) else args.amount,
         speedup=args.speedup,
-        latency_speedup=args.latency_speedup,
-        recalibrate_images=args.recalibrate_images,
-        image_size=getattr(args, "image_size", None),
+        recalibrate=args.recalibrate_images != 0,
     )
+    if args.latency_speedup is None:
+        return cfg
+    if args.speedup is not None:
+        raise ValueError("give one of --speedup and --latency-speedup")
+    return LatencyConfig(args.latency_speedup, channel=cfg)
+
+
+def calibration_config(args: argparse.Namespace) -> Any:
+    """The :class:`~recoverprune.Calibration` of ``--recalibrate-images N`` (N > 0), else
+    ``None`` (the automatic budget; 0 turns re-estimation off in the configs)."""
+    from recoverprune import Calibration
+
+    n = args.recalibrate_images
+    return Calibration(images=n) if n else None
 
 
 def block_config(args: argparse.Namespace) -> Any:
-    """The :class:`~recoverprune.BlockConfig` of ``--structure block``, else ``None``.
-
-    Refuses the block options without ``--structure block``, and ``--amount`` with it, by
-    name (``--speedup`` then prunes the remaining channels: :func:`channel_config`).
-    """
+    """The :class:`~recoverprune.BlockConfig` of ``--structure block``, else ``None``; refuses
+    the block options without it, and ``--amount`` with it, by name."""
     from recoverprune import BlockConfig
 
     drop, speedup = args.drop_blocks, args.block_speedup
@@ -267,14 +271,8 @@ def block_config(args: argparse.Namespace) -> Any:
             "--structure block drops whole blocks and takes no --amount: give --drop-blocks N "
             "or --block-speedup X"
         )
-    n = args.recalibrate_images
-    return BlockConfig(
-        drop=drop,
-        speedup=speedup,
-        images=n or None,  # 0: the automatic budget scores the blocks, statistics are kept
-        recalibrate=n != 0,
-        image_size=getattr(args, "image_size", None),
-    )
+    # --recalibrate-images 0: the automatic budget scores the blocks, statistics are kept
+    return BlockConfig(drop=drop, speedup=speedup, recalibrate=args.recalibrate_images != 0)
 
 
 def configs() -> tuple[type, type]:

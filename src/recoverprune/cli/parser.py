@@ -164,11 +164,7 @@ def _synthesize_parser(sub: Any, full: bool) -> None:
         default=None,
         help=f"steps per batch (default {config_default(full, 0, 'iterations')})",
     )
-    if full:
-        config_overrides(p, configs()[0], "di-", skip=("iterations",))
-    add_runtime(p)
-    add_overwrite(p)
-    p.set_defaults(func=cmd_synthesize)
+    _finish(p, cmd_synthesize, full, "di-")
 
 
 def _recover_parser(sub: Any, full: bool) -> None:
@@ -195,11 +191,7 @@ def _recover_parser(sub: Any, full: bool) -> None:
     p.add_argument("--val-data", default=None, help="labelled data to track top-1 (default: none)")
     add_classes(p)
     add_input(p, resize=True)
-    if full:
-        config_overrides(p, configs()[1], "kd-", skip=("epochs",))
-    add_runtime(p)
-    add_overwrite(p)
-    p.set_defaults(func=cmd_recover)
+    _finish(p, cmd_recover, full, "kd-")
 
 
 def _compress_parser(sub: Any, full: bool) -> None:
@@ -269,9 +261,15 @@ def _compress_parser(sub: Any, full: bool) -> None:
         help="output directory; rerun the same command to resume (default recoverprune-out)",
     )
     add_structure(p)
-    if full:
-        config_overrides(p, configs()[0], "di-", skip=("iterations",))
-        config_overrides(p, configs()[1], "kd-", skip=("epochs",))
+    _finish(p, cmd_compress, full, "di-", "kd-")
+
+
+def _finish(p: Any, func: Any, full: bool, *prefixes: str) -> None:
+    """The config overrides of ``prefixes`` (when ``full``), runtime and ``--overwrite``."""
+    budgets = {"di-": (0, "iterations"), "kd-": (1, "epochs")}  # set by their own options
+    for prefix in prefixes if full else ():
+        which, own = budgets[prefix]
+        config_overrides(p, configs()[which], prefix, skip=(own,))
     add_runtime(p)
     add_overwrite(p)
-    p.set_defaults(func=cmd_compress)
+    p.set_defaults(func=func)

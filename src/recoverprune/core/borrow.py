@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-__all__ = ["Placement", "borrowed", "keep_storage", "placed"]
+__all__ = ["Placement", "borrowed", "eval_mode", "keep_storage", "placed"]
 
 
 class Placement(Protocol):
@@ -57,6 +57,31 @@ def keep_storage(model: nn.Module) -> Callable[[], None]:
 
 
 @contextmanager
+def eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Models in eval mode; every submodule's ``training`` flag restored afterwards.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> net[1].eval()  # doctest: +ELLIPSIS
+        Dropout(...)
+        >>> with eval_mode(net, None):
+        ...     net.training
+        False
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    modes = [(sub, sub.training) for m in models if m is not None for sub in m.modules()]
+    try:
+        for m in models:
+            if m is not None:
+                m.eval()
+        yield
+    finally:
+        for sub, flag in modes:
+            sub.training = flag
+
+
+@contextmanager
 def borrowed(*models: nn.Module | None, runtime: Placement | None = None) -> Iterator[None]:
     """Put models in eval mode with frozen parameters (on ``runtime``'s device and memory
     format when given); restore every flag and tensor afterwards.
@@ -74,26 +99,21 @@ def borrowed(*models: nn.Module | None, runtime: Placement | None = None) -> Ite
         (True, True)
     """
     mods = [m for m in models if m is not None]
-    modes = [[(sub, sub.training) for sub in m.modules()] for m in mods]
-    grads = [[(p, p.requires_grad) for p in m.parameters()] for m in mods]
+    grads = [(p, p.requires_grad) for m in mods for p in m.parameters()]
     restores = [keep_storage(m) for m in mods] if runtime is not None else []
     try:
-        for m in mods:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-            if runtime is not None:
-                runtime.prepare_model(m)
-        yield
+        with eval_mode(*mods):
+            for m in mods:
+                for p in m.parameters():
+                    p.requires_grad_(False)
+                if runtime is not None:
+                    runtime.prepare_model(m)
+            yield
     finally:
         for restore in restores:
             restore()
-        for snapshot in modes:
-            for sub, flag in snapshot:
-                sub.training = flag
-        for snapshot in grads:
-            for p, flag in snapshot:
-                p.requires_grad_(flag)
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:

@@ -35,7 +35,6 @@ def explain(exc: BaseException) -> str | None:
         >>> explain(KeyError("x")) is None
         True
     """
-
     if isinstance(exc, OSError) and exc.errno is not None:
         return _explain_os(exc)
     if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):  # torch, full disk

@@ -19,10 +19,8 @@ TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+(\.tmp|\.old)?$")
 
 
 def remove_outputs(paths: Sequence[Path]) -> None:
-    """Delete files and directories so that a kill part-way leaves only hidden leftovers.
-
-    Each one is first renamed to a hidden ``.NAME.PID.old`` next to it (atomic), then
-    removed; :func:`clean_stale` removes such leftovers on the next run.
+    """Delete files and directories, each first renamed to a hidden ``.NAME.PID.old`` (what
+    a kill part-way leaves, :func:`clean_stale` removes on the next run).
 
     Example:
         >>> import tempfile, pathlib
@@ -43,22 +41,18 @@ def remove_outputs(paths: Sequence[Path]) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
-        return True  # exists, owned by someone else
+    except OSError:  # exists, owned by someone else
+        pass
     return True
 
 
 def clean_stale(directory: str | os.PathLike[str], before: float | None = None) -> list[Path]:
-    """Remove hidden temporaries left in ``directory`` by a killed run; return what went.
-
-    A temporary is stale when its process is gone and it is older than ``before``
-    (default: now), so files another live process is writing are never touched.
+    """Remove the hidden temporaries of dead processes older than ``before`` (default: now)
+    from ``directory`` (a live writer's are never touched); return what went.
 
     Example:
         >>> import tempfile, pathlib
@@ -87,10 +81,7 @@ def clean_stale(directory: str | os.PathLike[str], before: float | None = None) 
 
 
 def check_writable(directory: str | os.PathLike[str]) -> Path:
-    """Create ``directory`` if needed and prove a file can be written there.
-
-    Raises:
-        OSError: read-only file system, no permission, ... (:func:`explain` words it).
+    """Create ``directory`` if needed and prove a file can be written there (else ``OSError``).
 
     Example:
         >>> import tempfile

@@ -1,12 +1,9 @@
 """File I/O: atomic writes, safe checkpoint loading, manifests and fingerprints.
 
-Everything a long job writes goes through :func:`atomic_path`, so a crash or Ctrl-C
-never leaves a half-written file under its final name. Everything read from a user
-goes through :func:`load_checkpoint`, which uses ``torch.load(..., weights_only=True)``:
-checkpoint files are data, never code. A checkpoint is also what it claims to be: a
-hub-style hash in its name (``resnet20-12fca82f.th``) is checked against the file's
-SHA-256, and the tensors of a checkpoint this library wrote against the digest written
-with them (:data:`DIGEST_KEY`).
+Everything a long job writes goes through :func:`atomic_path` (a crash never leaves a
+half-written file under its final name); every checkpoint read goes through
+:func:`load_checkpoint` (``weights_only=True``: data, never code; checked against the hash
+in its name and the digest written with it).
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ __all__ = [
     "name_hash",
     "read_json",
     "save_atomic",
+    "save_model",
     "sha256_file",
     "state_digest",
     "write_json_atomic",
@@ -62,12 +60,8 @@ class CheckpointError(ValueError):
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only on success.
-
-    The temporary file lives in the same directory, so the final ``os.replace`` is
-    atomic on POSIX and Windows. On any exception the temporary file is removed and
-    ``path`` is left exactly as it was.
-    """
+    """Yield a temporary path beside ``path`` (so ``os.replace`` is atomic); move it into
+    place only on success, else remove it and leave ``path`` as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # the pid in the name lets a later run tell a killed writer's leftover from a live one's
@@ -87,11 +81,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically and return the path.
-
-    A dict holding a state dict (under one of :data:`STATE_KEYS`) is saved with the digest
-    of its tensors under :data:`DIGEST_KEY` (``obj`` itself is not changed), which
-    :func:`load_checkpoint` verifies: a file changed on disk afterwards is refused.
+    """``torch.save`` ``obj`` to ``path`` atomically; a dict holding a state dict gets the
+    digest of its tensors (:data:`DIGEST_KEY`), which :func:`load_checkpoint` verifies.
 
     Example:
         >>> import tempfile
@@ -108,6 +99,21 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def save_model(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
+    """Write ``model`` as ``{"state_dict": ..., **meta}`` (``None`` entries left out): the one
+    format of ``student.pt`` and ``pruned.pt``.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "student.pt"
+        >>> _ = save_model(nn.Linear(2, 1), p, amount=0.5, channel_spec=None)
+        >>> sorted(load_checkpoint(p))
+        ['amount', 'state_dict', 'state_sha256']
+    """
+    record = {k: v for k, v in meta.items() if v is not None}
+    return save_atomic({"state_dict": model.state_dict(), **record}, path)
+
+
 def _state_key(obj: Any) -> str | None:
     """The key of ``obj`` holding a state dict (all tensors), or ``None``."""
     if not isinstance(obj, Mapping):
@@ -116,15 +122,12 @@ def _state_key(obj: Any) -> str | None:
 
 
 def _is_state(x: Any) -> bool:
-    return (
-        isinstance(x, Mapping) and bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
-    )
+    is_dict = isinstance(x, Mapping) and bool(x)
+    return is_dict and all(isinstance(v, torch.Tensor) for v in x.values())
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of a state dict: every entry's name, shape, dtype and bytes.
-
-    Independent of the device the tensors are on and of the order of the entries.
+    """SHA-256 (hex) of every entry's name, shape, dtype and bytes, whatever the device or order.
 
     Example:
         >>> a = state_digest({"w": torch.ones(2), "b": torch.zeros(1)})
@@ -145,10 +148,7 @@ _SHA_CACHE: dict[tuple[str, int, int, int, int, int], str] = {}
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks.
-
-    Kept for the process while the file's device, inode, size, modification and change
-    times stay the same (any write changes them), so a file read twice is hashed once.
+    """SHA-256 (hex) of a file's bytes; cached while its inode, size and times are unchanged.
 
     Example:
         >>> import tempfile
@@ -170,11 +170,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def name_hash(path: str | os.PathLike[str]) -> str | None:
-    """The hash prefix a hub-style file name claims (``resnet20-12fca82f.th``), or ``None``.
-
-    As torch.hub's ``check_hash``: 8 to 64 lower-case hex digits after the last ``-``,
-    before the extension. A tag of decimal digits only (``epoch-00000100.pt``, a date) is
-    a counter, not a hash.
+    """The hash prefix a hub-style file name claims (8 to 64 hex digits after the last ``-``,
+    as torch.hub's ``check_hash``), or ``None``; decimal digits only are a counter.
 
     Example:
         >>> name_hash("resnet20-12fca82f.th"), name_hash("epoch-00000100.pt"), name_hash("a.pt")
@@ -212,12 +209,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint as data (``weights_only=True``) with errors that say what to do.
 
-    A hash prefix in the file name (see :func:`name_hash`) is compared with the file's
-    SHA-256 (streamed, and hashed once per process while the file is unchanged), and the
-    digest a checkpoint written by :func:`save_atomic` carries with its tensors (files
-    without one, written elsewhere or by older versions, load as before). A name whose hash does not match is
-    tolerated, with a warning, only when the file carries a digest that verifies: then its
-    contents are intact and the name's hex is a coincidence.
+    A hash prefix in the name (:func:`name_hash`) is checked against the file's SHA-256, and
+    a digest written by :func:`save_atomic` against its tensors. A name whose hash does not
+    match is tolerated, with a warning, only when the file's digest verifies.
 
     Raises:
         CheckpointError: the file does not exist, is not a PyTorch checkpoint, or is not
@@ -267,11 +261,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def _verify_digest(obj: Any, p: Path) -> bool:
-    """Whether ``obj`` carries a :data:`DIGEST_KEY` that matches its tensors.
-
-    Raises:
-        CheckpointError: it carries one that does not match.
-    """
+    """Whether ``obj`` carries a :data:`DIGEST_KEY`; :class:`CheckpointError` if it does not match."""
     record = obj.get(DIGEST_KEY) if isinstance(obj, Mapping) else None
     if not isinstance(record, Mapping):
         return False
@@ -304,15 +294,10 @@ def _torch_load(p: Path, map_location: str | torch.device) -> Any:
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the state dict in a loaded checkpoint and strip ``module.`` prefixes.
-
-    Accepts a plain state dict, or a dict holding it under ``state_dict``, ``model``,
-    ``student`` or ``model_state_dict`` (the common layouts), as saved after
-    ``DataParallel``/``DistributedDataParallel`` (``module.``) or ``torch.compile``
-    (``_orig_mod.``).
-    """
+    """The state dict of a loaded checkpoint (itself, or under one of :data:`STATE_KEYS`),
+    without the ``module.``/``_orig_mod.`` prefixes of (Distributed)DataParallel and compile."""
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "student", "model_state_dict"):
+        for key in STATE_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
@@ -351,9 +336,6 @@ def fingerprint(model: nn.Module) -> str:
 def load_own(path: Path) -> Any:
     """Load a checkpoint this library wrote into an output directory (resume state).
 
-    Raises:
-        CheckpointError: it is corrupt; the message says to delete it and rerun.
-
     Example:
         >>> import tempfile, torch
         >>> p = Path(tempfile.mkdtemp()) / "pruned.pt"
@@ -363,7 +345,6 @@ def load_own(path: Path) -> Any:
         ...
         recoverprune.core.io.CheckpointError: ...pruned.pt is corrupt or truncated (...); delete it and rerun the same command: only the stage it belongs to is redone.
     """
-
     try:
         return load_checkpoint(path)
     except CheckpointError as exc:

@@ -37,18 +37,14 @@ def check_outputs(
     """Refuse outputs that resolve to one of the inputs, before anything is read or computed.
 
     Args:
-        inputs: what the command reads, by the name the user knows it by
-            (``{"--checkpoint": "T.th", "--data": "cifar/"}``); ``None`` entries are skipped.
-        outputs: every path it writes or may replace: files (``{"--out": "T.th"}``), and for
-            a directory output, the directory and the files it writes in it
-            (``{"--out": out, "student.pt": out / "student.pt"}``).
-        untouched: names of ``inputs`` (labelled data folders) inside which nothing may be
-            written: a directory made there would be read as one more class.
+        inputs: what the command reads, by the name the user knows it (``{"--data": "cifar/"}``).
+        outputs: every path it writes or may replace, for a directory also the files in it
+            (``{"--out": out, "student.pt": out / "student.pt"}``). ``None`` entries are skipped.
+        untouched: names of ``inputs`` (labelled data) inside which nothing may be written.
 
     Raises:
-        ValueError: an output is the same file or directory as an input (through symlinks,
-            hard links or ``..``), or lies inside an ``untouched`` input; the message
-            names both and says what to pass instead. Nothing has been written.
+        ValueError: an output is an input (through links or ``..``) or lies inside an
+            ``untouched`` one; the message names both and what to pass instead.
 
     Example:
         >>> import tempfile, pathlib

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["Bar", "console", "duration", "interval", "plan", "progress"]
+__all__ = ["Bar", "console", "duration", "interval", "on_advance", "plan", "progress"]
 
 
 console = Console(stderr=True)
@@ -34,6 +34,31 @@ console = Console(stderr=True)
 
 #: Estimated seconds of the stages still to come, by bar description, in run order.
 _plan: dict[str, float] = {}
+
+#: Called after every step of every bar (see :func:`on_advance`).
+_hook: Callable[[], object] | None = None
+
+
+@contextmanager
+def on_advance(hook: Callable[[], object]) -> Iterator[None]:
+    """Call ``hook()`` after every step of every bar, inside the ``with`` block.
+
+    The command line hooks its thread policy here (``core.threads.revisit``), so that the
+    CPU threads of a long job follow the machine; the library itself hooks nothing.
+
+    Example:
+        >>> seen = []
+        >>> with on_advance(lambda: seen.append(1)), progress("Work", 2, enabled=False) as bar:
+        ...     bar.advance(1); bar.advance(1)
+        >>> seen
+        [1, 1]
+    """
+    global _hook
+    old, _hook = _hook, hook
+    try:
+        yield
+    finally:
+        _hook = old
 
 
 def interval() -> float:
@@ -110,6 +135,8 @@ class Bar:
         if self._c0 is None:  # the first call may be a jump (a resumed run), not a rate
             self._c0, self._t0 = self.completed, time.monotonic()
         self._refresh()
+        if _hook is not None:
+            _hook()
 
     def update(self, **fields: Any) -> None:
         """Update some status fields without advancing."""

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["available_memory", "check_job_size", "job_bytes"]
+__all__ = ["available_memory", "check_job_size"]
 
 
 #: bytes of book-keeping per image besides its pixels: an int64 label, the shuffled copy it
@@ -23,12 +23,10 @@ PER_BATCH_BYTES = 128
 
 def _cgroup_room() -> int | None:
     """Bytes the cgroup (v2 or v1) still lets this process use, if it sets a limit."""
+    v2, v1 = "/sys/fs/cgroup/memory.", "/sys/fs/cgroup/memory/memory."
     for limit, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
+        (v2 + "max", v2 + "current"),
+        (v1 + "limit_in_bytes", v1 + "usage_in_bytes"),
     ):
         try:
             cap = Path(limit).read_text().strip()
@@ -41,8 +39,8 @@ def _cgroup_room() -> int | None:
 
 
 def available_memory() -> int | None:
-    """Bytes of RAM a new allocation can get: ``MemAvailable`` from ``/proc/meminfo``
-    (else ``os.sysconf``), lowered to what the cgroup still allows; ``None`` if unknown.
+    """Bytes of RAM a new allocation can get (``MemAvailable``, else ``sysconf``, lowered to
+    the cgroup's room), or ``None`` if unknown.
 
     Example:
         >>> room = available_memory()
@@ -68,25 +66,6 @@ def available_memory() -> int | None:
     return room
 
 
-def job_bytes(
-    n: int, shape: Sequence[int], batch_size: int, *, in_memory: bool, value_bytes: int = 4
-) -> tuple[int, int]:
-    """``(memory, disk)`` bytes a job over ``n`` images of ``shape`` needs, roughly.
-
-    Memory: the per-image and per-batch book-keeping, plus, with ``in_memory``, the
-    images twice (the batches kept, and the set assembled from them). Disk: the images
-    once, as shards of ``value_bytes`` per value (``float32``).
-
-    Example:
-        >>> job_bytes(1000, (3, 32, 32), 100, in_memory=False)
-        (25280, 12288000)
-    """
-    pixels = n * math.prod(int(s) for s in shape) * value_bytes
-    batches = math.ceil(n / max(int(batch_size), 1))
-    memory = n * PER_IMAGE_BYTES + batches * PER_BATCH_BYTES + (2 * pixels if in_memory else 0)
-    return memory, pixels
-
-
 def _size(b: float) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if b >= scale:
@@ -104,11 +83,9 @@ def check_job_size(
 ) -> None:
     """Refuse a job whose images clearly do not fit in memory or, with ``out_dir``, on disk.
 
-    Called with the job's arguments, before anything of the size of ``n`` is allocated.
-    Without ``out_dir`` the images are kept in memory; with it they are streamed to
-    shards there (the disk must hold them; the directory need not exist yet: the nearest
-    existing parent is asked). Unknown free memory (no ``/proc/meminfo``, no ``sysconf``)
-    is not checked.
+    Without ``out_dir`` the images are kept in memory (twice: the batches and the set made
+    from them); with it they are streamed to float32 shards there (the nearest existing
+    parent is asked for room). Unknown free memory is not checked.
 
     Raises:
         ValueError: not enough memory; the message says how much is needed and available.
@@ -122,7 +99,9 @@ def check_job_size(
         ValueError: synthesising 10,000,000,000,000 images of 3x32x32 needs about ... TB of memory (the images twice and their labels); ... are available. Pass a smaller n (--n), or an output directory (out_dir=, --out) to stream the images to disk.
     """
     dims = "x".join(str(int(s)) for s in shape)
-    memory, disk = job_bytes(n, shape, batch_size, in_memory=out_dir is None)
+    disk = n * math.prod(int(s) for s in shape) * 4
+    batches = math.ceil(n / max(int(batch_size), 1))
+    memory = n * PER_IMAGE_BYTES + batches * PER_BATCH_BYTES + (2 * disk if out_dir is None else 0)
     room = available_memory()
     if room is not None and memory > room:
         how = "the images twice and their labels" if out_dir is None else "labels and batch plan"

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-import torch._dynamo  # eager on purpose, see below
+import torch._dynamo  # eager: imported after a gloo group exists, it pins it (docs/distributed.md)
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from recoverprune.core.threads import Threads, machine, threads
+from recoverprune.core.threads import current, machine
 
 __all__ = [
     "Accel",
@@ -65,7 +66,6 @@ class Runtime:
     compile: bool
     rank: int = 0
     world_size: int = 1
-    threads: Threads | None = None
 
     @property
     def is_main(self) -> bool:
@@ -86,9 +86,10 @@ class Runtime:
         return x
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` (in place) to the device and memory format."""
+        """Move ``model`` (in place) to the device and memory format (a model with lazy
+        parameters still to be shaped keeps its format)."""
         model.to(self.device)
-        if self.channels_last:
+        if self.channels_last and not any(is_lazy(p) for p in model.parameters()):
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return model
 
@@ -107,7 +108,7 @@ class Runtime:
             "compile": self.compile,
             "world_size": self.world_size,
             "torch": str(torch.__version__),
-            "threads": asdict(self.threads) if self.threads else None,
+            "threads": asdict(current()),
             "machine": machine(),
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
@@ -178,7 +179,9 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
             message lists the devices it has).
 
     Example:
-        >>> resolve("cpu").amp_dtype is None
+        >>> resolve("cpu").amp_dtype is (torch.bfloat16 if cpu_has_native_bf16() else None)
+        True
+        >>> resolve("cpu", Accel(amp="off")).amp_dtype is None
         True
         >>> resolve("gpu")
         Traceback (most recent call last):
@@ -204,7 +207,7 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
     channels_last = fast if accel.channels_last is None else accel.channels_last
     compile_ = cuda if accel.compile is None else accel.compile
     rank, world = dist_info()
-    return Runtime(dev, amp_dtype, channels_last, compile_, rank, world, threads())
+    return Runtime(dev, amp_dtype, channels_last, compile_, rank, world)
 
 
 def cpu_has_native_bf16() -> bool:

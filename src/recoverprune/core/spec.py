@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["InputSpec", "infer_input_shape", "per_channel"]
+__all__ = ["InputSpec", "per_channel"]
 
 
 #: Per-channel mean of the standard input normalisation (ImageNet's values, also used by the
@@ -212,34 +212,3 @@ class InputSpec:
         model.pretrained_cfg = cfg
         return model
 
-
-def infer_input_shape(
-    model: nn.Module, image_size: int | Sequence[int] | None = None
-) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the model's input: channels from the first convolution, size from
-    ``image_size`` or the model's ``pretrained_cfg["input_size"]`` hint.
-
-    Raises:
-        ValueError: the size cannot be known; pass ``image_size``.
-
-    Example:
-        >>> from torch import nn
-        >>> infer_input_shape(nn.Sequential(nn.Conv2d(1, 4, 3)), image_size=28)
-        (1, 28, 28)
-    """
-    cfg = _model_cfg(model)
-    if image_size is None and "input_size" in cfg:
-        c, h, w = (int(v) for v in cfg["input_size"])
-        return c, h, w
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer: cannot infer input channels")
-    if image_size is None:
-        raise ValueError(
-            f"cannot tell the input image size of {type(model).__name__}: pass image_size "
-            "(e.g. image_size=32 for CIFAR, 224 for ImageNet models)"
-        )
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2:
-        raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}")
-    return conv.in_channels, int(size[0]), int(size[1])

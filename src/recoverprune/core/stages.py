@@ -82,7 +82,7 @@ def _short(value: Any) -> str:
 
 
 def run_stage(compute: Callable[[], T], outputs: Sequence[Path], overwrite: bool) -> T:
-    """Run ``compute``; on a :class:`StageMismatch` with ``overwrite``, remove ``outputs`` and rerun.
+    """Run ``compute``; on a :class:`StageMismatch` with ``overwrite``, remove ``outputs``, rerun.
 
     Example:
         >>> run_stage(lambda: 3, [], overwrite=False)

@@ -1,10 +1,12 @@
-"""CPU threads: how many a run uses on a machine shared with other work, and the machine's name.
+"""CPU threads: how many the command line uses on a shared machine, and the machine's name.
 
-The automatic choice looks at what the CPUs do *now*: a short sample of ``/proc/stat`` on
-the CPUs this process may run on, less this process's own CPU time over the same window,
-says how many CPUs other processes keep busy. :func:`revisit`, called at the natural
-boundaries of a long loop (a synthesis batch, a distillation epoch), looks again over the
-time since the last look and steps the choice up or down. A number the user set is kept.
+The policy is the command line's alone: no library call sets threads (the library reads
+them, :func:`current`). The automatic choice (:func:`threads`) looks at what the CPUs do
+*now*: a short sample of ``/proc/stat`` on the CPUs this process may run on, less this
+process's own CPU time over the same window, says how many CPUs other processes keep
+busy. :func:`revisit`, which the command hooks to every progress step
+(:func:`~recoverprune.core.progress.on_advance`), looks again over the time since the last
+look and steps the choice up or down. A number the user set is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch._dynamo  # eager on purpose, see below
 
 from recoverprune.core.progress import console
 
@@ -29,6 +30,7 @@ __all__ = [
     "Threads",
     "available_cpus",
     "cpu_model",
+    "current",
     "machine",
     "revisit",
     "set_threads",
@@ -67,8 +69,8 @@ class Threads:
     Attributes:
         intra: intra-op threads (``torch.get_num_threads()``).
         interop: inter-op threads (``torch.get_num_interop_threads()``).
-        source: ``"auto"``, ``"--threads"``, ``"OMP_NUM_THREADS"`` or
-            ``"torch.set_num_threads"``.
+        source: ``"auto"``, ``"--threads"``, ``"OMP_NUM_THREADS"``,
+            ``"torch.set_num_threads"`` or ``"torch default"`` (nothing chose).
         available: CPUs this process may use (affinity and cgroup quota).
         load: the 1-minute load average when the choice was made (``None`` if unknown).
         wait_policy: ``OMP_WAIT_POLICY`` as torch loaded it (the CLI sets ``PASSIVE``).
@@ -332,19 +334,32 @@ def threads() -> Threads:
         True
     """
     global _chosen
-    current = torch.get_num_threads()
-    if _chosen is not None and current == _chosen.intra:
+    now = current()
+    if now.source == "torch default":  # nobody chose: the policy does
+        return _auto()
+    _chosen = now
+    return now
+
+
+def current() -> Threads:
+    """The threads torch uses now and where the number came from; sets nothing, samples nothing.
+
+    Example:
+        >>> import torch
+        >>> current().intra == torch.get_num_threads()
+        True
+    """
+    n = torch.get_num_threads()
+    if _chosen is not None and _chosen.intra == n:
         return _chosen
     if _chosen is None and os.environ.get("OMP_NUM_THREADS"):
         source = "OMP_NUM_THREADS"
-    elif _chosen is not None or current != _TORCH_DEFAULT:
+    elif _chosen is not None or n != _TORCH_DEFAULT:
         source = "torch.set_num_threads"
     else:
-        return _auto()
-    _chosen = Threads(
-        current, torch.get_num_interop_threads(), source, available_cpus(), _load(), _WAIT_POLICY
-    )
-    return _chosen
+        source = "torch default"
+    interop = torch.get_num_interop_threads()
+    return Threads(n, interop, source, available_cpus(), _load(), _WAIT_POLICY)
 
 
 def revisit(every: float = REVISIT_EVERY_S, verbose: bool = True) -> Threads | None:

@@ -8,10 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from recoverprune.core.borrow import eval_mode
+
 __all__ = [
     "MAX_ABS_RUNNING_MEAN",
     "MAX_ABS_WEIGHT",
     "MAX_RUNNING_VAR",
+    "check_at_least",
     "check_finite",
     "check_image_size",
     "check_plausible",
@@ -88,13 +91,9 @@ def _implausible_bn(model: nn.Module) -> list[str]:
 def check_plausible(model: nn.Module, what: str = "model") -> None:
     """Raise ``ValueError`` naming the tensors of ``model`` no trained network holds.
 
-    Catches what :func:`check_finite` lets through: a BatchNorm ``running_var`` that is
-    negative (a variance cannot be) or beyond :data:`MAX_RUNNING_VAR`, a ``running_mean``
-    beyond :data:`MAX_ABS_RUNNING_MEAN`, a parameter with a value beyond
-    :data:`MAX_ABS_WEIGHT` in magnitude: the marks of corrupted bytes or of a file that is
-    not a trained network. The bounds are far above what randomly initialised and trained
-    torchvision and timm models hold. Buffers other than BatchNorm statistics (attention
-    masks hold large negative constants on purpose) are not checked.
+    The marks of corrupted bytes: a negative BatchNorm ``running_var``, statistics or weights
+    beyond the ``MAX_*`` bounds (far above what initialised and trained torchvision and timm
+    models hold). Other buffers (attention masks hold large constants) are not checked.
 
     Example:
         >>> import torch
@@ -127,15 +126,11 @@ def check_plausible(model: nn.Module, what: str = "model") -> None:
 def probe(model: nn.Module, shape: Sequence[int], what: str = "model") -> tuple[int, ...]:
     """The output shape of ``model`` for one all-zero input of ``shape`` ``(C, H, W)``.
 
-    One forward pass in eval mode without gradients, on the model's device and dtype; every
-    submodule's mode is restored and the hooks that watch the feature maps are removed
-    afterwards, also on an error. A cheap check that the network can take inputs of this
-    shape at all, before a long job starts.
+    One forward pass in eval mode without gradients, on the model's device and dtype; modes
+    and hooks are restored, also on an error.
 
     Raises:
-        ValueError: the forward pass fails (a feature map smaller than a kernel, channels
-            that do not fit, ...), or a feature map shrinks to nothing; the message names
-            the size and says what to pass.
+        ValueError: the pass fails or a feature map shrinks to nothing (says what to pass).
 
     Example:
         >>> from torch import nn
@@ -157,15 +152,13 @@ def probe(model: nn.Module, shape: Sequence[int], what: str = "model") -> tuple[
         if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[2:]) == 0:
             empty.append(name or type(model).__name__)
 
-    modes = [(m, m.training) for m in model.modules()]
     handles = [
         m.register_forward_hook(lambda _m, _i, out, name=name: watch(name, out))
         for name, m in model.named_modules()
     ]
     hint = "Pass the image size it was trained at (image_size=, --image-size) or a larger one."
-    try:
-        model.eval()
-        with torch.no_grad():  # not inference_mode: a lazy layer may materialise here
+    try:  # no_grad, not inference_mode: a lazy layer may materialise here
+        with eval_mode(model), torch.no_grad():
             out = model(torch.zeros(1, c, h, w, device=device, dtype=dtype))
     except (RuntimeError, ValueError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -175,8 +168,6 @@ def probe(model: nn.Module, shape: Sequence[int], what: str = "model") -> tuple[
     finally:
         for handle in handles:
             handle.remove()
-        for m, flag in modes:
-            m.training = flag
     if empty:
         raise ValueError(
             f"the {what} cannot take inputs of shape {(c, h, w)}: its feature maps shrink to "
@@ -194,17 +185,9 @@ def check_image_size(
 ) -> tuple[int, ...]:
     """Refuse an input size the network cannot take, or far below the one it was made for.
 
-    :func:`probe` at ``shape`` ``(C, H, W)``; and, when ``trained`` (the ``(H, W)`` the
-    model records, its ``pretrained_cfg["input_size"]``) is given, a height or width
-    below a quarter of it: the network would see a sixteenth of the pixels it learnt
-    from, and its BatchNorm statistics (what DeepInversion matches) would not hold.
-    Larger sizes are allowed (evaluating a 224-px model on upsized CIFAR is common).
-
-    Returns:
-        The output shape of one image (from :func:`probe`).
-
-    Raises:
-        ValueError: the message names the sizes and the smallest one accepted.
+    :func:`probe` at ``shape`` ``(C, H, W)`` (its output shape is returned); with
+    ``trained`` (the recorded ``(H, W)``), a side below a quarter of it is refused: the
+    BatchNorm statistics DeepInversion matches would not hold. Larger sizes are allowed.
 
     Example:
         >>> from torch import nn
@@ -227,3 +210,21 @@ def check_image_size(
                 f"--image-size {least} or more (image_size=), ideally {max(th, tw)}."
             )
     return probe(model, shape, what)
+
+
+def check_at_least(obj: object, bound: float, *names: str, strict: bool = False) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` among ``names`` below ``bound``
+    (at or below it with ``strict``). ``None`` values pass. For configs' ``__post_init__``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_at_least(SimpleNamespace(steps=3, lr=0.0), 1, "steps")
+        >>> check_at_least(SimpleNamespace(steps=3, lr=0.0), 0, "lr", strict=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be > 0, got 0.0
+    """
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (value <= bound if strict else value < bound):
+            raise ValueError(f"{name} must be {'>' if strict else '>='} {bound}, got {value}")

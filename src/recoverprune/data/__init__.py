@@ -1,12 +1,12 @@
 """Labelled image data for *evaluation* and for training teachers — never for recovery.
 
-Reads an ImageFolder directory (``<root>/<split>/<class>/<image>``) or a ``.tar.gz`` of
-one (extracted once into a cache directory and verified), decodes every image once into a
-``uint8`` tensor that is cached beside it, and serves normalised batches fast. Nothing
-here downloads.
+Reads an ImageFolder directory (``<root>/<split>/<class>/<image>``, listed by
+``torchvision.datasets.ImageFolder``) or a ``.tar.gz`` of one (extracted once into a cache
+directory and verified), decodes every image once into a ``uint8`` tensor that is cached
+beside it, and serves normalised batches fast. Nothing here downloads.
 
-Layer 3 of the package: besides these folders, ``data/`` holds the synthetic sets
-(``synthetic``), transfer sets (``transfer``) and evaluation (``evaluate``).
+Besides these folders, ``data/`` holds the synthetic sets and the transfer sets;
+evaluation is the layer above (``recoverprune.evaluation``).
 """
 
 from __future__ import annotations

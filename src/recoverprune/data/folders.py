@@ -1,6 +1,9 @@
 """ImageFolder directories and archives: extracted once, decoded once, cached, verified.
 
-Nothing here downloads; see :mod:`recoverprune.data`.
+The listing is ``torchvision.datasets.ImageFolder``'s; this module adds what it lacks for
+evaluation data: ``.tar.gz`` archives (extracted once into a cache, verified), class
+folders checked against the model's outputs before any label is made, and one decoded
+``uint8`` tensor per split, cached. Nothing here downloads; see :mod:`recoverprune.data`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
 
 from recoverprune.core.files import clean_stale
 from recoverprune.core.io import read_json, save_atomic, sha256_file, write_json_atomic
@@ -31,17 +38,10 @@ __all__ = [
     "extract",
     "load_split",
     "match_classes",
-    "split_folder",
 ]
 
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
-
-
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-
-
 _MARKER = ".recoverprune-complete.json"
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 class DataError(ValueError):
@@ -57,21 +57,8 @@ class DataError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``.
-
-    Example:
-        >>> default_cache_dir().name in ("recoverprune",) or "RECOVERPRUNE_CACHE" in os.environ
-        True
-    """
+    """``$RECOVERPRUNE_CACHE`` or ``~/.cache/recoverprune``."""
     return Path(os.environ.get("RECOVERPRUNE_CACHE", Path.home() / ".cache" / "recoverprune"))
-
-
-def _archive_stem(path: Path) -> str:
-    name = path.name
-    for suffix in ARCHIVE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def extract(
@@ -80,8 +67,9 @@ def extract(
     """Extract a tar(.gz) of an ImageFolder tree once into the cache and return its root.
 
     The archive goes into a temporary directory that is renamed into place only when
-    complete, with a marker recording the archive's SHA-256 and file count; later calls
-    with a complete, verified cache return at once.
+    complete, with a marker recording the archive's SHA-256; later calls with a complete,
+    verified cache return at once. A complete extraction is never removed (torchrun ranks
+    and benchmarks side by side read it): the rename happens under a lock on the cache.
 
     Raises:
         DataError: the archive is missing, corrupt or truncated (no cache is left behind).
@@ -101,22 +89,23 @@ def extract(
         raise DataError(f"archive not found: {src}")
     digest = sha256_file(src)  # hashed once per process while the archive is unchanged
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache / f"{_archive_stem(src)}-{digest[:12]}"
+    stem = src.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
+    target = cache / f"{stem}-{digest[:12]}"
     if _complete(target, digest):
         return target
     cache.mkdir(parents=True, exist_ok=True)
     clean_stale(cache)  # half-extracted folders of killed runs
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=cache))
     try:
-        count = 0
         with tarfile.open(src) as tar:
             for member in tar:
                 tar.extract(member, tmp, filter="data")
-                count += member.isfile()
-        write_json_atomic({"sha256": digest, "files": count, "archive": str(src)}, tmp / _MARKER)
-        _move_into_place(tmp, target, digest)
+        write_json_atomic({"sha256": digest, "archive": str(src)}, tmp / _MARKER)
+        with _locked(cache):
+            if not _complete(target, digest):  # else another process finished first
+                shutil.rmtree(target, ignore_errors=True)  # an incomplete or foreign one
+                os.replace(tmp, target)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # full disk, read-only cache, ...: not the archive's fault
         raise DataError(
@@ -124,38 +113,21 @@ def extract(
             "of the archive (its README gives the SHA-256)"
         ) from exc
     finally:
-        if tmp.exists() and tmp != target:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def _complete(target: Path, digest: str) -> bool:
     """Whether ``target`` is a finished extraction of the archive with SHA-256 ``digest``."""
-    marker = target / _MARKER
     try:
-        return marker.is_file() and read_json(marker).get("sha256") == digest
-    except ValueError:  # a corrupt marker: not complete
+        return read_json(target / _MARKER).get("sha256") == digest
+    except (OSError, ValueError):  # absent or corrupt marker: not complete
         return False
 
 
-def _move_into_place(tmp: Path, target: Path, digest: str) -> None:
-    """Rename the finished ``tmp`` to ``target`` unless another process got there first.
-
-    A complete ``target`` is never removed (other processes may be reading it: torchrun
-    ranks, benchmarks side by side); only an incomplete or foreign one is replaced.
-    """
-    with _exclusive(target.parent):
-        if _complete(target, digest):
-            return  # another process finished first: ours is discarded by the caller
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-
-
 @contextmanager
-def _exclusive(directory: Path) -> Iterator[None]:
-    """An advisory inter-process lock on ``directory`` itself (POSIX ``flock`` on the
-    directory, so no lock file is left behind; elsewhere none)."""
+def _locked(directory: Path) -> Iterator[None]:
+    """An advisory inter-process lock on ``directory`` (POSIX ``flock``; elsewhere none)."""
     try:
         import fcntl
     except ImportError:  # Windows: the rename is still atomic, only the race is wider
@@ -195,7 +167,6 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
             )
         if labels.shape != (images.shape[0],):
             raise ValueError("labels must have one entry per image")
-
         self.images, self.labels, self.classes = images, labels.long(), list(classes)
         self.mean = per_channel(mean, images.shape[1], "mean")
         self.std = per_channel(std, images.shape[1], "std")
@@ -215,51 +186,23 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
         return (x - self._mean) / self._std, self.labels[indices]
 
 
-def _split_root(root: Path, split: str | None) -> Path:
-    if not root.exists():
-        raise DataError(f"data path not found: {root}")
+def _split_root(root: Path, split: str) -> Path:
+    """The folder of ``root`` that holds the split's class folders."""
     if not root.is_dir():
         raise DataError(f"{root} is neither a directory nor a .tar/.tar.gz archive")
     entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
     if not entries:
         raise DataError(f"{root} is empty: expected an ImageFolder tree <split>/<class>/<image>")
-    if split and (root / split).is_dir():
-        return root / split
-    # no <split>/ folder: the root itself is accepted if it directly holds class folders
-    if split and any((root / e / split).is_dir() for e in entries):
-        inner = next(root / e / split for e in entries if (root / e / split).is_dir())
-        return inner
-    has_images = any(
-        p.suffix.lower() in IMAGE_SUFFIXES
-        for e in entries
-        if (root / e).is_dir()
-        for p in list((root / e).iterdir())[:20]
-    )
-    if has_images and split in (None, ""):
-        return root
+    if not split:
+        return root  # class folders right here
+    for folder in (root / split, *(root / e / split for e in entries)):  # <top>/<split>/ too
+        if folder.is_dir():
+            return folder
     raise DataError(
         f"{root} has no '{split}' folder (found: {', '.join(entries[:10])}). Pass one of those "
         "as the split (--split on the command line, split= in Python), or a directory laid "
         "out as <split>/<class>/<image>"
     )
-
-
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-def _image_mode(channels: int) -> str:
-    if channels not in _MODES:
-        raise DataError(f"cannot read images with {channels} channels (1, 3 or 4 are supported)")
-    return _MODES[channels]
-
-
-def _hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, int):
-        return image_size, image_size
-    h, w = (int(s) for s in image_size)
-    return h, w
 
 
 def class_folders(
@@ -291,16 +234,15 @@ def class_folders(
     for p in sorted(here.iterdir()):
         if p.name.startswith(".") or not p.is_dir():
             continue
-        if p.is_symlink():
-            target = p.resolve()
-            if target == top or top in target.parents or target in (inside, *inside.parents):
-                warnings.warn(
-                    f"skipped {p}: a symlink to {target}, inside the data root {top} or "
-                    "above the split (a loop or a second view of the data), is not a class "
-                    "folder. Remove the link, or replace it with the folder itself.",
-                    stacklevel=2,
-                )
-                continue
+        target = p.resolve()
+        if p.is_symlink() and (top in (target, *target.parents) or target in inside.parents):
+            warnings.warn(
+                f"skipped {p}: a symlink to {target}, inside the data root {top} or above the "
+                "split (a loop or a second view of the data), is not a class folder. Remove "
+                "the link, or replace it with the folder itself.",
+                stacklevel=2,
+            )
+            continue
         names.append(p.name)
     return names
 
@@ -308,13 +250,6 @@ def class_folders(
 def _listing(names: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-_SUBSET_HINT = (
-    "To read a deliberate subset of the classes, give the model's class names in output order "
-    "(classes=[...] in Python, --classes on the command line) and subset=True (--subset): "
-    "folders are then labelled by name, not by position."
-)
 
 
 def match_classes(
@@ -348,35 +283,34 @@ def match_classes(
         recoverprune.data.folders.DataError: data/test has 2 class folders (b, c) but the model has 3 outputs: a class folder is missing or extra, and labels follow folder order, so they would be shifted. Restore the missing folder or remove the extra one. To read a deliberate subset ...
     """
     found = list(found)
-    if names is not None:
-        names = [str(n) for n in names]
-        if num_classes is not None and len(names) != num_classes:
+    if names is None:
+        if subset:
             raise DataError(
-                f"{len(names)} class names were given but the model has {num_classes} outputs; "
-                "give one name per output, in output order"
+                "subset=True (--subset) labels class folders by name, so it needs the model's "
+                "class names in output order: pass classes=[...] (--classes), or save them "
+                "with the model"
             )
-        if len(set(names)) != len(names):
-            raise DataError(f"the class names repeat a name: {_listing(names)}")
-        return _match_names(found, names, subset, where)
-    if subset:
+        if num_classes is not None and len(found) != num_classes:
+            raise DataError(
+                f"{where} has {len(found)} class folders ({_listing(found)}) but the model has "
+                f"{num_classes} outputs: a class folder is missing or extra, and labels follow "
+                "folder order, so they would be shifted. Restore the missing folder or remove "
+                "the extra one. To read a deliberate subset of the classes, give the model's "
+                "class names in output order (classes=[...] in Python, --classes on the command "
+                "line) and subset=True (--subset): folders are then labelled by name, not by "
+                "position."
+            )
+        return list(range(len(found)))
+    names = [str(n) for n in names]
+    if num_classes is not None and len(names) != num_classes:
         raise DataError(
-            "subset=True (--subset) labels class folders by name, so it needs the model's class "
-            "names in output order: pass classes=[...] (--classes), or save them with the model"
+            f"{len(names)} class names were given but the model has {num_classes} outputs; "
+            "give one name per output, in output order"
         )
-    if num_classes is not None and len(found) != num_classes:
-        raise DataError(
-            f"{where} has {len(found)} class folders ({_listing(found)}) but the model has "
-            f"{num_classes} outputs: a class folder is missing or extra, and labels follow "
-            "folder order, so they would be shifted. Restore the missing folder or remove the "
-            f"extra one. {_SUBSET_HINT}"
-        )
-    return list(range(len(found)))
-
-
-def _match_names(found: list[str], names: list[str], subset: bool, where: object) -> list[int]:
-    index = {n: i for i, n in enumerate(names)}
-    unknown = [f for f in found if f not in index]
-    missing = [n for n in names if n not in set(found)]
+    if len(set(names)) != len(names):
+        raise DataError(f"the class names repeat a name: {_listing(names)}")
+    unknown = [f for f in found if f not in names]
+    missing = [n for n in names if n not in found]
     if unknown:
         raise DataError(
             f"{where} has class folders that are not among the model's classes: "
@@ -389,101 +323,51 @@ def _match_names(found: list[str], names: list[str], subset: bool, where: object
             f"{len(names)} classes. Restore them, or pass subset=True (--subset) to read the "
             f"{len(found)} classes present, each labelled by its name."
         )
-    return [index[f] for f in found]
+    return [names.index(f) for f in found]
+
+
+class _Folders(ImageFolder):
+    """torchvision's ImageFolder over the class folders given, labelled in their order."""
+
+    def __init__(self, folder: Path, classes: list[str], loader: Any) -> None:
+        self._given = classes
+        super().__init__(str(folder), loader=loader, allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._given, {c: i for i, c in enumerate(self._given)}
+
+
+def _decode(path: str, size: tuple[int, int] | None, mode: str) -> np.ndarray:
+    """One image as an ``(H, W, C)`` uint8 array; a file that does not decode is named."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{path} cannot be decoded as an image ({type(exc).__name__}: {exc}); delete or "
+            "replace that file and rerun"
+        ) from exc
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _decode_folder(
-    folder: Path,
-    image_size: int | Sequence[int] | None,
-    channels: int = 3,
-    classes: Sequence[str] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    classes = list(classes) if classes is not None else class_folders(folder)
-    if not classes:
-        raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
-    arrays, labels = [], []
-    hw = _hw(image_size)
-    import numpy as np
-
-    for label, cls in enumerate(classes):
-        files = sorted(
-            p
-            for p in (folder / cls).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        for f in files:
-            arrays.append(_decode(f, hw, channels))
-            labels.append(label)
-    if not arrays:
-        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    folder: Path, classes: list[str], size: tuple[int, int] | None, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of the class folders, decoded: ``uint8 (N, C, H, W)`` and folder labels."""
+    ds = _Folders(folder, classes, partial(_decode, size=size, mode=mode))
+    if not ds.samples:
+        raise DataError(f"{folder} holds no images ({', '.join(ds.extensions)})")
+    arrays = [ds[i][0] for i in range(len(ds))]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DataError(
             f"images in {folder} have different sizes {sorted(shapes)[:3]}...; pass image_size"
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.long), classes
-
-
-def _decode(path: Path, hw: tuple[int, int] | None, channels: int) -> Any:
-    """One image as an ``(H, W, C)`` uint8 array; a file that does not decode is named."""
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert(_image_mode(channels))
-            if hw is not None and im.size != (hw[1], hw[0]):
-                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
-            arr = np.asarray(im)
-            return arr[:, :, None] if arr.ndim == 2 else arr
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise DataError(
-            f"{path} cannot be decoded as an image ({type(exc).__name__}: {exc}); delete or "
-            "replace that file and rerun"
-        ) from exc
-
-
-def _load_cached(cached: Path) -> dict[str, Any] | None:
-    """The decoded-image cache at ``cached``, or ``None`` (a corrupt one is deleted)."""
-    if not cached.is_file():
-        return None
-    try:
-        state = torch.load(cached, weights_only=True)
-        if isinstance(state, dict) and {"images", "labels", "classes"} <= state.keys():
-            return state
-    except Exception:  # truncated or corrupt: decode again below
-        pass
-    cached.unlink(missing_ok=True)
-    return None
-
-
-def split_folder(
-    path: str | os.PathLike[str],
-    split: str = "test",
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[Path, Path]:
-    """``(root, folder)``: the data root and the folder holding the split's class folders.
-
-    An archive is extracted once into ``cache_dir`` (its root is the extraction).
-
-    Raises:
-        DataError: as :func:`load_split`.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "test" / "cat").mkdir(parents=True)
-        >>> split_folder(root)[1] == root / "test"
-        True
-    """
-    src = Path(path)
-    if not src.exists():
-        raise DataError(
-            f"data path not found: {src} (an ImageFolder directory or a .tar.gz of one)"
-        )
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = extract(src, cache) if src.is_file() else src
-    return root, _split_root(root, split)
+    return images, torch.tensor(ds.targets, dtype=torch.long)
 
 
 def load_split(
@@ -536,18 +420,25 @@ def load_split(
         >>> ds.labels.tolist(), ds.classes
         ([1, 2], ['bird', 'cat', 'dog'])
     """
+    src = Path(path)
+    if not src.exists():
+        raise DataError(f"data path not found: {src} (an ImageFolder directory or a .tar.gz)")
+    if channels not in _MODES:
+        raise DataError(f"cannot read images with {channels} channels (1, 3 or 4 are supported)")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root, folder = split_folder(path, split, cache)
+    root = extract(src, cache) if src.is_file() else src
+    folder = _split_root(root, split)
     found = class_folders(folder, root)
     if not found:
         raise DataError(f"{folder} has no class folders: expected <class>/<image> inside it")
     label_of = match_classes(found, num_classes, classes, subset=subset, where=folder)
-    # the key changes when the folder's class directories change (files added/removed)
-    stamp = [(name, (folder / name).stat().st_mtime_ns) for name in found]
-    mode = _image_mode(channels)
-    size = _hw(image_size)
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    size = None if size is None else (int(size[0]), int(size[1]))
+    # the key changes when the folder's class directories change (files added/removed);
     # the key of an RGB square (the original layout) is unchanged, so old caches stay valid
+    stamp = [(name, (folder / name).stat().st_mtime_ns) for name in found]
     square = size[0] if size is not None and size[0] == size[1] else size
+    mode = _MODES[channels]
     tag = f"{folder.resolve()}|{square}|{stamp}" + ("" if mode == "RGB" else f"|{mode}")
     key = hashlib.sha256(tag.encode()).hexdigest()[:12]
     cached = cache / "decoded" / f"{folder.name}-{key}.pt"
@@ -556,8 +447,21 @@ def load_split(
     if state is not None and list(state["classes"]) == found:
         images, labels = state["images"], state["labels"]
     else:
-        images, labels, _ = _decode_folder(folder, size, channels, found)
+        images, labels = _decode_folder(folder, found, size, mode)
         save_atomic({"images": images, "labels": labels, "classes": found}, cached)
     labels = torch.tensor(label_of, dtype=torch.long)[labels]  # folder order -> model outputs
-    names = list(classes) if classes is not None else found
-    return ImageTensorDataset(images, labels, names, mean, std)
+    return ImageTensorDataset(images, labels, list(classes or found), mean, std)
+
+
+def _load_cached(cached: Path) -> dict[str, Any] | None:
+    """The decoded-image cache at ``cached``, or ``None`` (a corrupt one is deleted)."""
+    if not cached.is_file():
+        return None
+    try:
+        state = torch.load(cached, weights_only=True)
+        if isinstance(state, dict) and {"images", "labels", "classes"} <= state.keys():
+            return state
+    except Exception:  # truncated or corrupt: decode again below
+        pass
+    cached.unlink(missing_ok=True)
+    return None

@@ -1,4 +1,5 @@
-"""``SyntheticImages``: the transfer set, in memory or as shards on disk."""
+"""``SyntheticImages``: the transfer set, in memory or as shards on disk
+(the format: :mod:`recoverprune.data.synthetic_io`)."""
 
 from __future__ import annotations
 
@@ -11,49 +12,23 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from recoverprune.core.io import (
-    CheckpointError,
-    atomic_path,
-    read_json,
-    save_atomic,
-    write_json_atomic,
-)
-from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
+from recoverprune.core.io import atomic_path
+from recoverprune.core.spec import InputSpec
+from recoverprune.data.synthetic_io import FORMAT_VERSION, read_set, write_manifest, write_shard
 
-__all__ = ["MANIFEST", "SHARD_GLOB", "SyntheticImages", "data_fingerprint", "shard_name"]
-
-
-MANIFEST = "manifest.json"
-#: the shards of a synthetic set on disk (see :func:`shard_name`)
-SHARD_GLOB = "shard-*.pt"
-
-
-FORMAT_VERSION = 1
-
-
-def shard_name(index: int) -> str:
-    """File name of synthesis batch ``index``."""
-    return f"shard-{index:06d}.pt"
+__all__ = ["SyntheticImages", "data_fingerprint"]
 
 
 def _normalisation(
     mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel ``(mean, std)``; the ImageNet values by default for RGB only."""
-
-    if mean is None and std is None:
-        if channels != 3:
-            raise ValueError(
-                f"the images have {channels} channel(s): pass mean= and std= (one value or one "
-                "per channel), the normalisation of the model's input"
-            )
-        return DEFAULT_MEAN, DEFAULT_STD
-    if mean is None or std is None:
-        raise ValueError("give both mean and std, or neither")
-    try:
-        return per_channel(mean, channels, "mean"), per_channel(std, channels, "std")  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ValueError(f"SyntheticImages: {exc} (the images are {channels}-channel)") from exc
+    if mean is None and std is None and channels != 3:
+        raise ValueError(
+            f"the images have {channels} channel(s): pass mean= and std= (one value or one "
+            "per channel), the normalisation of the model's input"
+        )
+    return InputSpec(channels=channels, mean=mean, std=std).normalisation()  # type: ignore[arg-type]
 
 
 class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
@@ -107,13 +82,10 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         return int(self._offsets[-1])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
+        if not -len(self) <= index < len(self):
             raise IndexError(index)
-        chunk = int(torch.searchsorted(self._offsets, index, right=True)) - 1
-        local = index - int(self._offsets[chunk])
-        return self._images[chunk][local].float(), int(self._labels[chunk][local])
+        x, y = self.get_batch(torch.tensor([index % len(self)]))
+        return x[0], int(y[0])
 
     # -- batched access ---------------------------------------------------------------
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,17 +149,11 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_atomic({"images": self.images, "labels": self.labels, "batch": 0}, d / shard_name(0))
-        manifest = dict(self.meta)
-        manifest.update(
-            format=FORMAT_VERSION,
-            n=len(self),
-            batch_sizes=[len(self)],
-            image_shape=list(self.image_shape),
-            mean=list(self.mean),
-            std=list(self.std),
-        )
-        write_json_atomic(manifest, d / MANIFEST)
+        write_shard(d, 0, self.images, self.labels)
+        sizes = {"n": len(self), "batch_sizes": [len(self)]}
+        shape = {"image_shape": list(self.image_shape)}
+        norm = {"mean": list(self.mean), "std": list(self.std)}
+        write_manifest(d, {**self.meta, "format": FORMAT_VERSION, **sizes, **shape, **norm})
         return d
 
     @classmethod
@@ -199,35 +165,12 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         Raises:
             FileNotFoundError: no manifest, or a shard is missing (synthesis unfinished).
         """
-        d = Path(directory)
-        if not (d / MANIFEST).is_file():
-            raise FileNotFoundError(
-                f"{d} holds no {MANIFEST}: pass a directory written by synthesize(out_dir=...) "
-                "or SyntheticImages.save()"
-            )
-        manifest = read_json(d / MANIFEST)
-        images, labels, stats = [], [], []
-        for i in range(len(manifest["batch_sizes"])):
-            path = d / shard_name(i)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is missing: the synthesis in {d} is unfinished; rerun the same "
-                    "synthesize call (or CLI command) to resume it"
-                )
-            try:
-                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"{path} is not a readable shard ({type(exc).__name__}); it is corrupt or "
-                    "truncated. Rerun the synthesize call (or CLI command) that made this "
-                    "directory: it makes unreadable shards again."
-                ) from exc
-            images.append(shard["images"])
-            labels.append(shard["labels"])
-            stats.append(shard.get("stats"))
+        manifest, shards = read_set(Path(directory), mmap=mmap)
         meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
+        stats = [shard.get("stats") for shard in shards]
         if stats and all(st is not None for st in stats):
             meta["stats"] = stats  # per batch, as synthesize() returns them in memory
+        images, labels = [s["images"] for s in shards], [s["labels"] for s in shards]
         return cls(images, labels, mean=manifest["mean"], std=manifest["std"], meta=meta)
 
     def denormalize(self, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -260,12 +203,10 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
                 pad = torch.ones(per_class - len(idx), *imgs.shape[1:])
                 imgs = torch.cat([imgs, pad])
             rows.append(imgs)
-        grid = torch.cat(rows)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-
         with atomic_path(out) as tmp:
-            save_image(grid, tmp, nrow=per_class, padding=1, format="png")
+            save_image(torch.cat(rows), tmp, nrow=per_class, padding=1, format="png")
         return out
 
     def __repr__(self) -> str:

@@ -1,43 +1,33 @@
-"""Any labelled data as the batched view the recovery loop and ``evaluate`` use.
+"""Any labelled data as the batched view ``evaluate`` reads, and as a transfer source.
 
-The loop needs ``len``, ``get_batch(indices) -> (images, labels)``, ``split(fraction, seed)``
-and ``image_shape``. :class:`~recoverprune.SyntheticImages` has them; :func:`as_transfer_set`
-gives them to ``(images, labels)`` tensors, a ``TensorDataset`` and any map-style
-``Dataset`` of ``(image, label)``.
+:func:`as_transfer_set` gives ``len``, ``get_batch(indices) -> (images, labels)``,
+``split(fraction, seed)`` and ``image_shape`` to ``(images, labels)`` tensors, a
+``TensorDataset`` and any map-style ``Dataset`` of ``(image, label)``
+(:class:`~recoverprune.SyntheticImages` has them already). :func:`as_source` makes any of
+them a transfer source (:mod:`recoverprune.distill.source`): one shuffled pass per epoch,
+shared among the ranks, keyed by its images.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
-from recoverprune.data.synthetic import SyntheticImages
+from recoverprune.data.synthetic import SyntheticImages, data_fingerprint
 
-__all__ = ["TransferSet", "as_transfer_set"]
+__all__ = ["Labelled", "as_source", "as_transfer_set"]
 
 
 _FORMS = (
     "a SyntheticImages, a Dataset of (image, label), a TensorDataset(images, labels) or "
     "(images, labels) tensors"
 )
-
-
-class TransferSet(Protocol):
-    """What the recovery loop reads."""
-
-    def __len__(self) -> int: ...
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]: ...
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[TransferSet, TransferSet]: ...
-
-    @property
-    def image_shape(self) -> tuple[int, ...]: ...
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -63,42 +53,34 @@ def _check_images(x: Tensor, source: str) -> Tensor:
     return x.float()
 
 
-class _Tensors:
-    """``(images (N, C, H, W), labels (N,))`` tensors."""
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
-                f"{tuple(labels.shape)}"
-            )
-        _check_images(images[:0], "the data")
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx].float(), self.labels[idx].long()
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[_Tensors, _Tensors]:
-        rest, held = split_indices(len(self), fraction, seed)
-        return _Tensors(*self.get_batch(rest)), _Tensors(*self.get_batch(held))
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
+def _tensors(images: Tensor, labels: Tensor) -> TensorDataset:
+    """``(images (N, C, H, W), labels (N,))``, checked, as a ``TensorDataset``."""
+    if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    _check_images(images[:0], "the data")
+    return TensorDataset(images, labels)
 
 
-class _Items:
-    """A map-style dataset of ``(image, label)``, viewed through ``indices``."""
+class Labelled:
+    """A labelled dataset viewed through ``indices``: the batched view and a transfer source.
+
+    Batches come from the dataset's own ``get_batch`` (``SyntheticImages``), its tensors
+    (``TensorDataset``) or its ``(image, label)`` items.
+
+    Example:
+        >>> src = Labelled(TensorDataset(torch.randn(10, 1, 4, 4), torch.arange(10)))
+        >>> [len(b) for b in src.batches(0, 4, seed=0, rank=0, world_size=1)]
+        [4, 4, 2]
+        >>> [len(b) for b in src.batches(0, 4, seed=0, rank=1, world_size=2)]
+        [4, 1]
+    """
 
     def __init__(self, dataset: Any, indices: Tensor | None = None) -> None:
         self.dataset = dataset
         self.indices = torch.arange(len(dataset)) if indices is None else indices
-        fast = getattr(dataset, "get_batch", None) or getattr(dataset, "batch", None)
-        self._fast = fast if callable(fast) else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -117,40 +99,62 @@ class _Items:
         return _check_images(x, name), int(y)
 
     def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (float) and labels at ``indices`` of this view."""
         idx = self.indices[torch.as_tensor(indices, dtype=torch.long)]
-        if self._fast is not None:
-            x, y = self._fast(idx)
+        if isinstance(self.dataset, TensorDataset):
+            x, y = (t[idx] for t in self.dataset.tensors)
+            return x.float(), y.long()
+        fast = getattr(self.dataset, "get_batch", None) or getattr(self.dataset, "batch", None)
+        if callable(fast):
+            x, y = fast(idx)
             return _check_images(x, type(self.dataset).__name__), torch.as_tensor(y).long()
         items = [self._item(int(i)) for i in idx]
         if not items:
             return torch.empty(0, *self.image_shape), torch.empty(0, dtype=torch.long)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[_Items, _Items]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[Labelled, Labelled]:
+        """``(rest, held out)``, the same images as ``SyntheticImages.split`` holds out."""
         rest, held = split_indices(len(self), fraction, seed)
-        return _Items(self.dataset, self.indices[rest]), _Items(self.dataset, self.indices[held])
+        return Labelled(self.dataset, self.indices[rest]), Labelled(
+            self.dataset, self.indices[held]
+        )
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.get_batch(torch.tensor([0]))[0].shape[1:])
 
+    # -- the transfer-source protocol ----------------------------------------------------
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> list[Tensor]:
+        """A shuffled pass of ``(seed, epoch)``, this rank's share (as ``DistributedSampler``)."""
+        sampler = DistributedSampler(
+            range(len(self)),  # type: ignore[arg-type]
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
+        sampler.set_epoch(epoch)
+        return list(torch.tensor(list(sampler)).split(batch_size))
 
-def as_transfer_set(data: Any) -> Any:
-    """``data`` as a :class:`TransferSet`; a ``SyntheticImages`` comes back unchanged.
+    def key(self) -> str:
+        """The fingerprint of every image and label."""
+        return data_fingerprint(self)
 
-    Raises:
-        TypeError: not labelled data in one of the accepted forms (the message lists them).
-        ValueError: mismatched shapes, integer images, or items that are not ``(image, label)``.
+    @property
+    def fill(self) -> tuple[float, ...] | None:
+        """Black in the normalised space (``-mean / std``), when the data says its mean/std."""
+        mean, std = getattr(self.dataset, "mean", None), getattr(self.dataset, "std", None)
+        if mean is None or std is None or len(mean) != self.image_shape[0]:
+            return None
+        return tuple(-m / s for m, s in zip(mean, std, strict=True))
 
-    Example:
-        >>> import torch
-        >>> ts = as_transfer_set((torch.randn(10, 1, 4, 4), torch.arange(10)))
-        >>> len(ts), ts.image_shape, [len(p) for p in ts.split(0.2)]
-        (10, (1, 4, 4), [8, 2])
-    """
 
-    if isinstance(data, SyntheticImages):
-        return data
+def _dataset(data: Any) -> Any:
+    """The random-access dataset ``data`` holds (tensors as a checked ``TensorDataset``)."""
     if isinstance(data, (str, bytes, os.PathLike)):
         raise TypeError(
             f"got the path {data!r}: load it first (SyntheticImages.load(dir) for a synthesis "
@@ -158,16 +162,50 @@ def as_transfer_set(data: Any) -> Any:
         )
     if isinstance(data, DataLoader):
         data = data.dataset
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
-        return _Tensors(*data)
+    pair = isinstance(data, (tuple, list)) and len(data) == 2
+    if pair and all(isinstance(t, Tensor) for t in data):
+        return _tensors(*data)
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return _Tensors(*data.tensors)
+        return _tensors(*data.tensors)
     if isinstance(data, IterableDataset):
         raise TypeError(f"{type(data).__name__} is iterable-only; give {_FORMS} (random access)")
     if isinstance(data, (Dataset, Sequence)) and hasattr(data, "__len__"):
-        return _Items(data)
+        return data
     raise TypeError(f"expected labelled images: {_FORMS}; got {type(data).__name__}")
+
+
+def as_transfer_set(data: Any) -> Any:
+    """``data`` as a batched view (``len``, ``get_batch``, ``split``, ``image_shape``); a
+    ``SyntheticImages`` comes back unchanged.
+
+    Raises:
+        TypeError: not labelled data in one of the accepted forms (the message lists them).
+        ValueError: mismatched shapes, integer images, or items that are not ``(image, label)``.
+
+    Example:
+        >>> ts = as_transfer_set((torch.randn(10, 1, 4, 4), torch.arange(10)))
+        >>> len(ts), ts.image_shape, [len(p) for p in ts.split(0.2)]
+        (10, (1, 4, 4), [8, 2])
+    """
+    return data if isinstance(data, SyntheticImages) else Labelled(_dataset(data))
+
+
+def as_source(data: Any) -> Any:
+    """``data`` as a transfer source: a source already (it has ``batches``, ``get_batch``
+    and ``key``) comes back unchanged, labelled data as a :class:`Labelled` view.
+
+    Raises:
+        TypeError: not labelled data in one of the accepted forms (the message lists them).
+        ValueError: an empty set, mismatched shapes, integer images, or bad items.
+
+    Example:
+        >>> src = as_source((torch.randn(10, 1, 4, 4), torch.arange(10)))
+        >>> len(src), as_source(src) is src, src.fill
+        (10, True, None)
+    """
+    if all(callable(getattr(data, name, None)) for name in ("batches", "get_batch", "key")):
+        return data
+    source = Labelled(_dataset(data))
+    if len(source) == 0:
+        raise ValueError("the synthetic set is empty: synthesize some images first")
+    return source

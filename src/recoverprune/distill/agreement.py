@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recoverprune.core.runtime import Runtime
-from recoverprune.data.synthetic import SyntheticImages
+from recoverprune.distill.source import Batched
 
 __all__ = ["agreement"]
 
@@ -16,7 +16,7 @@ __all__ = ["agreement"]
 def agreement_and_kl(
     teacher: nn.Module,
     student: nn.Module,
-    data: SyntheticImages,
+    data: Batched,
     rt: Runtime,
     batch_size: int = 512,
 ) -> dict[str, float]:
@@ -36,5 +36,5 @@ def agreement_and_kl(
     return {"images": len(data), "agreement": 100.0 * agree / n, "kl": round(kl / n, 6) + 0.0}
 
 
-def agreement(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime) -> float:
+def agreement(teacher: nn.Module, student: nn.Module, data: Batched, rt: Runtime) -> float:
     return agreement_and_kl(teacher, student, data, rt)["agreement"]

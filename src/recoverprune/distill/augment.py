@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,7 @@ from torch import Tensor
 
 from recoverprune.distill.config import MixMode
 
-__all__ = ["augment", "black_like", "mix"]
+__all__ = ["augment", "mix"]
 
 
 # --------------------------------------------------------------------------- batch transforms
@@ -81,10 +80,3 @@ def mix(x: Tensor, g: torch.Generator, mode: MixMode) -> Tensor:
     out[..., top : top + bh, left : left + bw] = x[perm][..., top : top + bh, left : left + bw]
     return out
 
-
-def black_like(data: Any) -> tuple[float, ...] | None:
-    """Black in the data's normalised space (``-mean / std``), if the data says its mean/std."""
-    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    if mean is None or std is None or len(mean) != data.image_shape[0]:
-        return None
-    return tuple(-m / s for m, s in zip(mean, std, strict=True))

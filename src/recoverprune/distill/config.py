@@ -30,29 +30,22 @@ class DistillConfig:
         warmup_fraction: fraction of all steps spent warming the learning rate up.
         temperature: KD softmax temperature ``T``; the loss is ``T² · KL``.
         ce_weight: weight of cross-entropy to the synthetic target labels (0 = pure KD).
-        feature_weight: weight of feature distillation (:class:`FeatureKD`): the student's
-            intermediate outputs matched to the teacher's at the same places (0 = off).
+        feature_weight: weight of feature distillation (:class:`FeatureKD`, 0 = off).
         feature_layers: where features are matched: ``"auto"``, ``"blocks"`` or ``"bn"``.
         recalibrate: re-estimate the student's BatchNorm statistics on the synthetic
-            images before distillation (seconds).
-        reconstruct: refit each pruned layer's kept weights by least squares so it
-            reproduces the teacher layer's output on synthetic activations, before
-            distillation (channel-pruned layers are left to distillation).
-        gradual: fraction of the steps over which sparsity ramps from 0 to the
-            student's sparsity (cubic schedule, masks re-selected by magnitude every
-            step); 0 keeps the masks the student came with (one-shot).
-        mix: ``"mixup"`` or ``"cutmix"`` pairs of synthetic images in each batch (the
-            teacher labels the mixture through its logits); ``"none"``.
+            images before distillation.
+        reconstruct: first refit each masked layer's kept weights by least squares to the
+            teacher layer's output on synthetic activations.
+        gradual: fraction of the steps over which sparsity ramps (cubic) from 0 to the
+            student's, masks re-selected by magnitude; 0 keeps the student's masks.
+        mix: ``"mixup"``, ``"cutmix"`` (pairs of images mixed in each batch) or ``"none"``.
         augment: random crop (with ``crop_padding``) and, if ``flip``, horizontal flip.
         crop_padding: black padding (in pixel space) before the random crop.
         flip: random horizontal flips (turn off for digits and text).
-        bn_mode: ``"train"`` updates the student's BatchNorm running statistics on the
-            synthetic batches; ``"frozen"`` keeps the statistics it starts with
-            (the affine parameters still learn).
+        bn_mode: ``"train"`` updates the student's BatchNorm running statistics;
+            ``"frozen"`` keeps them (the affine parameters still learn).
         holdout: fraction of the synthetic set held out to report teacher–student
-            agreement when no ``val_data`` is given (0, the default, trains on every
-            image; :func:`~recoverprune.compress` measures agreement on an independently
-            seeded check set instead, see ``check_quality``).
+            agreement when no ``val_data`` is given (0: train on every image).
 
     The defaults (reconstruction, feature distillation with weight 10, CutMix) are the
     best combination of ``benchmarks/recipe_ablation.py``.

@@ -3,7 +3,8 @@
 :func:`recover` is a short driver: it borrows the teacher, prepares the student
 (:mod:`recoverprune.distill.repair`), then runs epochs of :func:`_train_epoch`, each step
 summing the loss terms of :mod:`recoverprune.distill.objectives`, with a checkpoint after each
-epoch.
+epoch. Its data is a transfer source (:mod:`recoverprune.distill.source`), read through the
+protocol only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +22,32 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
-from torch.utils.data.distributed import DistributedSampler
 
 from recoverprune.core.borrow import borrowed, placed
 from recoverprune.core.files import check_free_space, check_writable, clean_stale
-from recoverprune.core.io import fingerprint, load_own, save_atomic, write_json_atomic
+from recoverprune.core.io import fingerprint, load_own, save_atomic, save_model, write_json_atomic
 from recoverprune.core.progress import Bar, console
 from recoverprune.core.progress import progress as progress_bar
 from recoverprune.core.runtime import Accel, Runtime, generator, resolve
 from recoverprune.core.stages import architecture, check_key
-from recoverprune.core.threads import revisit
-from recoverprune.data.evaluate import evaluate, resolve_data
-from recoverprune.data.synthetic import SyntheticImages, data_fingerprint
-from recoverprune.data.transfer import as_transfer_set
+from recoverprune.data.transfer import as_source
 from recoverprune.distill.agreement import agreement
-from recoverprune.distill.augment import augment, black_like, mix
+from recoverprune.distill.augment import augment, mix
 from recoverprune.distill.config import BNMode, DistillConfig, default_objective
 from recoverprune.distill.objectives import LossTerm, StepOutputs, bind_objective
 from recoverprune.distill.repair import recalibrate_bn, reconstruct
+from recoverprune.distill.source import TransferSource, hook
+from recoverprune.evaluation.evaluate import evaluate, resolve_data
+from recoverprune.pruning.batchnorm import bn_layers
+from recoverprune.pruning.channel_spec import channel_spec
 from recoverprune.pruning.masks import refresh_pruned, reselect_masks
 from recoverprune.pruning.sparsity import sparsity
-from recoverprune.synthesis.stream import PoolSampler, SyntheticStream
 
 __all__ = ["CHECKPOINT", "FINAL", "HISTORY", "recover"]
 
 
 CHECKPOINT = "recover-checkpoint.pt"
-
-
+#: the recovered student (:func:`~recoverprune.core.io.save_model`'s format)
 FINAL = "student.pt"
 #: the per-epoch history (loss, agreement, top-1) of a recovery
 HISTORY = "recover-history.json"
@@ -63,10 +62,8 @@ RECONSTRUCT_IMAGES = 256
 def _bn_mode(model: nn.Module, mode: BNMode) -> Iterator[None]:
     """Training mode for ``model``; BatchNorm layers in eval mode when ``mode == "frozen"``."""
     model.train()
-    if mode == "frozen":
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    for m in bn_layers(model) if mode == "frozen" else []:
+        m.eval()
     try:
         yield
     finally:
@@ -102,7 +99,7 @@ def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimiz
     )
 
 
-def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt: Runtime) -> None:
+def _check_fit(teacher: nn.Module, student: nn.Module, data: TransferSource, rt: Runtime) -> None:
     x = rt.prepare_input(data.get_batch(torch.arange(min(2, len(data))))[0])
     outs = {}
     for name, model in (("teacher", teacher), ("student", student)):
@@ -111,7 +108,7 @@ def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt
                 outs[name] = model(x)
         except RuntimeError as exc:
             raise ValueError(
-                f"synthetic images of shape {tuple(data.image_shape)} do not fit the {name} "
+                f"synthetic images of shape {tuple(x.shape[1:])} do not fit the {name} "
                 f"({type(model).__name__}): {str(exc).splitlines()[0]}. Synthesize with the "
                 "image size the models expect."
             ) from exc
@@ -123,7 +120,7 @@ def _check_fit(teacher: nn.Module, student: nn.Module, data: SyntheticImages, rt
 
 
 def _prepare_student(
-    teacher: nn.Module, student: nn.Module, data: SyntheticImages, cfg: DistillConfig, rt: Runtime
+    teacher: nn.Module, student: nn.Module, data: TransferSource, cfg: DistillConfig, rt: Runtime
 ) -> dict[str, float]:
     """Repairs before the first epoch: reconstruction, then BN recalibration (timed)."""
     seconds: dict[str, float] = {}
@@ -141,26 +138,33 @@ def _prepare_student(
     return seconds
 
 
-@dataclass
 class _Loop:
     """Everything one training step needs, built once per :func:`recover` call."""
 
-    teacher_fwd: Callable[[Tensor], Tensor]
-    student_fwd: Callable[[Tensor], Tensor]
-    student: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[StepOutputs], dict[str, Tensor]]
-    data: SyntheticImages | SyntheticStream
-    cfg: DistillConfig
-    rt: Runtime
-    seed: int
-    steps_per_epoch: int
-    total_steps: int
-    target_sparsity: float
-    fill: tuple[float, ...] | None
-    out: Path | None
-    t_start: float = field(default_factory=time.perf_counter)
-    seen: int = 0
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
+        data: TransferSource,
+        cfg: DistillConfig,
+        rt: Runtime,
+        seed: int,
+        out: Path | None,
+    ) -> None:
+        model: nn.Module = student
+        if rt.world_size > 1:
+            ids = [rt.device] if rt.device.type == "cuda" else None
+            model = DistributedDataParallel(student, device_ids=ids)
+        self.teacher_fwd, self.student_fwd = rt.maybe_compile(teacher), rt.maybe_compile(model)
+        self.student, self.optimizer, self.loss_fn, self.data = student, optimizer, loss_fn, data
+        self.cfg, self.rt, self.seed, self.out = cfg, rt, seed, out
+        self.fill: tuple[float, ...] | None = hook(data, "fill")
+        self.target_sparsity = sparsity(student).overall if cfg.gradual > 0 else 0.0
+        self.steps_per_epoch = len(self.order(0))  # every epoch deals as many batches
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.t_start, self.seen = time.perf_counter(), 0
 
     def batch(self, idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         x, y = self.data.get_batch(idx)
@@ -193,19 +197,19 @@ class _Loop:
         self.seen += len(x)
         return loss.detach()
 
+    def order(self, epoch: int) -> list[Tensor]:
+        """This rank's index batches of ``epoch``, as the source deals them."""
+        rt = self.rt
+        return self.data.batches(epoch, self.cfg.batch_size, self.seed, rt.rank, rt.world_size)
 
-def _train_epoch(
-    loop: _Loop, epoch: int, sampler: DistributedSampler | PoolSampler, bar: Bar
-) -> float:
-    """One pass over the (shard of the) transfer set; returns the mean loss."""
+
+def _train_epoch(loop: _Loop, epoch: int, bar: Bar) -> float:
+    """One pass over this rank's batches of the epoch; returns the mean loss."""
     cfg = loop.cfg
-    sampler.set_epoch(epoch)
-    order = torch.tensor(list(sampler))
     g = generator(loop.seed, "augment", epoch, loop.rt.rank)
     loss_sum, loss_n = 0.0, 0
     with _bn_mode(loop.student, cfg.bn_mode):
-        for s in range(loop.steps_per_epoch):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        for s, idx in enumerate(loop.order(epoch)):
             x, y = loop.batch(idx, g)
             loss = float(loop.step(x, y, epoch * loop.steps_per_epoch + s))
             loss_sum += loss * len(idx)
@@ -221,11 +225,7 @@ def _train_epoch(
 
 
 def _measure_epoch(
-    teacher: nn.Module,
-    student: nn.Module,
-    val_set: Any,
-    held: SyntheticImages | None,
-    rt: Runtime,
+    teacher: nn.Module, student: nn.Module, val_set: Any, held: Any, rt: Runtime
 ) -> dict[str, float]:
     record: dict[str, float] = {}
     if val_set is not None:
@@ -245,24 +245,23 @@ def _keep_best(best: dict[str, Any] | None, record: dict[str, float], student: n
 
 
 def _split(
-    synthetic: Any, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
-) -> tuple[Any, SyntheticImages | None, Any]:
-    """``(train set, held-out synthetic set, validation set)``; a stream holds nothing out."""
+    source: TransferSource, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
+) -> tuple[TransferSource, Any, Any]:
+    """``(train source, held-out source, validation set)``; a source may hold nothing out."""
     val_set = val_data
     if isinstance(val_data, (str, os.PathLike)):
         val_set = resolve_data(student, val_data)
-    if isinstance(synthetic, SyntheticStream):
-        return synthetic, None, val_set
-    if val_set is None and cfg.holdout > 0 and len(synthetic) >= 20:
-        train, held = synthetic.split(cfg.holdout, seed)
-        return train, held, None
-    return synthetic, None, val_set
+    if val_set is None and cfg.holdout > 0 and len(source) >= 20:
+        parts = hook(source, "split")(cfg.holdout, seed)
+        if parts is not None:
+            return parts[0], parts[1], None
+    return source, None, val_set
 
 
 def recover(
     teacher: nn.Module,
     student: nn.Module,
-    synthetic: SyntheticImages | SyntheticStream | Dataset[Any] | tuple[Tensor, Tensor],
+    source: TransferSource | Dataset[Any] | tuple[Tensor, Tensor] | Any,
     *,
     config: DistillConfig | None = None,
     objective: Sequence[LossTerm] | None = None,
@@ -283,11 +282,11 @@ def recover(
     Args:
         teacher: the trained (dense) network.
         student: the network to train, usually ``prune(teacher, ...)``.
-        synthetic: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
+        source: the transfer set, e.g. from :func:`~recoverprune.synthesize`, or any
             labelled data: a Dataset of ``(image, label)``, a ``TensorDataset`` or
             ``(images, labels)`` tensors (images in the models' normalised input space);
-            or a :class:`~recoverprune.synthesis.stream.SyntheticStream`, which makes
-            fresh images between epochs (an epoch is then its ``steps_per_epoch`` steps).
+            or any object implementing :class:`~recoverprune.distill.source.TransferSource`
+            (the experimental stream does: fresh images between epochs).
         config: hyper-parameters (:class:`DistillConfig`).
         objective: the loss terms (default :func:`default_objective` of ``config``:
             logit KD, plus feature KD / CE when ``config`` weights them).
@@ -321,14 +320,9 @@ def recover(
         45
     """
     cfg = replace(config or DistillConfig(), **({} if epochs is None else {"epochs": epochs}))
-    stream = synthetic if isinstance(synthetic, SyntheticStream) else None
-    if stream is None:
-        synthetic = as_transfer_set(synthetic)
-        if len(synthetic) == 0:
-            raise ValueError("the synthetic set is empty: synthesize some images first")
+    source = as_source(source)
     rt = resolve(device, accel)
     out = Path(out_dir) if out_dir is not None else None
-    train_set, held, val_set = _split(synthetic, val_data, student, cfg, seed)
     terms = list(objective) if objective is not None else default_objective(cfg)
     meta = {
         "config": asdict(cfg),
@@ -336,8 +330,7 @@ def recover(
         "teacher": fingerprint(teacher),
         "student": fingerprint(student),  # masks included: another amount is another student
         "student_arch": architecture(student),
-        "synthetic": stream.key() if stream else data_fingerprint(synthetic),
-        "n_synthetic": stream.config.pool_size if stream else len(synthetic),
+        "synthetic": source.key(),
         "seed": seed,
     }
     with ExitStack() as stack:
@@ -346,37 +339,32 @@ def recover(
         state = _resume(out, meta, student) if out is not None else None
         if state is not None and state.get("done"):
             return _finished(student, state["history"])
-        if stream is not None:
-            _start_stream(stream, teacher, meta["teacher"], rt, state)
-        _check_fit(teacher, student, synthetic, rt)
-        history: list[dict[str, float]] = state["history"] if state else []
-        prep = {} if state else _prepare_student(teacher, student, train_set, cfg, rt)
+        hook(source, "start")(teacher, rt, state.get("source") if state else None)
+        train, held, val_set = _split(source, val_data, student, cfg, seed)
+        _check_fit(teacher, student, source, rt)
+        prep = {} if state else _prepare_student(teacher, student, train, cfg, rt)
         optimizer = _make_optimizer(student, cfg)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
         loss_fn = stack.enter_context(bind_objective(terms, teacher, student))
-        loop, sampler = _build_loop(
-            teacher, student, optimizer, loss_fn, train_set, cfg, rt, seed, out
-        )
-        best = state.get("best") if state else None
-        start = state["epoch"] if state else 0
+        loop = _Loop(teacher, student, optimizer, loss_fn, train, cfg, rt, seed, out)
+        state = state or {"epoch": 0, "history": [], "best": None}
+        history, best = state["history"], state.get("best")
         with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:
-            bar.advance(start * loop.steps_per_epoch)
-            for epoch in range(start, cfg.epochs):
-                revisit(verbose=progress and rt.is_main)  # threads follow the machine
-                if stream is not None and epoch > 0:
-                    stream.grow(student)  # fresh images against the student as it is now
-                    bar.update(images=stream.made)
+            bar.advance(state["epoch"] * loop.steps_per_epoch)
+            for epoch in range(state["epoch"], cfg.epochs):
+                bar.update(**(hook(source, "on_epoch")(student, epoch) or {}))
                 record: dict[str, float] = {"epoch": epoch + 1, **prep}
-                record["loss"] = _train_epoch(loop, epoch, sampler, bar)
+                record["loss"] = _train_epoch(loop, epoch, bar)
                 record["lr"] = _lr_at((epoch + 1) * loop.steps_per_epoch - 1, loop.total_steps, cfg)
                 record.update(_measure_epoch(teacher, student, val_set, held, rt))
                 history.append(record)
                 best = _keep_best(best, record, student)
                 bar.update(**{k: v for k, v in record.items() if k != "lr"})
                 if out is not None and rt.is_main:
-                    state = {"stream": stream.state_dict()} if stream is not None else {}
-                    _checkpoint(out, epoch + 1, student, optimizer, history, best, meta, state)
+                    more = {"optimizer": optimizer.state_dict(), "best": best, "done": False}
+                    more["source"] = hook(source, "state_dict")()
+                    _checkpoint(out, epoch + 1, student, history, meta, **more)
                 prep = {}
         _restore_best(student, best, cfg, progress and rt.is_main)
         if out is not None and rt.is_main:
@@ -384,93 +372,17 @@ def recover(
         return _finished(student, history)
 
 
-def _build_loop(
-    teacher: nn.Module,
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
-    data: SyntheticImages | SyntheticStream,
-    cfg: DistillConfig,
-    rt: Runtime,
-    seed: int,
-    out: Path | None,
-) -> tuple[_Loop, DistributedSampler | PoolSampler]:
-    model: nn.Module = student
-    if rt.world_size > 1:
-        model = DistributedDataParallel(
-            student, device_ids=[rt.device] if rt.device.type == "cuda" else None
-        )
-    sampler: DistributedSampler | PoolSampler
-    if isinstance(data, SyntheticStream):  # an epoch is the stream's steps on its pool
-        steps = data.config.steps_per_epoch
-        sampler = PoolSampler(
-            data.__len__, steps=steps, batch_size=cfg.batch_size, seed=seed, rank=rt.rank
-        )
-    else:
-        sampler = DistributedSampler(
-            range(len(data)),  # type: ignore[arg-type]
-            num_replicas=rt.world_size,
-            rank=rt.rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=False,
-        )
-    steps = math.ceil(len(sampler) / cfg.batch_size)
-    loop = _Loop(
-        teacher_fwd=rt.maybe_compile(teacher),
-        student_fwd=rt.maybe_compile(model),
-        student=student,
-        optimizer=optimizer,
-        loss_fn=loss_fn,
-        data=data,
-        cfg=cfg,
-        rt=rt,
-        seed=seed,
-        steps_per_epoch=steps,
-        total_steps=steps * cfg.epochs,
-        target_sparsity=sparsity(student).overall if cfg.gradual > 0 else 0.0,
-        fill=black_like(data),
-        out=out,
-    )
-    return loop, sampler
-
-
 def _checkpoint(
     out: Path,
     epoch: int,
     student: nn.Module,
-    optimizer: torch.optim.Optimizer,
     history: list[dict[str, float]],
-    best: Any,
     meta: dict[str, Any],
-    extra: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> None:
-    state = {
-        **(extra or {}),
-        "epoch": epoch,
-        "student": student.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "history": history,
-        "best": best,
-        "meta": meta,
-        "done": False,
-    }
-    save_atomic(state, out / CHECKPOINT)
-
-
-def _start_stream(
-    stream: SyntheticStream,
-    teacher: nn.Module,
-    teacher_fp: str,
-    rt: Runtime,
-    state: dict[str, Any] | None,
-) -> None:
-    """Bind ``stream`` to the borrowed teacher; its pool as checkpointed, or its first batches."""
-    stream.start(teacher, teacher_fp, rt)
-    if state is not None:
-        stream.load_state_dict(state["stream"])
-    else:
-        stream.fill()
+    """``recover-checkpoint.pt``: the training state after ``epoch`` (``done`` when final)."""
+    state = {"epoch": epoch, "student": student.state_dict(), "history": history, "meta": meta}
+    save_atomic({**extra, **state}, out / CHECKPOINT)
 
 
 def _restore_best(student: nn.Module, best: Any, cfg: DistillConfig, verbose: bool) -> None:
@@ -489,15 +401,8 @@ def _write_final(
     meta: dict[str, Any],
 ) -> None:
     refresh_pruned(student)
-    save_atomic(student.state_dict(), out / FINAL)
-    final = {
-        "epoch": cfg.epochs,
-        "student": student.state_dict(),
-        "history": history,
-        "meta": meta,
-        "done": True,
-    }
-    save_atomic(final, out / CHECKPOINT)
+    save_model(student, out / FINAL, channel_spec=channel_spec(student))
+    _checkpoint(out, cfg.epochs, student, history, meta, done=True)
     write_json_atomic({"history": history, **meta}, out / HISTORY)
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recoverprune.pruning.batchnorm import bn_layers
 from recoverprune.pruning.channel_spec import kept_channels
 
 __all__ = [
@@ -78,30 +79,34 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
+class _PerStep:
+    """A term without hooks: ``bind`` yields the term itself, called on each step's outputs."""
+
+    @contextmanager
+    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
+        yield self  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
-class LogitKD:
+class LogitKD(_PerStep):
     """Temperature-scaled KL between teacher and student logits (Hinton et al.).
 
     Example:
-        >>> LogitKD(temperature=2.0).temperature
-        2.0
+        >>> z = torch.randn(2, 5)
+        >>> float(LogitKD(temperature=2.0)(StepOutputs(z, z, torch.tensor([0, 1])))) < 1e-6
+        True
     """
 
     temperature: float = 4.0
     weight: float = 1.0
     name: str = "kd"
 
-    @contextmanager
-    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
-        yield (
-            lambda out: (
-                self.weight * kd_loss(out.student_logits, out.teacher_logits, self.temperature)
-            )
-        )
+    def __call__(self, out: StepOutputs) -> Tensor:
+        return self.weight * kd_loss(out.student_logits, out.teacher_logits, self.temperature)
 
 
 @dataclass(frozen=True)
-class CrossEntropy:
+class CrossEntropy(_PerStep):
     """Cross-entropy of the student to the batch's (synthetic target) labels.
 
     Example:
@@ -112,13 +117,8 @@ class CrossEntropy:
     weight: float = 1.0
     name: str = "ce"
 
-    @contextmanager
-    def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
-        yield lambda out: self.weight * F.cross_entropy(out.student_logits.float(), out.labels)
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+    def __call__(self, out: StepOutputs) -> Tensor:
+        return self.weight * F.cross_entropy(out.student_logits.float(), out.labels)
 
 
 def _blocks(model: nn.Module) -> list[str]:
@@ -128,7 +128,7 @@ def _blocks(model: nn.Module) -> list[str]:
         if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
             continue
         for child_name, child in parent.named_children():
-            if any(_is_bn(m) for m in child.modules() if m is not child):
+            if any(m is not child for m in bn_layers(child)):
                 names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     # keep the innermost level only: a block that contains other blocks is dropped
     return [n for n in names if not any(o.startswith(n + ".") for o in names)]
@@ -137,10 +137,9 @@ def _blocks(model: nn.Module) -> list[str]:
 def feature_layers(model: nn.Module, layers: str | Sequence[str] = "auto") -> list[str]:
     """Names of the modules whose outputs :class:`FeatureKD` matches.
 
-    ``"blocks"``: every block (a child of a ``Sequential``/``ModuleList`` that contains a
-    BatchNorm layer), e.g. each residual block of a ResNet or inverted-residual block of a
-    MobileNet. ``"bn"``: every BatchNorm layer's output. ``"auto"``: blocks, or BatchNorm
-    outputs when the model has no such blocks (VGG). A sequence names modules directly.
+    ``"blocks"``: every child of a ``Sequential``/``ModuleList`` holding a BatchNorm (the
+    residual blocks of a ResNet); ``"bn"``: every BatchNorm; ``"auto"``: blocks, else
+    BatchNorms (VGG); or a sequence of module names.
 
     Example:
         >>> from recoverprune.models import resnet20
@@ -159,20 +158,17 @@ def feature_layers(model: nn.Module, layers: str | Sequence[str] = "auto") -> li
         )
     found = _blocks(model) if layers in ("auto", "blocks") else []
     if not found and layers != "blocks":
-        found = [n for n, m in modules.items() if _is_bn(m)]
+        bns = set(bn_layers(model))
+        found = [n for n, m in modules.items() if m in bns]
     return found
 
 
 def _capture(model: nn.Module, names: Sequence[str], store: dict[str, Tensor]) -> list:
     modules = dict(model.named_modules())
-
-    def hook(name: str) -> Callable[..., None]:
-        def save(module: nn.Module, inputs: object, output: Tensor) -> None:
-            store[name] = output
-
-        return save
-
-    return [modules[n].register_forward_hook(hook(n)) for n in names]
+    return [
+        modules[n].register_forward_hook(lambda _m, _i, out, n=n: store.__setitem__(n, out))
+        for n in names
+    ]
 
 
 def _relative_mse(s: Tensor, t: Tensor) -> Tensor:
@@ -184,13 +180,10 @@ def _relative_mse(s: Tensor, t: Tensor) -> Tensor:
 class FeatureKD:
     """Match the student's intermediate features to the teacher's at the same places.
 
-    For a student that is the teacher's own architecture (unstructured pruning), the
-    outputs of the same-named modules are compared by relative squared error
-    ``‖s − t‖² / ‖t‖²`` (so every layer counts alike, whatever its scale), averaged over
-    the layers, times ``weight``. Layers whose shapes differ are indexed with the kept
-    output channels when the student records them (:func:`recoverprune.kept_channels`, set by
-    channel pruning) and skipped otherwise; if no layer is left, the term warns once and
-    contributes nothing (logit distillation still runs).
+    The outputs of same-named modules are compared by relative squared error
+    ``‖s − t‖² / ‖t‖²`` (every layer counts alike), averaged, times ``weight``. A
+    channel-pruned layer is compared on the teacher channels it kept
+    (:func:`recoverprune.kept_channels`), else skipped; with no layer left the term warns.
 
     Attributes:
         layers: ``"auto"``, ``"blocks"``, ``"bn"`` or module names (see
@@ -249,13 +242,9 @@ class FeatureKD:
 
 
 def _kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:
-    """``(layer, width) -> teacher channel indices`` for a channel-pruned ``student``.
-
-    A layer's own kept indices when pruning recorded them; for a block, those of the last
-    layer inside it that has that many channels (a residual block's output is its last
-    BatchNorm's channels plus the shortcut, which pruning keeps coupled).
-    """
-
+    """``(layer, width) -> teacher channel indices`` for a channel-pruned ``student``: a
+    layer's own, or for a block those of its last layer of that width (pruning couples a
+    residual block's last BatchNorm and shortcut)."""
     recorded = kept_channels(student) or {}
     order = [m for m, _ in student.named_modules() if m in recorded]  # forward order
     out: dict[tuple[str, int], Tensor] = {}

@@ -11,22 +11,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recoverprune.core.borrow import eval_mode
 from recoverprune.core.runtime import Runtime, resolve
 from recoverprune.pruning.batchnorm import recalibrate_bn
 from recoverprune.pruning.masks import is_masked, refresh_pruned
 
 __all__ = ["recalibrate_bn", "reconstruct"]
-
-
-def _batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
 
 
 class _Stop(Exception):
@@ -165,18 +159,11 @@ def reconstruct(
         and type(t_mods.get(n)) is type(m)  # not a converted option-A shortcut
         and t_mods[n].weight.shape == m.weight_orig.shape  # same layer, not channel-pruned
     ]
-    flags = [(m, m.training) for m in (*teacher.modules(), *student.modules())]
     per_pass = max(1, -(-len(names) // MAX_PASSES))  # 1 (a layer a pass) up to 24 layers
-    try:
-        teacher.eval()
-        student.eval()
+    with eval_mode(teacher, student):
         for start in range(0, len(names), per_pass):
-            group = names[start : start + per_pass]
-            pairs = [(t_mods[n], s_mods[n]) for n in group]
+            pairs = [(t_mods[n], s_mods[n]) for n in names[start : start + per_pass]]
             _refit(teacher, student, pairs, images, batch_size, damp, rt)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     refresh_pruned(student)
     return names
 
@@ -193,7 +180,7 @@ def _refit(
     """Refit the student layers of ``pairs`` (teacher layer, student layer) from one pass."""
     grams: list[list[Tensor]] = []
     chunk = min(_chunk(s_layer, images, batch_size) for _, s_layer in pairs)
-    for x in _batches(images, chunk):
+    for x in images.split(chunk):
         x = rt.prepare_input(x)
         s_in = _layer_inputs(student, [s for _, s in pairs], x)
         t_in = _layer_inputs(teacher, [t for t, _ in pairs], x)

@@ -1,7 +1,8 @@
 """CIFAR model zoo and checkpoint loader.
 
-Every model takes 32x32 RGB inputs and carries a timm-style ``pretrained_cfg`` hint with
-its input size and normalisation::
+Every model takes 32x32 RGB inputs, has ``num_classes`` outputs (its constructors' one
+argument) and carries a timm-style ``pretrained_cfg`` hint with its input size and
+normalisation::
 
     from recoverprune.models import load_model
     teacher = load_model("resnet20", "../shared/teachers/resnet20-12fca82f.th")

@@ -1,6 +1,4 @@
-"""Model specs and input descriptions: names to constructors, checkpoints to models.
-
-A model spec names a constructor:
+"""Model specs: names to constructors. A model spec names a constructor:
 
 * ``resnet20`` (or ``zoo:resnet20``): the built-in CIFAR zoo;
 * ``torchvision:NAME``: any ``torchvision.models`` classification builder;
@@ -8,9 +6,7 @@ A model spec names a constructor:
 * ``module:pkg.mod:factory`` or ``module:pkg.mod.factory``: your own constructor.
 
 Pretrained weights are never downloaded (torchvision ``weights=None``, timm
-``pretrained=False``): the weights come from your checkpoint. :class:`InputSpec` says what
-the model eats (channels, size, normalisation); it travels with the model as a timm-style
-``pretrained_cfg`` hint and is stored in every checkpoint, manifest and report.
+``pretrained=False``): the weights come from your checkpoint.
 """
 
 from __future__ import annotations
@@ -62,9 +58,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
 
     names = tvm.list_models(module=tvm)
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"torchvision has no classification model {name!r}{hint}")
+        raise ValueError(f"torchvision has no classification model {name!r}{_close(name, names)}")
     builder = tvm.get_model_builder(name)
     return lambda **kw: builder(weights=None, **kw)
 
@@ -88,10 +82,13 @@ def _timm_builder(name: str) -> Callable[..., nn.Module]:
             f"timm:{name} needs timm: pip install 'recoverprune[timm]' (or pip install timm)"
         ) from exc
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"timm has no model {name!r}{hint}")
+        raise ValueError(f"timm has no model {name!r}{_close(name, timm.list_models())}")
     return lambda **kw: timm.create_model(name, pretrained=False, **kw)
+
+
+def _close(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _import_factory(target: str) -> Callable[..., nn.Module]:
@@ -122,16 +119,12 @@ def _takes_num_classes(factory: Callable[..., Any]) -> bool:
 
 
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
-    """A randomly initialised model from a spec (never downloads weights).
-
-    ``num_classes=None`` keeps the constructor's default (10 for the zoo, 1000 for
-    torchvision and timm). The model carries a ``pretrained_cfg`` input hint where one is
-    known (zoo: 32x32; torchvision: its reference weights' crop size and normalisation; timm:
-    its own).
+    """A randomly initialised model from a spec (never downloads weights), with the
+    ``pretrained_cfg`` input hint where one is known; ``num_classes=None`` keeps the
+    constructor's default.
 
     Raises:
-        ValueError: unknown spec or name, timm not installed, or a factory that takes no
-            ``num_classes`` when one is given.
+        ValueError: unknown spec or name, timm missing, or a factory without ``num_classes``.
 
     Example:
         >>> build_model("torchvision:resnet18", num_classes=7).fc.out_features
@@ -187,15 +180,8 @@ def infer_num_classes(spec: str, state_dict: Mapping[str, torch.Tensor]) -> int 
 
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
-    """Build a randomly initialised model from a zoo name or any model spec.
-
-    Args:
-        name: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
-            ``module:pkg.mod:factory`` (pretrained weights are never downloaded).
-        num_classes: outputs of the classifier.
-
-    Raises:
-        ValueError: ``name`` is not a zoo model (the message lists the valid names).
+    """A randomly initialised model from a zoo name (:func:`list_models`) or any model spec
+    (:func:`build_model`) with ``num_classes`` outputs.
 
     Example:
         >>> create_model("resnet20", num_classes=100).pretrained_cfg["num_classes"]
@@ -203,7 +189,6 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-
     kind, target = parse_spec(name)
     if kind != "zoo":
         return build_model(name, num_classes)

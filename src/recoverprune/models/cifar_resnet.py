@@ -1,17 +1,7 @@
 """CIFAR ResNets of He et al. (2016), section 4.2, with the parameter-free "option A" shortcut.
 
-The definition reproduces the widely used one by Yerlan Idelbayev
-(akamaster/pytorch_resnet_cifar10) module for module, so its released checkpoints (and the
-teachers in ``../shared/teachers``) load with ``strict=True``:
-
-====================  =======  ==========
-model                 blocks   parameters
-====================  =======  ==========
-:func:`resnet20`      3        0.27 M
-:func:`resnet32`      5        0.46 M
-:func:`resnet44`      7        0.66 M
-:func:`resnet56`      9        0.85 M
-====================  =======  ==========
+Module for module the definition of akamaster/pytorch_resnet_cifar10, so its released
+checkpoints (and the teachers in ``../shared/teachers``) load with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -21,17 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from recoverprune.models.config import attach_cfg
-from recoverprune.models.resnet import BasicBlock
+from recoverprune.models.resnet import BasicBlock, ResNet
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56"]
 
 
 class _ShortcutA(nn.Module):
-    """Option A shortcut: subsample by 2 and zero-pad the channels; no parameters.
-
-    Args:
-        pad: channels of zeros added on each side of the channel dimension.
-    """
+    """Option A shortcut: subsample by 2 and add ``pad`` zero channels on each side."""
 
     def __init__(self, pad: int) -> None:
         super().__init__()
@@ -44,10 +30,8 @@ class _ShortcutA(nn.Module):
         return f"pad={self.pad}"
 
     def as_conv(self, in_channels: int) -> nn.Conv2d:
-        """The same map as a 1x1 stride-2 convolution, which channel pruning can narrow.
-
-        ``out[pad + i] = x[i]``, zeros elsewhere (the channel-pruning protocol for a
-        parameter-free module that changes the channel count).
+        """The same map as a 1x1 stride-2 convolution (``out[pad + i] = x[i]``), which channel
+        pruning can narrow (its protocol for a parameter-free module changing the width).
 
         Example:
             >>> x = torch.randn(2, 4, 8, 8)
@@ -63,13 +47,7 @@ class _ShortcutA(nn.Module):
 
 
 class CifarBasicBlock(BasicBlock):
-    """Two 3x3 conv/BN layers plus an identity or option-A shortcut, then ReLU.
-
-    Args:
-        in_planes: input channels.
-        planes: output channels.
-        stride: stride of the first convolution (and of the shortcut).
-    """
+    """A :class:`BasicBlock` with an identity or option-A shortcut."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         changes_shape = stride != 1 or in_planes != planes
@@ -77,7 +55,7 @@ class CifarBasicBlock(BasicBlock):
         super().__init__(in_planes, planes, stride, shortcut=shortcut)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ResNet):
     """ResNet-(6n+2) for 32x32 inputs: widths 16/32/64, global pool, ``linear`` classifier.
 
     Args:
@@ -85,36 +63,17 @@ class CifarResNet(nn.Module):
         num_classes: outputs of the classifier.
 
     Example:
-        >>> from recoverprune.models import resnet20
-        >>> isinstance(resnet20(num_classes=7), CifarResNet), resnet20(num_classes=7).pretrained_cfg["num_classes"]
-        (True, 7)
+        >>> CifarResNet((1, 1, 1), num_classes=7).linear
+        Linear(in_features=64, out_features=7, bias=True)
     """
 
     def __init__(self, num_blocks: tuple[int, int, int], num_classes: int = 10) -> None:
-        super().__init__()
-        self.in_planes = 16
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = self._make_layer(16, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(32, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(64, num_classes)
+        super().__init__(CifarBasicBlock, num_blocks, num_classes, widths=(16, 32, 64))
+
+    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(CifarBasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(torch.flatten(self.avgpool(out), 1))
 
 
 def _cifar_resnet(name: str, n: int, num_classes: int) -> CifarResNet:
@@ -123,9 +82,6 @@ def _cifar_resnet(name: str, n: int, num_classes: int) -> CifarResNet:
 
 def resnet20(num_classes: int = 10) -> CifarResNet:
     """ResNet-20 for CIFAR (3 blocks per stage, 0.27 M parameters).
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> import torch
@@ -141,9 +97,6 @@ def resnet20(num_classes: int = 10) -> CifarResNet:
 def resnet32(num_classes: int = 10) -> CifarResNet:
     """ResNet-32 for CIFAR (5 blocks per stage, 0.46 M parameters).
 
-    Args:
-        num_classes: outputs of the classifier.
-
     Example:
         >>> sum(p.numel() for p in resnet32().parameters())
         464154
@@ -154,9 +107,6 @@ def resnet32(num_classes: int = 10) -> CifarResNet:
 def resnet44(num_classes: int = 10) -> CifarResNet:
     """ResNet-44 for CIFAR (7 blocks per stage, 0.66 M parameters).
 
-    Args:
-        num_classes: outputs of the classifier.
-
     Example:
         >>> resnet44(num_classes=100).linear.out_features
         100
@@ -166,9 +116,6 @@ def resnet44(num_classes: int = 10) -> CifarResNet:
 
 def resnet56(num_classes: int = 10) -> CifarResNet:
     """ResNet-56 for CIFAR (9 blocks per stage, 0.85 M parameters).
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> len(resnet56().layer3)

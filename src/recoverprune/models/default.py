@@ -39,11 +39,9 @@ def default_teacher_info() -> dict[str, Any]:
 def default_teacher() -> CifarResNet:
     """The embedded CIFAR-10 teacher, in eval mode, float32.
 
-    A ResNet-20 (He et al. 2016, option-A shortcuts) started from the BSD-licensed weights
-    of akamaster/pytorch_resnet_cifar10 and fine-tuned by this project on the training
-    split of the CIFAR-10 JPEG q75 copy with ``benchmarks/train_teacher.py``; stored in
-    float16 (about 0.55 MB). Its measured test top-1 and the exact command are in
-    :func:`default_teacher_info`; the licence notice ships beside the file.
+    A ResNet-20 from the BSD-licensed weights of akamaster/pytorch_resnet_cifar10,
+    fine-tuned on CIFAR-10 JPEG q75 with ``benchmarks/train_teacher.py``, stored in float16;
+    its top-1 and command: :func:`default_teacher_info`; licence notice beside the file.
 
     Example:
         >>> teacher = default_teacher()

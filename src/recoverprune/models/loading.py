@@ -20,7 +20,7 @@ from recoverprune.models.registry import list_models, matching_archs, zoo_entry,
 from recoverprune.pruning.channel_spec import apply_channel_spec
 from recoverprune.pruning.masks import refresh_pruned, restore_pruning
 
-__all__ = ["key_report", "load_into", "load_model"]
+__all__ = ["key_report", "load_model"]
 
 
 def key_report(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]) -> str:
@@ -57,14 +57,10 @@ def load_model(
     num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Build ``arch`` (a zoo name, any model spec, or a copy of your model) and load a
-    checkpoint into it strictly: the one loader of every checkpoint this library reads.
-
-    The checkpoint may be a plain state dict or a dict holding one under ``state_dict``,
-    ``model``, ``student`` or ``model_state_dict``; ``module.``/``_orig_mod.`` prefixes are
-    stripped. Pruned checkpoints (``<layer>.weight_orig`` + ``<layer>.weight_mask``) come
-    back pruned, masks intact; channel-pruned ones (saved with a ``channel_spec``, see
-    :func:`recoverprune.channel_spec`) come back at their smaller widths.
+    """Build ``arch`` and load a checkpoint into it strictly: the one loader of every
+    checkpoint this library reads (layouts: :func:`~recoverprune.core.io.extract_state_dict`).
+    Pruned checkpoints come back pruned, masks intact; channel-pruned ones (saved with a
+    ``channel_spec``) at their smaller widths.
 
     Args:
         arch: one of :func:`list_models`, or ``torchvision:NAME``, ``timm:NAME``,
@@ -72,19 +68,17 @@ def load_model(
             reads N from the checkpoint); or an ``nn.Module`` of the checkpoint's
             architecture (your own), which is copied, never changed.
         checkpoint: path of a file written by ``torch.save``; loaded with ``weights_only=True``.
-        num_classes: outputs of the classifier; ``None`` infers it from the checkpoint's
-            classifier weight (10 if there is none). Ignored for an ``nn.Module``.
-        map_location: where the checkpoint tensors are deserialised. The model itself is
-            built on the CPU; move it with ``.to()``.
+        num_classes: outputs of the classifier; ``None`` reads it from the checkpoint
+            (10 if it cannot tell). Ignored for an ``nn.Module``.
+        map_location: where the tensors are deserialised (the model is built on the CPU).
 
     Returns:
-        The model, in eval mode, with ``pretrained_cfg`` set (from the checkpoint's
-        ``"input"`` entry when it has one).
+        The model in eval mode, with the checkpoint's input description when it has one.
 
     Raises:
         ValueError: unknown ``arch``.
-        CheckpointError: the file is missing, is not a checkpoint, or does not fit ``arch``
-            (the message names missing/unexpected keys and shape mismatches).
+        CheckpointError: the file is missing, unreadable, or does not fit ``arch`` (the
+            message names the keys and shapes).
 
     Example:
         >>> import tempfile, torch
@@ -98,16 +92,16 @@ def load_model(
     raw = load_checkpoint(checkpoint, map_location)
     state_dict = extract_state_dict(raw, str(checkpoint))
     if isinstance(arch, nn.Module):
-        return load_into(copy.deepcopy(arch), raw, state_dict, where=checkpoint)
+        return _load_into(copy.deepcopy(arch), raw, state_dict, where=checkpoint)
     kind, target = parse_spec(arch)
     spec = target if kind == "zoo" else f"{kind}:{target}"
     if num_classes is None:
         num_classes = _saved_num_classes(kind, target, spec, state_dict)
     model = build_model(spec, num_classes)
-    return load_into(model, raw, state_dict, where=checkpoint, spec=spec, num_classes=num_classes)
+    return _load_into(model, raw, state_dict, where=checkpoint, spec=spec, num_classes=num_classes)
 
 
-def load_into(
+def _load_into(
     model: nn.Module,
     raw: Any,
     state_dict: Mapping[str, torch.Tensor],
@@ -116,22 +110,9 @@ def load_into(
     spec: str | None = None,
     num_classes: int | None = None,
 ) -> nn.Module:
-    """Load a checkpoint (``raw``, and the ``state_dict`` extracted from it) into ``model``.
-
-    Reshapes ``model`` in place to a saved ``channel_spec``, restores pruning masks, loads
-    strictly, keeps the masks' zeros and attaches the saved input description and class
-    names (``label_names``, as timm records them in ``pretrained_cfg``).
-
-    Raises:
-        CheckpointError: the checkpoint does not fit; ``spec``/``num_classes`` (what
-            ``model`` was built from) make the message say what to pass instead.
-
-    Example:
-        >>> from torch import nn
-        >>> net = load_into(nn.Linear(2, 3), {}, nn.Linear(2, 3).state_dict(), where="x.pt")
-        >>> net.training
-        False
-    """
+    """Reshape ``model`` to a saved ``channel_spec``, restore its masks, load ``state_dict``
+    strictly (``spec``/``num_classes``, what it was built from, make an error say what to
+    pass instead), then attach the saved input description and class names."""
     saved_channels = raw.get("channel_spec") if isinstance(raw, Mapping) else None
     if saved_channels:  # channel-pruned: reshape to the recorded widths before loading
         apply_channel_spec(model, saved_channels, state_dict)

@@ -31,24 +31,13 @@ CIFAR_CONFIG: tuple[tuple[int, int, int, int], ...] = (
 def _conv_bn(
     in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
 ) -> list[nn.Module]:
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-    ]
-    if act:
-        layers.append(nn.ReLU6())
-    return layers
+    conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(out_ch), *([nn.ReLU6()] if act else [])]
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expansion, 3x3 depthwise, linear 1x1 projection; residual when shapes agree.
-
-    Args:
-        in_ch: input channels.
-        out_ch: output channels.
-        stride: stride of the depthwise convolution.
-        expand_ratio: hidden width as a multiple of ``in_ch`` (no expansion conv if 1).
-    """
+    """1x1 expansion by ``expand_ratio`` (none if 1), 3x3 depthwise with ``stride``, linear 1x1
+    projection; residual when shapes agree."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
@@ -67,16 +56,12 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2, width 1.0, for 32x32 inputs.
-
-    Args:
-        num_classes: outputs of the ``linear`` classifier.
-        config: ``(t, c, n, s)`` rows of inverted-residual stages.
+    """MobileNetV2, width 1.0, for 32x32 inputs: ``config`` rows ``(t, c, n, s)`` of
+    inverted-residual stages, a ``linear`` classifier.
 
     Example:
-        >>> from recoverprune.models import mobilenet_v2
-        >>> isinstance(mobilenet_v2(num_classes=7), MobileNetV2), mobilenet_v2(num_classes=7).pretrained_cfg["num_classes"]
-        (True, 7)
+        >>> MobileNetV2(num_classes=7, config=((1, 16, 1, 1),)).linear.out_features
+        7
     """
 
     def __init__(
@@ -108,9 +93,6 @@ class MobileNetV2(nn.Module):
 
 def mobilenet_v2(num_classes: int = 10) -> MobileNetV2:
     """MobileNetV2 for CIFAR (2.24 M parameters with 10 classes).
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> import torch

@@ -15,21 +15,19 @@ from recoverprune.models.vgg import vgg11_bn, vgg16_bn
 __all__ = ["list_models", "matching_archs", "zoo_entry", "zoo_num_classes"]
 
 
-def _entries() -> dict[str, tuple[Callable[[int], nn.Module], str]]:
-    """Name -> (constructor, classifier attribute)."""
-
-    return {
-        "mobilenet_v2": (mobilenet_v2, "linear"),
-        "resnet18": (resnet18, "linear"),
-        "resnet20": (resnet20, "linear"),
-        "resnet32": (resnet32, "linear"),
-        "resnet34": (resnet34, "linear"),
-        "resnet44": (resnet44, "linear"),
-        "resnet50": (resnet50, "linear"),
-        "resnet56": (resnet56, "linear"),
-        "vgg11_bn": (vgg11_bn, "classifier"),
-        "vgg16_bn": (vgg16_bn, "classifier"),
-    }
+#: name -> (constructor, classifier attribute)
+_ZOO: dict[str, tuple[Callable[[int], nn.Module], str]] = {
+    "mobilenet_v2": (mobilenet_v2, "linear"),
+    "resnet18": (resnet18, "linear"),
+    "resnet20": (resnet20, "linear"),
+    "resnet32": (resnet32, "linear"),
+    "resnet34": (resnet34, "linear"),
+    "resnet44": (resnet44, "linear"),
+    "resnet50": (resnet50, "linear"),
+    "resnet56": (resnet56, "linear"),
+    "vgg11_bn": (vgg11_bn, "classifier"),
+    "vgg16_bn": (vgg16_bn, "classifier"),
+}
 
 
 def list_models() -> list[str]:
@@ -39,14 +37,13 @@ def list_models() -> list[str]:
         >>> ", ".join(list_models()[:3])
         'mobilenet_v2, resnet18, resnet20'
     """
-    return sorted(_entries())
+    return sorted(_ZOO)
 
 
 def zoo_entry(name: str) -> tuple[Callable[[int], nn.Module], str]:
-    entries = _entries()
-    if name not in entries:
+    if name not in _ZOO:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    return entries[name]
+    return _ZOO[name]
 
 
 def zoo_num_classes(state_dict: Mapping[str, torch.Tensor], classifier: str) -> int | None:
@@ -60,19 +57,19 @@ def zoo_num_classes(state_dict: Mapping[str, torch.Tensor], classifier: str) -> 
 
 def _dense_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Key -> shape with pruning re-parametrisation folded back (``weight_orig`` -> ``weight``)."""
-    out: dict[str, tuple[int, ...]] = {}
-    for key, value in state_dict.items():
-        if key.endswith("_mask") or key.endswith("num_batches_tracked"):
-            continue
-        out[key.removesuffix("_orig")] = tuple(value.shape)
-    return out
+    skip = ("_mask", "num_batches_tracked")
+    return {
+        k.removesuffix("_orig"): tuple(v.shape)
+        for k, v in state_dict.items()
+        if not k.endswith(skip)
+    }
 
 
 def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Zoo models whose keys and shapes fit ``state_dict`` (classes inferred; built on meta)."""
     want = _dense_shapes(state_dict)
     matches = []
-    for name, (fn, classifier) in sorted(_entries().items()):
+    for name, (fn, classifier) in sorted(_ZOO.items()):
         n = zoo_num_classes(state_dict, classifier) or 10
         with torch.device("meta"):
             have = _dense_shapes(fn(n).state_dict())

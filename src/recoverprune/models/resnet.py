@@ -28,15 +28,9 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv/BN layers with a residual connection (ResNet-18/34).
-
-    Args:
-        in_planes: input channels.
-        planes: output channels.
-        stride: stride of the first convolution and of the projection.
-        shortcut: the residual branch; default identity, or a 1x1 conv + BN projection
-            when the shape changes.
-    """
+    """Two 3x3 conv/BN layers (``in_planes`` -> ``planes``, the first with ``stride``) and a
+    residual ``shortcut`` (default: identity, or a 1x1 conv + BN projection if the shape
+    changes) (ResNet-18/34)."""
 
     expansion: int = 1
 
@@ -57,13 +51,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (x4), each with BN, plus a residual (ResNet-50).
-
-    Args:
-        in_planes: input channels.
-        planes: bottleneck width; the block outputs ``4 * planes`` channels.
-        stride: stride of the 3x3 convolution and of the projection.
-    """
+    """1x1 reduce to ``planes``, 3x3 (with ``stride``), 1x1 expand to ``4 * planes``, each
+    with BN, plus a residual (ResNet-50)."""
 
     expansion: int = 4
 
@@ -86,35 +75,38 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet for 32x32 inputs: 3x3 stem, four stages of widths 64/128/256/512.
+    """ResNet for 32x32 inputs: 3x3 stem, one stage per width (64/128/256/512 by default).
 
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         num_blocks: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         num_classes: outputs of the ``linear`` classifier.
+        widths: channels of the stages ``layer1``, ``layer2``, ...; every stage after the
+            first halves the resolution.
 
     Example:
-        >>> from recoverprune.models import resnet18
-        >>> isinstance(resnet18(num_classes=7), ResNet), resnet18(num_classes=7).pretrained_cfg["num_classes"]
-        (True, 7)
+        >>> len(ResNet(BasicBlock, (1, 2), widths=(8, 16)).layer2)
+        2
     """
 
     def __init__(
         self,
         block: type[BasicBlock | Bottleneck],
-        num_blocks: tuple[int, int, int, int],
+        num_blocks: tuple[int, ...],
         num_classes: int = 10,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+        self.in_planes, self.stages = widths[0], len(widths)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        for i, (planes, blocks) in enumerate(zip(widths, num_blocks, strict=True)):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 2 if i else 1))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512 * block.expansion, num_classes)
+        self.linear = nn.Linear(widths[-1] * block.expansion, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -130,15 +122,13 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        for i in range(1, self.stages + 1):
+            out = getattr(self, f"layer{i}")(out)
         return self.linear(torch.flatten(self.avgpool(out), 1))
 
 
 def resnet18(num_classes: int = 10) -> ResNet:
     """ResNet-18 for CIFAR (11.2 M parameters).
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> resnet18().pretrained_cfg["input_size"]
@@ -150,9 +140,6 @@ def resnet18(num_classes: int = 10) -> ResNet:
 def resnet34(num_classes: int = 10) -> ResNet:
     """ResNet-34 for CIFAR (21.3 M parameters).
 
-    Args:
-        num_classes: outputs of the classifier.
-
     Example:
         >>> model = resnet34()
         >>> [len(model.layer1), len(model.layer2), len(model.layer3), len(model.layer4)]
@@ -163,9 +150,6 @@ def resnet34(num_classes: int = 10) -> ResNet:
 
 def resnet50(num_classes: int = 10) -> ResNet:
     """ResNet-50 for CIFAR (23.5 M parameters), with Bottleneck blocks.
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> resnet50(num_classes=100).linear.in_features

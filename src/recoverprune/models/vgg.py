@@ -23,16 +23,12 @@ CONFIGS: dict[str, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    """VGG with BN for 32x32 inputs.
-
-    Args:
-        config: a list of conv widths and ``"M"`` (max-pool), e.g. ``CONFIGS["D"]``.
-        num_classes: outputs of the ``classifier``.
+    """VGG with BN for 32x32 inputs: ``config`` lists conv widths and ``"M"`` (max-pool),
+    e.g. ``CONFIGS["D"]``.
 
     Example:
-        >>> from recoverprune.models import vgg11_bn
-        >>> isinstance(vgg11_bn(num_classes=7), VGG), vgg11_bn(num_classes=7).pretrained_cfg["num_classes"]
-        (True, 7)
+        >>> VGG([8, "M", 16, "M"], num_classes=3).classifier
+        Linear(in_features=16, out_features=3, bias=True)
     """
 
     def __init__(self, config: list[int | str], num_classes: int = 10) -> None:
@@ -60,9 +56,6 @@ class VGG(nn.Module):
 def vgg11_bn(num_classes: int = 10) -> VGG:
     """VGG-11 (configuration 'A') with BN for CIFAR (9.2 M parameters).
 
-    Args:
-        num_classes: outputs of the classifier.
-
     Example:
         >>> vgg11_bn().classifier
         Linear(in_features=512, out_features=10, bias=True)
@@ -72,9 +65,6 @@ def vgg11_bn(num_classes: int = 10) -> VGG:
 
 def vgg16_bn(num_classes: int = 10) -> VGG:
     """VGG-16 (configuration 'D') with BN for CIFAR (14.7 M parameters).
-
-    Args:
-        num_classes: outputs of the classifier.
 
     Example:
         >>> sum(isinstance(m, torch.nn.Conv2d) for m in vgg16_bn().modules())

@@ -12,11 +12,11 @@ from torch import nn
 
 from recoverprune.core.files import check_free_space, check_writable, clean_stale, remove_outputs
 from recoverprune.core.io import load_own
-from recoverprune.core.spec import infer_input_shape
+from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import StageMismatch, check_key
 from recoverprune.core.validate import check_finite, check_plausible
-from recoverprune.data.evaluate import resolve_data
-from recoverprune.data.synthetic import SHARD_GLOB
+from recoverprune.data.synthetic_io import SHARD_GLOB
+from recoverprune.evaluation.evaluate import resolve_data
 from recoverprune.pipeline.layout import RECOVER, REPORT, STUDENT, SYNTHETIC
 
 __all__ = ["preflight", "reuse_pruned"]
@@ -27,37 +27,33 @@ def preflight(
     out: Path,
     n: int,
     batch_size: int,
-    image_size: int | None,
+    spec: InputSpec,
     eval_data: Any,
     *,
     clean: bool = True,
-    read_as: Mapping[str, Any] | None = None,
 ) -> None:
     """Check every input of :func:`~recoverprune.compress` before any compute.
 
-    Finite and plausible teacher weights, a writable ``out`` (its stale temporaries removed when
-    ``clean``), free space for the shards still to make plus checkpoints, and an
-    ``eval_data`` path whose layout and every image decode (the result is cached), read
-    as ``read_as`` says (``channels``, ``mean``, ``std``, ``resize``).
+    Plausible teacher weights, a writable ``out`` (stale temporaries removed when ``clean``)
+    with room for the shards and checkpoints, and an ``eval_data`` path that reads as ``spec``.
 
     Example:
         >>> import tempfile
         >>> from recoverprune.models import resnet20
-        >>> preflight(resnet20(), Path(tempfile.mkdtemp()), 8, 4, None, None)
+        >>> net = resnet20()
+        >>> preflight(net, Path(tempfile.mkdtemp()), 8, 4, InputSpec.of(net), None)
     """
-
     check_finite(teacher, "teacher")
     check_plausible(teacher, "teacher")
     check_writable(out)
     if clean:
         clean_stale(out)
-    shape = infer_input_shape(teacher, image_size)
     done = len(list((out / SYNTHETIC).glob(SHARD_GLOB))) * batch_size
-    image_bytes = max(n - done, 0) * math.prod(shape) * 4
+    image_bytes = max(n - done, 0) * math.prod(spec.shape) * 4
     model_bytes = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())
     check_free_space(out, image_bytes + 8 * model_bytes)  # pruned, checkpoints, student
     if isinstance(eval_data, (str, os.PathLike)):
-        resolve_data(teacher, eval_data, **(read_as or {}))
+        resolve_data(teacher, eval_data, input=spec)
 
 
 def reuse_pruned(path: Path, key: Mapping[str, Any], overwrite: bool) -> bool:

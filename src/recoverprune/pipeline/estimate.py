@@ -1,9 +1,6 @@
-"""How long a compress run will roughly take, from one timed pass of the teacher.
-
-A DeepInversion step costs about one forward + backward pass of the teacher per image; a
-distillation step about two (a teacher forward, a student forward + backward with weight
-gradients). The factors below turn one measured pass into stage estimates; they are
-rough (the progress lines then report the measured rate and ETA).
+"""How long a compress run will roughly take, from one timed pass of the teacher: a
+DeepInversion image-step costs about one forward + backward pass, a distillation step about
+two (teacher forward, student forward + backward); the progress lines then measure.
 """
 
 from __future__ import annotations
@@ -13,16 +10,14 @@ import time
 import torch
 from torch import nn
 
+from recoverprune.core.borrow import eval_mode
 from recoverprune.core.runtime import resolve
 
 __all__ = ["rough_seconds"]
 
 
 #: Cost of one image-step relative to one forward + input-gradient pass of the teacher.
-DI_FACTOR = 1.2
-
-
-KD_FACTOR = 2.0
+DI_FACTOR, KD_FACTOR = 1.2, 2.0
 
 
 def _pass_seconds(teacher: nn.Module, x: torch.Tensor, sync: bool) -> float:
@@ -59,18 +54,16 @@ def rough_seconds(
     """
     rt = resolve(device)
     where = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    rt.prepare_model(teacher)
-    try:
-        b = max(2, min(batch_size, 32))
-        x = rt.prepare_input(torch.randn(b, *shape))
-        sync = rt.device.type == "cuda"
-        _pass_seconds(teacher, x, sync)
-        per_image = _pass_seconds(teacher, x, sync) / b
-    finally:
-        teacher.to(where)
-        teacher.train(was_training)
+    with eval_mode(teacher):
+        rt.prepare_model(teacher)
+        try:
+            b = max(2, min(batch_size, 32))
+            x = rt.prepare_input(torch.randn(b, *shape))
+            sync = rt.device.type == "cuda"
+            _pass_seconds(teacher, x, sync)
+            per_image = _pass_seconds(teacher, x, sync) / b
+        finally:
+            teacher.to(where)
     return {
         "DeepInversion": n * iterations * per_image * DI_FACTOR,
         "Recovery": epochs * n * per_image * KD_FACTOR,

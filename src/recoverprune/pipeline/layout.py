@@ -12,19 +12,11 @@ from recoverprune.distill.loop import FINAL
 
 __all__ = ["CHECK", "GRID", "PRUNED", "RECOVER", "REPORT", "STUDENT", "SYNTHETIC", "TIMING"]
 
-#: the pruned student before recovery (resumable stage 1)
-PRUNED = "pruned.pt"
-#: the transfer set's shards and manifest
-SYNTHETIC = "synthetic"
-#: the independently seeded check set
-CHECK = "check"
-#: a grid of the first synthetic images
-GRID = "synthetic-grid.png"
-#: the recovery's checkpoints and history
-RECOVER = "recover"
-#: the final student (the same name ``recover`` writes into its own directory)
-STUDENT = FINAL
-#: the report of the run
-REPORT = "report.json"
-#: seconds per stage, kept across resumes
-TIMING = "timing.json"
+PRUNED = "pruned.pt"  #: the pruned student before recovery (resumable stage 1)
+SYNTHETIC = "synthetic"  #: the transfer set's shards and manifest
+CHECK = "check"  #: the independently seeded check set
+GRID = "synthetic-grid.png"  #: a grid of the first synthetic images
+RECOVER = "recover"  #: the recovery's checkpoints and history
+STUDENT = FINAL  #: the final student (the same name ``recover`` writes into its own directory)
+REPORT = "report.json"  #: the report of the run
+TIMING = "timing.json"  #: seconds per stage, kept across resumes

@@ -18,10 +18,9 @@ class Preset:
         iterations: DeepInversion steps per batch.
         batch_size: synthesis batch size.
         epochs: distillation epochs.
-        check_n: images of the independently seeded check set (the data-free quality
-            signal in the report).
-        distill: the preset's own distillation settings (``None``: the library's
-            :class:`DistillConfig` defaults); an explicit ``compress(distill=...)`` wins.
+        check_n: images of the independently seeded check set (the report's quality signal).
+        distill: the preset's distillation settings (``None``: the :class:`DistillConfig`
+            defaults); an explicit ``compress(distill=...)`` wins.
 
     Example:
         >>> PRESETS["quick"].n, PRESETS["quick"].iterations
@@ -38,11 +37,10 @@ class Preset:
     distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
-        for name in ("n", "iterations", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Preset.{name} must be >= 1, got {getattr(self, name)}")
-        if self.check_n < 2:
-            raise ValueError(f"Preset.check_n must be >= 2, got {self.check_n}")
+        least = {"n": 1, "iterations": 1, "batch_size": 1, "epochs": 1, "check_n": 2}
+        for name, bound in least.items():
+            if getattr(self, name) < bound:
+                raise ValueError(f"Preset.{name} must be >= {bound}, got {getattr(self, name)}")
 
 
 #: ``quick``: meant for a CPU (its measured time: the README). ``paper``: the reference

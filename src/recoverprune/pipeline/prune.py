@@ -1,93 +1,114 @@
-"""The public :func:`prune`: unstructured masks, channels removed through a dependency graph,
-or whole residual blocks dropped.
+"""The public :func:`prune`: one entry, the variant chosen by the type of its config.
 
 The pruning layer never makes data; for data-driven channel importance, for choosing the
 blocks to drop and for re-estimating BatchNorm statistics afterwards, this is where
-DeepInversion images are made when the caller gives none (lazily: only once the pruning
-layer asks).
+DeepInversion images are made when the caller gives none (lazily: only once a step asks),
+to the image budget of one :class:`Calibration`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from recoverprune.pruning.blocks import BlockConfig, drop_blocks
-from recoverprune.pruning.channels import ChannelConfig, channel_prune, count_macs, example_input
-from recoverprune.pruning.masks import DEFAULT_LAYER_TYPES, Scope, magnitude_prune
+from recoverprune.core.spec import InputSpec
+from recoverprune.pruning import dispatch
+from recoverprune.pruning.batchnorm import bn_layers
+from recoverprune.pruning.measure import count_macs, example_input
 from recoverprune.synthesis.config import InversionConfig
 from recoverprune.synthesis.inversion import synthesize
 
-__all__ = ["calibration_source", "prune", "recalibration_budget"]
+__all__ = ["Calibration", "calibration_source", "prune", "recalibration_budget"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The DeepInversion images :func:`prune` makes when it is given no ``data=``.
+
+    Attributes:
+        images: images that score the blocks to drop and re-estimate BatchNorm statistics
+            after channel pruning or block dropping. ``None`` (automatic): 64, fewer for
+            models whose DeepInversion would cost more than a CIFAR ResNet-32's (see
+            :func:`recalibration_budget`). Whether statistics are re-estimated at all is
+            the configs' ``recalibrate``.
+        iterations: DeepInversion steps for those images; ``None``: 50, fewer for such models.
+        taylor_images: images for ``ChannelConfig(importance="taylor")`` (re-estimation then
+            uses the same images).
+        taylor_iterations: DeepInversion steps for those images.
+
+    Example:
+        >>> Calibration(images=16).taylor_images
+        64
+    """
+
+    images: int | None = None
+    iterations: int | None = None
+    taylor_images: int = 64
+    taylor_iterations: int = 100
+
+    def __post_init__(self) -> None:
+        for name, least, what in (
+            ("images", 2, "images (BatchNorm statistics need 2)"),
+            ("iterations", 1, "steps"),
+            ("taylor_images", 1, "images"),
+            ("taylor_iterations", 1, "steps"),
+        ):
+            value = getattr(self, name)
+            if value is None and name in ("images", "iterations"):
+                continue  # automatic
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a number of {what} >= {least}, got {value!r}")
 
 
 def prune(
     model: nn.Module,
-    amount: float | None,
+    how: Any,
     *,
-    scope: Scope = "global",
-    include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
-    inplace: bool = False,
-    structure: Literal["unstructured", "channel", "block"] = "unstructured",
-    channel: ChannelConfig | None = None,
-    block: BlockConfig | None = None,
     data: Any = None,
+    calibration: Calibration | None = None,
+    input: InputSpec | None = None,
+    inplace: bool = False,
 ) -> nn.Module:
-    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept; channel pruning;
-    or block dropping.
-
-    With ``scope="global"`` (the default, as in the paper) all selected weights compete:
-    exactly ``round(amount * total)`` of the smallest ``|w|`` across every layer are
-    zeroed, ties broken deterministically by position. With ``scope="layerwise"`` each
-    layer loses ``round(amount * layer_size)`` of its own weights. ``amount`` is the
-    resulting sparsity of the selected weights; pruning an already pruned model
-    tightens its existing masks.
+    """Prune ``model`` the way ``how`` says: the type of the config picks the method.
 
     Args:
         model: a trained network. It is not modified unless ``inplace=True``.
-        amount: fraction of the selected weights to remove, in ``[0, 1)``; ``None`` for
-            ``structure="block"`` (the block count or speed-up is in ``block``).
-        scope: ``"global"`` or ``"layerwise"``.
-        include: glob patterns of layer names that take part (default: all).
-        exclude: glob patterns of layer names to keep dense, e.g. ``["conv1", "linear"]``.
-        layer_types: module types whose ``weight`` is pruned.
-        inplace: prune ``model`` itself instead of a deep copy.
-        structure: ``"unstructured"`` (masks, the default) or ``"channel"``: remove whole
-            output channels through a dependency graph, so the copy is a smaller dense
-            network (needs ``pip install "recoverprune[channel]"``; ``amount`` is then the
-            fraction of each prunable group's channels, ``scope``/``include``/``layer_types``/
-            ``inplace`` do not apply; see :class:`ChannelConfig` and docs/channel-pruning.md);
-            or ``"block"``: replace whole residual blocks by ``nn.Identity``, the least
-            damaging first, so the copy is a shorter network (``exclude`` names blocks to
-            keep; see :class:`BlockConfig`); with ``channel=`` as well, the channels of the
-            remaining layers are then pruned to ``channel``'s budget (the two MAC ratios
-            multiply; ``exclude`` keeps the named blocks and layers whole).
-        channel: channel-pruning settings: importance, ``speedup=``/``target_macs=``
-            budgets, protected layers, unstructured sparsity on what remains. With
-            ``structure="block"``: the channel pruning that follows the block dropping
-            (it needs ``speedup=`` or ``target_macs=``).
-        block: block-dropping settings: ``drop=`` blocks or ``speedup=``, the images that
-            score them, BatchNorm re-estimation (default ``BlockConfig()``: one block).
-        data: images for data-driven channel importance (``importance="taylor"``), for
-            scoring the blocks to drop, and for re-estimating BatchNorm statistics after
-            channel pruning or block dropping; default: DeepInversion images of the model
-            (``channel.calibration_images`` for Taylor, :func:`recalibration_budget` for
-            the rest), made only when needed.
+        how: a float ``amount`` (global L1-magnitude masks on Conv/Linear weights, the same
+            as ``UnstructuredConfig(amount)``); an :class:`UnstructuredConfig` (layerwise
+            scope, include patterns, layer types); a :class:`ChannelConfig` (whole channels
+            removed through a dependency graph: a smaller dense network); a
+            :class:`BlockConfig` (whole residual blocks replaced by ``nn.Identity``: a
+            shorter network); or a list of them, applied in order (after a BlockConfig, a
+            ChannelConfig's ``speedup`` is relative to the shorter model, and the two MAC
+            ratios multiply). Other types registered with
+            :func:`recoverprune.pruning.dispatch.register` are accepted too.
+        exclude: glob patterns of layer names to keep whole (dense, every channel), or of
+            blocks to keep, e.g. ``["conv1", "linear"]``.
+        data: images for Taylor channel importance, for scoring the blocks to drop and for
+            re-estimating BatchNorm statistics (a tensor, an ``(images, labels)`` pair, a
+            ``SyntheticImages``); default: DeepInversion images of the model, to
+            ``calibration``'s budget, made only when a step needs them, once for all steps.
+        calibration: the budget of those images (default ``Calibration()``).
+        input: the model's input (default: ``InputSpec.of(model)``), for tracing and for
+            the DeepInversion images.
+        inplace: prune ``model`` itself instead of a deep copy (unstructured only).
 
     Returns:
         The pruned model (a deep copy unless ``inplace``), same mode and device.
 
     Raises:
-        TypeError, ValueError: bad ``amount``/``scope``, no prunable layer or block, a
-            budget out of reach, or a pattern that matches nothing.
+        TypeError: ``how`` of no accepted type (the message names them).
+        ValueError: a bad setting, no prunable layer or block, a budget out of reach, or
+            a pattern that matches nothing.
 
     Example:
+        >>> import torch
         >>> from torch import nn
-        >>> from recoverprune import prune, sparsity
+        >>> from recoverprune import BlockConfig, ChannelConfig, channel_spec, prune, sparsity
         >>> net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
         >>> pruned = prune(net, 0.5)
         >>> sparsity(pruned).zeros
@@ -95,79 +116,29 @@ def prune(
         >>> sparsity(net).zeros  # the input model is left as it was
         0
 
-        Two residual blocks dropped, scored on the images given (without ``data=``,
-        DeepInversion images of the model are made):
+        Channels to 2x fewer MACs, one residual block dropped, or both (scored and
+        re-estimated on the images given; without ``data=``, DeepInversion images of the
+        model are made):
 
-        >>> import torch
-        >>> from recoverprune import BlockConfig
         >>> from recoverprune.models import resnet20
-        >>> short = prune(resnet20(), None, structure="block", block=BlockConfig(drop=2),
-        ...               data=torch.randn(8, 3, 32, 32))
+        >>> x = torch.randn(8, 3, 32, 32)
+        >>> small = prune(resnet20(), ChannelConfig(speedup=2), data=x)
+        >>> small.layer1[0].conv1.out_channels < 16
+        True
+        >>> short = prune(resnet20(), BlockConfig(drop=1), data=x)
         >>> stages = (short.layer1, short.layer2, short.layer3)
         >>> sum(isinstance(b, nn.Identity) for stage in stages for b in stage)
-        2
-
-        One block dropped, then the channels of the rest pruned to 1.25x fewer MACs:
-
-        >>> from recoverprune import ChannelConfig, channel_spec
-        >>> both = prune(resnet20(), None, structure="block", block=BlockConfig(drop=1),
-        ...              channel=ChannelConfig(speedup=1.25), data=torch.randn(8, 3, 32, 32))
+        1
+        >>> both = prune(resnet20(), [BlockConfig(drop=1), ChannelConfig(speedup=1.25)], data=x)
         >>> spec = channel_spec(both)  # what load_model needs to rebuild it
         >>> len(spec["dropped_blocks"]), spec["kept"] is not None
         (1, True)
     """
-    if structure == "block":
-        return _block_prune(model, amount, block or BlockConfig(), channel, exclude, data)
-    if structure == "channel":
-        cfg = channel or ChannelConfig()
-        if data is None:
-            data = calibration_source(model, cfg)
-        return channel_prune(model, amount, cfg, exclude=exclude, data=data)
-    if structure != "unstructured":
-        raise ValueError(
-            f"structure must be 'unstructured', 'channel' or 'block', got {structure!r}"
-        )
-    return magnitude_prune(
-        model,
-        amount,
-        scope=scope,
-        include=include,
-        exclude=exclude,
-        layer_types=layer_types,
-        inplace=inplace,
-    )
-
-
-def _block_prune(
-    model: nn.Module,
-    amount: float | None,
-    cfg: BlockConfig,
-    channel: ChannelConfig | None,
-    exclude: Sequence[str],
-    data: Any,
-) -> nn.Module:
-    """Blocks dropped, then (with ``channel``) the channels of what remains pruned to
-    ``channel``'s budget, both on the same images (settings checked before any images)."""
-    if amount is not None:
-        raise ValueError(
-            f'structure="block" drops whole blocks and takes no amount (got {amount!r}): '
-            "pass amount=None and block=BlockConfig(drop=N) or BlockConfig(speedup=X)"
-        )
-    budgets = (channel.speedup, channel.target_macs, channel.latency_speedup) if channel else ()
-    if channel is not None and all(b is None for b in budgets):
-        raise ValueError(
-            'structure="block" with channel= also prunes the remaining channels, to a budget: '
-            "give ChannelConfig(speedup=X) (X times fewer MACs than the block-dropped model) "
-            "or latency_speedup=X"
-        )
+    steps = dispatch.steps(how)  # every setting checked before any images are made
+    spec = input if input is not None else InputSpec.of(model)
     if data is None:
-        data = calibration_source(model, cfg)
-    if channel is None:
-        return drop_blocks(model, cfg, data, exclude=exclude)
-    if callable(data) and not isinstance(data, nn.Module):
-        data = data()  # made once: it scores the blocks and re-estimates both steps
-    short = drop_blocks(model, cfg, data, exclude=exclude)
-    return channel_prune(short, None, channel, exclude=exclude, data=data)
+        data = calibration_source(model, steps, calibration or Calibration(), spec)
+    return dispatch.apply(model, steps, exclude=exclude, data=data, spec=spec, inplace=inplace)
 
 
 #: first-BatchNorm weight of the DeepInversion images for re-estimating statistics: the
@@ -186,33 +157,28 @@ RECALIBRATION_MACS = 64 * 50 * 70_000_000
 RECALIBRATION_FLOOR = (16, 10)
 
 
-def recalibration_budget(model: nn.Module, cfg: ChannelConfig | BlockConfig) -> tuple[int, int]:
-    """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation (and, for
-    block dropping, for scoring the blocks).
+def recalibration_budget(
+    model: nn.Module, calibration: Calibration, spec: InputSpec | None = None
+) -> tuple[int, int]:
+    """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation and for
+    scoring the blocks to drop.
 
-    Explicit ``cfg.recalibrate_images`` / ``cfg.recalibrate_iterations`` (for a
-    :class:`BlockConfig`: ``cfg.images`` / ``cfg.iterations``) are kept; an
-    automatic one (``None``) is 64 / 50, both scaled by the square root of
+    Explicit ``calibration.images`` / ``calibration.iterations`` are kept; an automatic
+    one (``None``) is 64 / 50, both scaled by the square root of
     ``RECALIBRATION_MACS / (64 * 50 * MACs per image)`` when that is below 1, and never
     below 16 / 10.
 
     Example:
         >>> from recoverprune.models import resnet20
-        >>> recalibration_budget(resnet20(), ChannelConfig())
+        >>> recalibration_budget(resnet20(), Calibration())
         (64, 50)
-        >>> recalibration_budget(resnet20(), ChannelConfig(recalibrate_iterations=7))
+        >>> recalibration_budget(resnet20(), Calibration(iterations=7))
         (64, 7)
-        >>> recalibration_budget(resnet20(), BlockConfig(images=16))
-        (16, 50)
     """
-    if isinstance(cfg, BlockConfig):
-        n, steps = cfg.images, cfg.iterations
-    else:
-        n, steps = cfg.recalibrate_images, cfg.recalibrate_iterations
+    n, steps = calibration.images, calibration.iterations
     if n is not None and steps is not None:
         return n, steps
-    example = example_input(model, None, cfg.image_size)
-    macs = count_macs(model, example)
+    macs = count_macs(model, example_input(model, spec))
     scale = min(1.0, RECALIBRATION_MACS / (RECALIBRATION_IMAGES * RECALIBRATION_STEPS * macs))
     if n is None:
         n = max(RECALIBRATION_FLOOR[0], round(RECALIBRATION_IMAGES * scale**0.5))
@@ -222,34 +188,37 @@ def recalibration_budget(model: nn.Module, cfg: ChannelConfig | BlockConfig) -> 
 
 
 def calibration_source(
-    model: nn.Module, cfg: ChannelConfig | BlockConfig
+    model: nn.Module,
+    steps: Sequence[Any],
+    calibration: Calibration | None = None,
+    spec: InputSpec | None = None,
 ) -> Callable[[], Any] | None:
-    """A function making the DeepInversion images channel pruning or block dropping may ask
-    for, or None.
+    """A function making the DeepInversion images the pruning ``steps`` may ask for, or None.
 
-    Taylor importance takes ``cfg.calibration_images`` in ``cfg.calibration_iterations``
-    steps, and BatchNorm re-estimation then uses the same images; re-estimation alone
-    takes :func:`recalibration_budget` images and steps. ``None``
-    when nothing needs images (magnitude importance, and no re-estimation or no
-    BatchNorm layer to re-estimate). Block dropping always scores its blocks on
-    :func:`recalibration_budget` images.
+    Block dropping always scores its blocks on :func:`recalibration_budget` images (and
+    every later step uses the same ones); else Taylor importance takes
+    ``calibration.taylor_images`` in ``calibration.taylor_iterations`` steps, and
+    BatchNorm re-estimation then uses the same images; re-estimation alone takes
+    :func:`recalibration_budget` images. ``None`` when nothing needs images (magnitude
+    masks or importance, and no re-estimation or no BatchNorm layer to re-estimate).
 
     Example:
         >>> from torch import nn
+        >>> from recoverprune import ChannelConfig
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        >>> calibration_source(net, ChannelConfig()) is None  # no BatchNorm: nothing to do
+        >>> calibration_source(net, [ChannelConfig()]) is None  # no BatchNorm: nothing to do
         True
     """
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if isinstance(cfg, BlockConfig):
-        n, steps = recalibration_budget(model, cfg)
-        config = InversionConfig(iterations=steps, first_bn_multiplier=RECALIBRATION_FIRST_BN)
-    elif cfg.importance == "taylor":
-        n, steps = cfg.calibration_images, cfg.calibration_iterations
-        config = InversionConfig(iterations=steps)
-    elif has_bn and cfg.recalibrate_images != 0:
-        n, steps = recalibration_budget(model, cfg)
-        config = InversionConfig(iterations=steps, first_bn_multiplier=RECALIBRATION_FIRST_BN)
+    calibration = calibration or Calibration()
+    spec = spec or InputSpec.of(model)
+    wanted = {getattr(s, "images_wanted", lambda: None)() for s in steps}
+    statistics = "statistics" in wanted and "taylor" not in wanted and bn_layers(model)
+    if "scoring" in wanted or statistics:
+        n, iterations = recalibration_budget(model, calibration, spec)
+        config = InversionConfig(iterations=iterations, first_bn_multiplier=RECALIBRATION_FIRST_BN)
+    elif "taylor" in wanted:
+        n, iterations = calibration.taylor_images, calibration.taylor_iterations
+        config = InversionConfig(iterations=iterations)
     else:
         return None
 
@@ -259,7 +228,7 @@ def calibration_source(
             n,
             config=config,
             batch_size=min(n, 64),
-            image_size=cfg.image_size,
+            input=spec,
             device=next(model.parameters()).device,
             progress=False,
         )

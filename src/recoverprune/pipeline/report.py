@@ -16,10 +16,10 @@ from recoverprune.core.progress import console
 from recoverprune.core.runtime import Runtime, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.version import __version__
-from recoverprune.data.evaluate import evaluate, read_as, resolve_data
 from recoverprune.data.synthetic import SyntheticImages
 from recoverprune.distill.agreement import agreement_and_kl
 from recoverprune.distill.config import DistillConfig
+from recoverprune.evaluation.evaluate import evaluate, resolve_data
 from recoverprune.pipeline.presets import Preset
 from recoverprune.pruning.masks import finalize
 from recoverprune.pruning.sparsity import sparsity
@@ -41,11 +41,10 @@ __all__ = [
 class CompressResult:
     """What :func:`compress` produced: the student and the report written to ``report.json``.
 
-    Example:
-        >>> import tempfile
+    Example (a whole run; tested in ``tests/test_pipeline.py``, marked slow):
         >>> from recoverprune import compress
-        >>> res = compress(amount=0.5, preset="tiny", out_dir=tempfile.mkdtemp(), progress=False)
-        >>> sorted(res.report["seconds"])
+        >>> res = compress(None, 0.5, preset="tiny", out_dir="run")  # doctest: +SKIP
+        >>> sorted(res.report["seconds"])  # doctest: +SKIP
         ['prune', 'recover', 'synthesize']
     """
 
@@ -62,10 +61,8 @@ def _state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
-    """``(dense, sparse)`` size in bytes of the model's weights as saved with ``torch.save``.
-
-    The sparse form stores each pruned weight as a bit mask plus its non-zero values,
-    the other tensors as they are.
+    """``(dense, sparse)`` bytes of the weights as saved with ``torch.save``; the sparse form
+    stores a mostly-zero weight as a bit mask plus its non-zero values.
 
     Example:
         >>> from torch import nn
@@ -78,11 +75,8 @@ def sparse_size_bytes(model: nn.Module) -> tuple[int, int]:
     packed: dict[str, torch.Tensor] = {}
     for key, t in plain.items():
         if t.dim() >= 2 and t.is_floating_point() and (t == 0).float().mean() > 0.5:
-            mask = (t != 0).flatten()
-            pad = (-mask.numel()) % 8
-            bits = torch.cat([mask, mask.new_zeros(pad)]).view(-1, 8).to(torch.uint8)
-            weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-            packed[key + ".mask_bits"] = (bits * weights).sum(1).to(torch.uint8)
+            mask = (t != 0).flatten()  # stored as one bit a weight: only its size counts
+            packed[key + ".mask_bits"] = torch.zeros((mask.numel() + 7) // 8, dtype=torch.uint8)
             packed[key + ".values"] = t.flatten()[mask].clone()
         else:
             packed[key] = t
@@ -94,10 +88,8 @@ CHECK_SEED = 1_000_003
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (95 % by default) of a proportion, in percent.
-
-    Unlike ``p ± z·sqrt(p(1-p)/n)`` it stays inside [0, 100] and does not shrink to a
-    point at 0 % or 100 %: 64 of 64 agreeing images only show the rate is above ~94 %.
+    """Wilson score interval (95 % by default) of a proportion, in percent: unlike
+    ``p ± z·sqrt(p(1-p)/n)`` it stays in [0, 100] and keeps a width at 0 % and 100 %.
 
     Example:
         >>> wilson_interval(64, 64)
@@ -127,13 +119,9 @@ def check_quality(
 ) -> dict[str, Any]:
     """Teacher–student agreement (%) and ``KL(teacher ‖ student)`` on a check set.
 
-    The data-free signal of how well a recovery worked: ``check`` should be synthetic
-    images the student never trained on (``compress`` seeds them independently). It
-    measures fidelity to the teacher on synthetic images, not accuracy, and it flatters:
-    DeepInversion images are ones the teacher is sure about, so a student agrees with it
-    more often on them than on real images. The agreement therefore comes with its Wilson
-    95 % interval (``agreement_low``, ``agreement_high``), whose width shows how little a
-    small check set can tell, and the report says what it measures (``measures``).
+    The data-free signal of a recovery, on synthetic images the student never trained on:
+    fidelity, not accuracy, and flattering (the teacher is sure of DeepInversion images), so
+    it comes with its Wilson 95 % interval and says what it measures (``measures``).
 
     Example:
         >>> import torch
@@ -144,11 +132,9 @@ def check_quality(
         >>> q["images"], q["agreement"], q["agreement_low"], q["agreement_high"], q["kl"]
         (8, 100.0, 67.6, 100.0, 0.0)
     """
-    device = next(teacher.parameters()).device
+    rt = resolve(next(teacher.parameters()).device)
     with borrowed(teacher, student):
-        q: dict[str, Any] = dict(
-            agreement_and_kl(teacher, student, check, resolve(device), batch_size)
-        )
+        q: dict[str, Any] = dict(agreement_and_kl(teacher, student, check, rt, batch_size))
     agree = round(q["agreement"] * q["images"] / 100)
     q["agreement_low"], q["agreement_high"] = wilson_interval(agree, int(q["images"]))
     q["measures"] = CHECK_MEANING
@@ -159,26 +145,25 @@ def make_report(
     teacher: nn.Module,
     student: nn.Module,
     check: SyntheticImages,
-    amount: float,
-    scope: str,
     p: Preset,
     inv: InversionConfig,
     dcfg: DistillConfig,
     seed: int,
     rt: Runtime,
 ) -> dict[str, Any]:
-    dense_b, sparse_b = sparse_size_bytes(student)
+    """Settings, sparsity, sizes and the check-set quality of a finished run (report.json).
+
+    The caller adds how the student was pruned, the input, the source, times and top-1.
+    """
     return {
         "library": __version__,
-        "amount": amount,
-        "scope": scope,
         "preset": asdict(p),
         "inversion": asdict(inv),
         "distill": asdict(dcfg),
         "seed": seed,
         "runtime": rt.describe(),
         "sparsity": sparsity(student).overall,
-        "size_bytes": {"dense": dense_b, "sparse": sparse_b},
+        "size_bytes": dict(zip(("dense", "sparse"), sparse_size_bytes(student), strict=True)),
         "teacher": fingerprint(teacher),
         "check": check_quality(teacher, student, check),
     }
@@ -195,12 +180,9 @@ def measure_top1(
     classes: Sequence[str] | None = None,
     subset: bool = False,
 ) -> dict[str, float]:
-    """Top-1 of teacher, pruned and recovered student on labelled ``data``, read once.
-
-    A path is read as ``spec`` says and its class folders checked against the teacher's
-    outputs (``classes``/``subset``: see :func:`~recoverprune.data.evaluate.resolve_data`).
-    """
-    data = resolve_data(teacher, data, **read_as(spec), classes=classes, subset=subset)
+    """Top-1 of teacher, pruned and recovered student on labelled ``data``, read once as
+    ``spec`` says (``classes``/``subset``: :func:`~recoverprune.evaluation.evaluate.resolve_data`)."""
+    data = resolve_data(teacher, data, input=spec, classes=classes, subset=subset)
     models = {"teacher": teacher, "pruned": pruned, "recovered": student}
     return {
         name: evaluate(model, data, device=device, progress=False).top1
@@ -210,12 +192,24 @@ def measure_top1(
 
 
 def _what_was_pruned(report: dict[str, Any]) -> str:
-    """The report title's account of the pruning: amount and scope, or the dropped blocks."""
-    if report.get("structure") == "block":
+    """The report title's account of the pruning: amount and scope, or the dropped blocks.
+
+    Example:
+        >>> _what_was_pruned({"structure": "channel", "amount": None, "channel": {"speedup": 2}})
+        'channels removed to 2x fewer MACs'
+    """
+    structure, amount = report.get("structure"), report.get("amount")
+    if structure == "block":
         dropped = report.get("dropped_blocks") or []
         return f"{len(dropped)} blocks dropped ({', '.join(dropped)})"
-    how = "channels removed" if report.get("structure") == "channel" else "sparsity"
-    return f"amount {report['amount']:.0%} ({report['scope']} {how})"
+    ch = report.get("channel") or {}
+    if structure == "channel" and amount is None:
+        budget = f"{ch['speedup']}x fewer" if ch.get("speedup") else f"{ch.get('target_macs')}"
+        return f"channels removed to {budget} MACs"
+    if amount is None:
+        return str(structure)
+    how = "channels removed" if structure == "channel" else f"{report.get('scope')} sparsity"
+    return f"amount {amount:.0%} ({how})"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -238,11 +232,8 @@ def print_report(report: dict[str, Any]) -> None:
         t.add_row(f"KL(teacher ‖ student) ({where})", f"{check['kl']:.4f}")
         t.caption = "agreement and KL: fidelity to the teacher on synthetic images, not accuracy"
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
-    size = report["size_bytes"]
-    t.add_row(
-        "size dense / sparse-stored",
-        f"{size['dense'] / 1e6:.2f} MB / {size['sparse'] / 1e6:.2f} MB",
-    )
+    dense, sparse = (report["size_bytes"][k] / 1e6 for k in ("dense", "sparse"))
+    t.add_row("size dense / sparse-stored", f"{dense:.2f} MB / {sparse:.2f} MB")
     for stage, sec in report["seconds"].items():
         t.add_row(f"time {stage}", f"{sec:.1f} s")
     console.print(t)

@@ -1,3 +1,5 @@
 """Layer 1: pruning any ``nn.Module``: magnitude masks, channels through a dependency graph,
-the record of kept channels, export. No zoo, no data: callers pass calibration images.
+whole residual blocks, the record of what was kept, export. The handler table
+(:mod:`~recoverprune.pruning.dispatch`) maps each config type to the code that prunes for
+it. No zoo, no data: callers pass calibration images.
 """

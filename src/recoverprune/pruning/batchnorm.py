@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from recoverprune.core.borrow import borrowed
 from recoverprune.core.runtime import Runtime, resolve
 from recoverprune.pruning.masks import refresh_pruned
 
@@ -120,16 +121,12 @@ def _bn_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for n, m in model.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
-    flags = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with borrowed(model), torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
     return seen
 
 

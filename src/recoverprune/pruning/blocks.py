@@ -22,25 +22,29 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recoverprune.core.borrow import borrowed
+from recoverprune.core.modules import set_submodule
 from recoverprune.core.runtime import resolve
+from recoverprune.core.spec import InputSpec
 from recoverprune.pruning.batchnorm import bn_layers, recalibrate_bn, shifted_bns
+from recoverprune.pruning.calibration import Once, images_of
 from recoverprune.pruning.channel_spec import CONVERTED_ATTR, DROPPED_ATTR, KEPT_ATTR
-from recoverprune.pruning.channels import count_macs, example_input, recalibration_images
 from recoverprune.pruning.masks import copy_model
+from recoverprune.pruning.measure import count_macs, example_input
 
 __all__ = ["BlockConfig", "drop_blocks", "droppable_blocks"]
 
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Settings of block dropping (``prune(model, None, structure="block", block=...)``).
+    """Block dropping: ``prune(model, BlockConfig(drop=1))`` replaces whole residual blocks
+    by ``nn.Identity``, the least damaging first, so the copy is a shorter network.
 
     Give ``drop`` or ``speedup``, not both; with neither, one block is dropped (the least
     damaging one: the smallest change that is valid for every model with a droppable block).
@@ -49,15 +53,10 @@ class BlockConfig:
         drop: how many blocks to remove.
         speedup: remove blocks, least damaging first, until the model has at most
             ``1 / speedup`` of the teacher's MACs (Conv/Linear multiply-accumulates).
-        images: DeepInversion images made by :func:`recoverprune.prune` to score the blocks
-            and re-estimate BatchNorm statistics (``data=`` images are used instead when
-            given). ``None``: the automatic budget of channel pruning's re-estimation, 64,
-            fewer for models heavier than a CIFAR ResNet-32 (see
-            ``recoverprune.pipeline.prune.recalibration_budget``).
-        iterations: DeepInversion steps for those images; ``None``: 50, fewer for such models.
         recalibrate: re-estimate the running statistics of every BatchNorm layer whose input
-            the removal changed, on the same images. ``False`` keeps the teacher's.
-        image_size: input ``H``/``W`` for tracing when the model has no ``pretrained_cfg``.
+            the removal changed, on the images that scored the blocks (``prune``'s ``data=``,
+            or DeepInversion images it makes to ``prune``'s ``calibration=`` budget).
+            ``False`` keeps the teacher's.
         exclude: glob patterns of blocks to keep; a pattern naming a module keeps every
             block inside it (``("layer1",)`` keeps the first stage whole).
 
@@ -68,10 +67,7 @@ class BlockConfig:
 
     drop: int | None = None
     speedup: float | None = None
-    images: int | None = None
-    iterations: int | None = None
     recalibrate: bool = True
-    image_size: int | tuple[int, int] | None = None
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -85,31 +81,15 @@ class BlockConfig:
             raise ValueError("give drop= (a number of blocks) or speedup= (a MAC ratio), not both")
         if not isinstance(self.recalibrate, bool):
             raise ValueError(f"recalibrate must be True or False, got {self.recalibrate!r}")
-        least = 2 if self.recalibrate else 1
-        for name, low, what in (("images", least, "images"), ("iterations", 1, "steps")):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < low
-            ):
-                why = " (BatchNorm re-estimation needs 2; or pass recalibrate=False)" * (
-                    name == "images" and low == 2
-                )
-                raise ValueError(
-                    f"{name} must be None or a number of {what} >= {low}{why}, got {value!r}"
-                )
         if isinstance(self.exclude, str) or not all(isinstance(p, str) for p in self.exclude):
             raise ValueError(
                 f"exclude is a tuple of glob patterns, e.g. ('layer1.*',), got {self.exclude!r}"
             )
-        size = self.image_size
-        sizes = (size,) if isinstance(size, int) else size if isinstance(size, tuple) else None
-        if size is not None and (
-            sizes is None
-            or len(sizes) not in (1, 2)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
-        ):
-            raise ValueError(f"image_size must be None, H or (H, W) in pixels, got {size!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))  # a list, made hashable
+
+    def images_wanted(self) -> Literal["scoring"]:
+        """The calibration images this step asks for: always some, to score the blocks."""
+        return "scoring"
 
 
 # -- which blocks can go --------------------------------------------------------------
@@ -222,7 +202,8 @@ def droppable_blocks(
     }
     if not structural:
         return []
-    watch = _watched(model, structural, example_input(model, example))
+    example = example if example is not None else example_input(model)
+    watch = _watched(model, structural, example)
     ok = [
         n
         for n, how in structural.items()
@@ -237,25 +218,21 @@ def droppable_blocks(
 # -- choosing and removing --------------------------------------------------------------
 def _replace(model: nn.Module, name: str) -> nn.Module:
     """Put an ``nn.Identity`` (in the block's mode) where block ``name`` was; return the block."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    block = getattr(parent, attr)
-    setattr(parent, attr, nn.Identity().train(block.training))
-    return block
+    block = model.get_submodule(name)
+    return set_submodule(model, name, nn.Identity().train(block.training))
 
 
 @contextmanager
 def _swapped(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
     """The named blocks replaced by ``nn.Identity`` inside the ``with``, put back on exit."""
-    old: list[tuple[nn.Module, str, nn.Module]] = []
+    old: list[tuple[str, nn.Module]] = []
     try:
         for name in names:
-            parent_name, _, attr = name.rpartition(".")
-            old.append((model.get_submodule(parent_name), attr, _replace(model, name)))
+            old.append((name, _replace(model, name)))
         yield
     finally:
-        for parent, attr, block in reversed(old):
-            setattr(parent, attr, block)
+        for name, block in reversed(old):
+            set_submodule(model, name, block)
 
 
 def _target(
@@ -282,7 +259,7 @@ def _target(
             f"{len(candidates)} droppable blocks of {type(student).__name__} "
             f"({', '.join(candidates)}) {least:,} of its {full:,} MACs remain, a speedup of "
             f"{best:.2f}x at most. Pass speedup<={int(best * 100) / 100:.2f}, or prune channels "
-            '(structure="channel") for more'
+            "(ChannelConfig) for more"
         )
     return None, goal
 
@@ -328,9 +305,7 @@ def _greedy(
 
 def _resolved_images(model: nn.Module, data: Any) -> Tensor:
     """The scoring images: ``data`` (or what the function ``data`` returns) on the model's device."""
-    if callable(data) and not isinstance(data, nn.Module | Tensor):
-        data = data()
-    images = recalibration_images(data)
+    images = images_of(Once.of(data)())
     if images is None or len(images) < 1:
         raise ValueError(
             "block dropping scores the blocks on images: pass data= (an image tensor, an "
@@ -362,11 +337,12 @@ def drop_blocks(
     data: Any = None,
     *,
     exclude: Sequence[str] = (),
+    spec: InputSpec | None = None,
     example: Tensor | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with its least damaging residual blocks replaced by ``nn.Identity``.
 
-    Use it through :func:`recoverprune.prune` with ``structure="block"``. Among the
+    Use it through :func:`recoverprune.prune` (``prune(model, BlockConfig(...))``). Among the
     :func:`droppable_blocks`, each step removes the one whose removal changes the current
     copy's logits least (``KL`` from ``model``'s softmax at temperature 1, on ``data``'s
     images; the first of equals in module order), until ``config.drop`` blocks are gone or
@@ -381,8 +357,9 @@ def drop_blocks(
             :class:`~recoverprune.SyntheticImages`), or a function without arguments that
             returns them, called only after the settings are known to be reachable.
         exclude: more glob patterns of blocks to keep (added to ``config.exclude``).
+        spec: the model's input (default: ``InputSpec.of(model)``).
         example: an input batch for tracing (default: the first image of ``data`` when
-            it is given as images, else zeros of the model's input size).
+            it is given as images, else zeros of ``spec``'s shape).
 
     Returns:
         The shorter model, in ``model``'s mode, its dropped blocks recorded (saved with
@@ -401,18 +378,19 @@ def drop_blocks(
     """
     cfg = config or BlockConfig()
     patterns = (*cfg.exclude, *exclude)
-    given = None if callable(data) else recalibration_images(data)
+    data = Once.of(data)
+    given = images_of(data()) if data.ready else None
     if example is None and given is not None and len(given):
         like = next(model.parameters())
         example = given[:1].to(like.device, like.dtype)
-    example = example_input(model, example, cfg.image_size)
+    example = example[:1] if example is not None else example_input(model, spec)
     candidates = droppable_blocks(model, example, exclude=patterns)
     if not candidates:
         some = " outside exclude=" + str(list(patterns)) if patterns else ""
         raise ValueError(
             f"{type(model).__name__} has no residual block that can be dropped{some}: none has "
             "an identity shortcut with an output of its input's shape. Prune channels "
-            '(structure="channel") or weights (structure="unstructured") instead'
+            "(ChannelConfig) or weights (a float amount) instead"
             + (", or exclude fewer blocks" if patterns else "")
         )
     student = copy_model(model)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recoverprune.core.modules import set_submodule
+
 __all__ = [
     "CONVERTED_ATTR",
     "DROPPED_ATTR",
@@ -48,8 +50,8 @@ def kept_channels(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
     Example:
         >>> from recoverprune.models import resnet20
-        >>> from recoverprune.pruning.channels import channel_prune
-        >>> kept = kept_channels(channel_prune(resnet20(), 0.25))
+        >>> from recoverprune.pruning.channels import ChannelConfig, channel_prune
+        >>> kept = kept_channels(channel_prune(resnet20(), ChannelConfig(amount=0.25)))
         >>> kept["layer1.0.bn1"].shape, kept_channels(resnet20()) is None
         (torch.Size([12]), True)
     """
@@ -82,8 +84,8 @@ def channel_spec(model: nn.Module) -> dict[str, Any] | None:
 
     Example:
         >>> from recoverprune.models import resnet20
-        >>> from recoverprune.pruning.channels import channel_prune
-        >>> spec = channel_spec(channel_prune(resnet20(), 0.5))
+        >>> from recoverprune.pruning.channels import ChannelConfig, channel_prune
+        >>> spec = channel_spec(channel_prune(resnet20(), ChannelConfig(amount=0.5)))
         >>> spec["modules"].get("layer1.0.conv1").get("out_channels")
         8
     """
@@ -115,15 +117,14 @@ def apply_channel_spec(
 
     Example:
         >>> from recoverprune.models import resnet20
-        >>> from recoverprune.pruning.channels import channel_prune
-        >>> small = channel_prune(resnet20(), 0.5)
+        >>> from recoverprune.pruning.channels import ChannelConfig, channel_prune
+        >>> small = channel_prune(resnet20(), ChannelConfig(amount=0.5))
         >>> fresh = apply_channel_spec(resnet20(), channel_spec(small), small.state_dict())
         >>> fresh.load_state_dict(small.state_dict())
         <All keys matched successfully>
     """
     for name in spec.get("shortcut_convs", []):  # option-A shortcuts made 1x1 convolutions
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, nn.Conv2d(1, 1, 1, stride=2, bias=False))
+        set_submodule(model, name, nn.Conv2d(1, 1, 1, stride=2, bias=False))
     setattr(model, CONVERTED_ATTR, list(spec.get("shortcut_convs", [])))
     _drop(model, spec.get("dropped_blocks") or [])
     modules = dict(model.named_modules())
@@ -158,6 +159,5 @@ def _drop(model: nn.Module, names: list[str]) -> None:
     for name in names:
         if name not in modules or not name:
             raise ValueError(f"channel spec drops block {name!r}, which the model does not have")
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, nn.Identity())
+        set_submodule(model, name, nn.Identity())
     setattr(model, DROPPED_ATTR, list(names))

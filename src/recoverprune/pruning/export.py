@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recoverprune.pruning.channels import example_input
 from recoverprune.pruning.masks import finalize
+from recoverprune.pruning.measure import example_input
 
 __all__ = ["export"]
 
@@ -21,8 +21,8 @@ def export(model: nn.Module, path: str, *, example: torch.Tensor | None = None) 
     Example:
         >>> import tempfile, torch
         >>> from recoverprune.models import resnet20
-        >>> from recoverprune.pruning.channels import channel_prune
-        >>> small = channel_prune(resnet20(), 0.5).eval()
+        >>> from recoverprune.pruning.channels import ChannelConfig, channel_prune
+        >>> small = channel_prune(resnet20(), ChannelConfig(amount=0.5)).eval()
         >>> path = export(small, tempfile.mkdtemp() + "/small.pt2")
         >>> x = torch.randn(2, 3, 32, 32)
         >>> torch.allclose(torch.export.load(path).module()(x), small(x), atol=1e-5)
@@ -30,7 +30,7 @@ def export(model: nn.Module, path: str, *, example: torch.Tensor | None = None) 
     """
 
     plain = finalize(model).eval()
-    x = example_input(plain, example)
+    x = example[:1] if example is not None else example_input(plain)
     if path.endswith(".onnx"):
         _export_onnx(plain, x, path)
     elif path.endswith(".pt2"):

@@ -15,6 +15,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 __all__ = [
+    "UnstructuredConfig",
     "check_amount",
     "copy_model",
     "effective_weight",
@@ -40,6 +42,49 @@ Scope = Literal["global", "layerwise"]
 
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class UnstructuredConfig:
+    """Unstructured L1-magnitude pruning, masks kept: ``prune(model, UnstructuredConfig(0.75))``
+    (a plain float ``0.75`` is the same with the defaults).
+
+    With ``scope="global"`` (the default, as in the paper) all selected weights compete:
+    exactly ``round(amount * total)`` of the smallest ``|w|`` across every layer are
+    zeroed, ties broken deterministically by position. With ``scope="layerwise"`` each
+    layer loses ``round(amount * layer_size)`` of its own weights. ``amount`` is the
+    resulting sparsity of the selected weights; pruning an already pruned model tightens
+    its existing masks.
+
+    Attributes:
+        amount: fraction of the selected weights to remove, in ``[0, 1)``.
+        scope: ``"global"`` or ``"layerwise"``.
+        include: glob patterns of layer names that take part (default: all).
+        layer_types: module types whose ``weight`` is pruned.
+
+    Example:
+        >>> UnstructuredConfig(0.5, scope="layerwise").include is None
+        True
+    """
+
+    amount: float
+    scope: Scope = "global"
+    include: tuple[str, ...] | None = None
+    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES
+
+    def __post_init__(self) -> None:
+        check_amount(self.amount)
+        if self.scope not in ("global", "layerwise"):
+            raise ValueError(f"scope must be 'global' or 'layerwise', got {self.scope!r}")
+        if isinstance(self.include, str):
+            raise ValueError(f"include is a list of glob patterns, got {self.include!r}")
+        if self.include is not None:
+            object.__setattr__(self, "include", tuple(self.include))  # hashable
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+
+    def images_wanted(self) -> None:
+        """Unstructured pruning needs no calibration images."""
+        return None
 
 
 def is_masked(module: nn.Module, name: str = "weight") -> bool:
@@ -149,42 +194,36 @@ def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
 
 def magnitude_prune(
     model: nn.Module,
-    amount: float | None,
+    config: UnstructuredConfig,
     *,
-    scope: Scope = "global",
-    include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
     inplace: bool = False,
 ) -> nn.Module:
-    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept.
-
-    The engine of :func:`recoverprune.prune` with ``structure="unstructured"`` (its
-    docstring describes the arguments).
+    """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept: the handler of
+    :class:`UnstructuredConfig` (whose docstring describes it); ``exclude`` keeps the
+    matching layers dense, ``inplace`` prunes ``model`` itself instead of a deep copy.
 
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
-        >>> pruned = magnitude_prune(net, 0.5)
+        >>> pruned = magnitude_prune(net, UnstructuredConfig(0.5))
         >>> int((pruned[0].weight == 0).sum() + (pruned[2].weight == 0).sum())
         60
     """
-    a = check_amount(amount)
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
-    layers = prunable_layers(model, include=include, exclude=exclude, layer_types=layer_types)
+    a, types = config.amount, config.layer_types
+    layers = prunable_layers(model, include=config.include, exclude=exclude, layer_types=types)
     if not layers:
         raise ValueError(
-            f"{type(model).__name__} has no prunable layer (looked for {[t.__name__ for t in layer_types]}"
-            f" weights, include={include}, exclude={list(exclude)}); pass a model with Conv/Linear "
-            "layers or widen layer_types"
+            f"{type(model).__name__} has no prunable layer (looked for {[t.__name__ for t in types]}"
+            f" weights, include={config.include}, exclude={list(exclude)}); pass a model with "
+            "Conv/Linear layers or widen layer_types"
         )
     target = model if inplace else copy_model(model)
     names = list(layers)
     target_layers = dict(target.named_modules())
     with torch.no_grad():
         weights = [effective_weight(target_layers[n]) for n in names]
-        if scope == "global":
+        if config.scope == "global":
             flat = torch.cat([w.abs().reshape(-1).float() for w in weights])
             keep_flat = _lowest_k(flat, round(a * flat.numel()))
             keeps = list(torch.split(keep_flat, [w.numel() for w in weights]))

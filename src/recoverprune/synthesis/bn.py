@@ -9,21 +9,20 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-__all__ = ["bn_layers", "bn_statistics", "stat_distance"]
+from recoverprune.pruning.batchnorm import bn_layers
+
+__all__ = ["bn_statistics", "stat_distance", "tracked_bn"]
 
 
-def _bn_hook(
-    module: nn.modules.batchnorm._BatchNorm,
-    inputs: tuple[Tensor, ...],
-    output: Tensor,
-    *,
-    out: list[Tensor],
-    weight: float,
-) -> None:
-    x = inputs[0].float()
-    var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
-    loss = stat_distance(mean, var, module)
-    out.append(loss * weight if weight != 1.0 else loss)
+def tracked_bn(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that carry running statistics (what is matched).
+
+    Example:
+        >>> bns = nn.BatchNorm2d(2), nn.BatchNorm2d(2, track_running_stats=False)
+        >>> len(tracked_bn(nn.Sequential(*bns)))
+        1
+    """
+    return [m for m in bn_layers(model) if m.running_mean is not None]
 
 
 def stat_distance(mean: Tensor, var: Tensor, module: nn.Module) -> Tensor:
@@ -39,15 +38,13 @@ def stat_distance(mean: Tensor, var: Tensor, module: nn.Module) -> Tensor:
     return torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv)
 
 
-def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """BatchNorm layers that carry running statistics, in module order."""
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and m.track_running_stats
-        and m.running_mean is not None
-    ]
+def _bn_hook(
+    module: nn.Module, inputs: tuple[Tensor, ...], _: Tensor, *, out: list[Tensor], weight: float
+) -> None:
+    x = inputs[0].float()
+    var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
+    loss = stat_distance(mean, var, module)
+    out.append(loss * weight if weight != 1.0 else loss)
 
 
 @contextmanager
@@ -55,12 +52,10 @@ def bn_statistics(model: nn.Module, first_multiplier: float = 1.0) -> Iterator[l
     """Collect DeepInversion's BN-statistics loss of every BatchNorm layer's input.
 
     Yields a list that each forward pass appends one loss per BN layer to
-    (``‖μ_batch − running_mean‖₂ + ‖σ²_batch − running_var‖₂``). Clear it between
-    passes. Every hook is removed on exit, also on an exception.
+    (:func:`stat_distance`, the first layer's times ``first_multiplier``). Clear it
+    between passes. Every hook is removed on exit, also on an exception.
 
     Example:
-        >>> import torch
-        >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
         >>> with bn_statistics(net) as losses:
         ...     _ = net(torch.randn(2, 3, 8, 8))
@@ -70,7 +65,7 @@ def bn_statistics(model: nn.Module, first_multiplier: float = 1.0) -> Iterator[l
     losses: list[Tensor] = []
     handles = []
     try:
-        for i, m in enumerate(bn_layers(model)):
+        for i, m in enumerate(tracked_bn(model)):
             w = first_multiplier if i == 0 else 1.0
             handles.append(m.register_forward_hook(partial(_bn_hook, out=losses, weight=w)))
         yield losses

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from recoverprune.core.validate import check_at_least
+
 __all__ = ["InversionConfig"]
 
 
@@ -60,24 +62,11 @@ class InversionConfig:
     keep_best: bool = True
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_at_least(self, 1, "iterations")
+        check_at_least(self, 0, "lr", strict=True)
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
-        for name in (
-            "bn_weight",
-            "ce_weight",
-            "tv_l2_weight",
-            "tv_l1_weight",
-            "l2_weight",
-            "competition_weight",
-            "first_bn_multiplier",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.jitter < 0:
-            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+        weights = ("bn_weight", "ce_weight", "tv_l2_weight", "tv_l1_weight", "l2_weight")
+        check_at_least(self, 0, *weights, "competition_weight", "first_bn_multiplier", "jitter")

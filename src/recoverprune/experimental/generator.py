@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from recoverprune.core.borrow import borrowed
 from recoverprune.core.runtime import Runtime, generator
 from recoverprune.core.spec import InputSpec
-from recoverprune.synthesis.bn import bn_layers, stat_distance
+from recoverprune.core.validate import check_at_least
+from recoverprune.synthesis.bn import stat_distance, tracked_bn
 from recoverprune.synthesis.priors import random_view
 
 __all__ = ["AmortisedSynthesizer", "Generator", "GeneratorConfig"]
@@ -90,23 +91,13 @@ class GeneratorConfig:
     flip: bool = True
 
     def __post_init__(self) -> None:
-        checks = {
-            "latent_dim must be >= 1": self.latent_dim >= 1,
-            "width must be None or >= 4": self.width is None or self.width >= 4,
-            "inner_steps must be >= 1": self.inner_steps >= 1,
-            "warmup_batches must be >= 0": self.warmup_batches >= 0,
-            "warmup_steps must be >= 1": self.warmup_steps >= 1,
-            "bn_momentum must be in [0, 1)": 0 <= self.bn_momentum < 1,
-            "learning rates must be > 0": min(self.lr, self.latent_lr, self.meta_lr) > 0,
-            "loss weights must be >= 0": min(
-                self.bn_weight, self.ce_weight, self.adversarial_weight
-            )
-            >= 0,
-            "jitter must be >= 0": self.jitter >= 0,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ValueError(f"GeneratorConfig: {message}")
+        check_at_least(self, 1, "latent_dim", "inner_steps", "warmup_steps")
+        check_at_least(self, 4, "width")
+        check_at_least(self, 0, "lr", "latent_lr", "meta_lr", strict=True)
+        weights = ("bn_weight", "ce_weight", "adversarial_weight")
+        check_at_least(self, 0, *weights, "warmup_batches", "bn_momentum", "jitter")
+        if self.bn_momentum >= 1:
+            raise ValueError(f"bn_momentum must be < 1, got {self.bn_momentum}")
 
     def steps_for(self, batch: int) -> int:
         """Inner steps of batch number ``batch`` (0-based)."""
@@ -175,7 +166,7 @@ class _RunningBN:
     """Per-layer BatchNorm-input statistics blended with a running estimate over batches."""
 
     def __init__(self, teacher: nn.Module, momentum: float) -> None:
-        self.layers = bn_layers(teacher)
+        self.layers = tracked_bn(teacher)
         self.momentum = momentum
         self.estimate: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)
         self.last: list[tuple[Tensor, Tensor]] = []

@@ -1,4 +1,4 @@
-"""``evaluate()``: top-1 accuracy and loss of a model on labelled images."""
+"""``evaluate()``: top-1 accuracy and loss of a model on labelled images, in its own precision."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from recoverprune.core.borrow import borrowed
 from recoverprune.core.progress import progress as progress_bar
-from recoverprune.core.runtime import resolve
+from recoverprune.core.runtime import Accel, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.validate import check_image_size
 from recoverprune.data.folders import DataError, load_split, match_classes
 from recoverprune.data.transfer import as_transfer_set
 
-__all__ = ["EvalResult", "evaluate", "model_classes", "output_width", "read_as", "resolve_data"]
+__all__ = ["EvalResult", "evaluate", "model_classes", "output_width", "resolve_data"]
 
 
 @dataclass(frozen=True)
@@ -108,34 +109,31 @@ def resolve_data(
     model: nn.Module,
     data: Any,
     *,
+    input: InputSpec | None = None,
     split: str = "test",
     cache_dir: str | os.PathLike[str] | None = None,
-    channels: int | None = None,
-    mean: float | Sequence[float] | None = None,
-    std: float | Sequence[float] | None = None,
-    resize: int | Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     subset: bool = False,
 ) -> Any:
     """Turn a path into a dataset read as ``model`` expects; pass datasets through.
 
-    Channels, mean/std and size come from the arguments, else the model's
+    Channels, mean/std and size come from ``input``, else from the model's
     :class:`~recoverprune.InputSpec` (its ``pretrained_cfg`` hint, channels from its first
     convolution): a 1-channel model reads images as grayscale. Images are resized to
-    ``resize``, else to the model's input size when known.
+    ``input.size`` when known, else kept as stored.
 
     Every labelled folder or archive that evaluation, ``recover(val_data=)`` and
-    ``compress(eval_data=)`` read comes through here, and its labels are made to mean
-    what the model's outputs mean: one probe image through the model gives its number
-    of outputs (and refuses an input size it cannot take, or a ``resize`` below a quarter
-    of the size the model records), and the class folders must
-    match them (:func:`~recoverprune.data.folders.match_classes`), checked before the
-    images are decoded when the input size is known, right after otherwise. Folders are
-    labelled by name when class names are known: ``classes`` (the model's names in output
-    order), else the names the model records (:func:`model_classes`), else in sorted
-    order. A missing, extra or misnamed class folder is a
-    :class:`~recoverprune.data.DataError` naming the folders; ``subset=True``, with class
-    names, reads a deliberate subset of the classes, each labelled by its name.
+    ``compress(eval_data=)`` read comes through here, and its labels are made to mean what
+    the model's outputs mean: one probe image through the model gives its number of
+    outputs (and refuses an input size it cannot take, or an ``input.size`` below a
+    quarter of the size the model records), and the class folders must match them
+    (:func:`~recoverprune.data.folders.match_classes`), checked before the images are
+    decoded when the input size is known, right after otherwise. Folders are labelled by
+    name when class names are known: ``classes`` (the model's names in output order), else
+    the names the model records (:func:`model_classes`), else in sorted order. A missing,
+    extra or misnamed class folder is a :class:`~recoverprune.data.DataError` naming the
+    folders; ``subset=True``, with class names, reads a deliberate subset of the classes,
+    each labelled by its name.
 
     Raises:
         DataError: class folders that do not match the model's outputs, or a path that is
@@ -151,11 +149,12 @@ def resolve_data(
         ...     (root / "test" / c).mkdir(parents=True)
         ...     Image.new("RGB", (4, 4)).save(root / "test" / c / "0.png")
         >>> three = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
-        >>> resolve_data(three, root, resize=4, cache_dir=root / "c")
+        >>> four = InputSpec.of(three, image_size=4)
+        >>> resolve_data(three, root, input=four, cache_dir=root / "c")
         Traceback (most recent call last):
         ...
         recoverprune.data.folders.DataError: ...test has 2 class folders (cat, dog) but the model has 3 outputs: ...
-        >>> ds = resolve_data(three, root, resize=4, cache_dir=root / "c",
+        >>> ds = resolve_data(three, root, input=four, cache_dir=root / "c",
         ...                   classes=["bird", "cat", "dog"], subset=True)
         >>> ds.labels.tolist()
         [1, 2]
@@ -163,9 +162,9 @@ def resolve_data(
     if not isinstance(data, (str, os.PathLike)):
         return data
 
-    spec = InputSpec.of(model, image_size=resize, channels=channels, mean=mean, std=std)
+    spec = input or InputSpec.of(model)
     mean_, std_ = spec.normalisation()
-    recorded = InputSpec.of(model).size if resize is not None else None
+    recorded = InputSpec.of(model).size if input is not None else None
     width = output_width(model, spec.shape, recorded) if spec.size is not None else None
     names = _names_for(model, classes, width)
     ds = load_split(
@@ -203,44 +202,43 @@ def evaluate(
     model: nn.Module,
     data: Any,
     *,
+    input: InputSpec | None = None,
     batch_size: int = 512,
     device: str | torch.device | None = None,
     split: str = "test",
     cache_dir: str | os.PathLike[str] | None = None,
-    channels: int | None = None,
-    mean: float | Sequence[float] | None = None,
-    std: float | Sequence[float] | None = None,
-    resize: int | Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     subset: bool = False,
+    amp: bool = False,
     progress: bool = True,
 ) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on labelled images.
 
-    Runs batched under ``torch.inference_mode``. The model's mode (every submodule's
-    ``training`` flag) and device are restored afterwards, also on an exception.
+    Runs batched under ``torch.inference_mode``, in the model's own precision: the number
+    is the one the model scores as it is (float32 for a float32 model), on any device
+    and CPU. The model's mode (every submodule's ``training`` flag) and device are
+    restored afterwards, also on an exception.
 
     Args:
         model: the classifier.
         data: a Dataset of ``(image, label)``, a ``TensorDataset``, ``(images, labels)``
             tensors, a DataLoader, or a path to an ImageFolder directory or ``.tar.gz``
-            (read in the model's channel mode and normalised per its
-            :class:`~recoverprune.InputSpec`).
+            (read as ``input`` says).
+        input: how a path's images are read: channels, size, mean and std (default:
+            the model's :class:`~recoverprune.InputSpec`, e.g.
+            ``InputSpec.of(model, image_size=224)`` to evaluate a 224x224 model on
+            CIFAR-10).
         batch_size: images per forward pass.
         device: ``"cpu"``, ``"cuda"``... (default: CUDA if available).
         split: sub-folder of a path to read (``"test"``).
         cache_dir: where archives are extracted.
-        channels: input channels of a path's images, when the model carries no hint
-            (default: from the model).
-        mean: normalisation mean for a path's images, one value or one per channel
-            (default: from the model).
-        std: normalisation standard deviation, as ``mean``.
-        resize: size to resize a path's images to (default: the model's input size when
-            known, else as stored), e.g. 224 to evaluate a 224x224 model on CIFAR-10.
         classes: the model's class names in output order, to label a path's class folders
             by name (default: the names the model records, else folder order); see
             :func:`resolve_data`.
         subset: a path holds a deliberate subset of the classes (needs class names).
+        amp: run under the automatic mixed precision of the device (bf16 on CUDA and on
+            CPUs with native bf16): faster, and top-1 may differ a little from the
+            model's own.
         progress: show a rich progress bar.
 
     Raises:
@@ -260,48 +258,28 @@ def evaluate(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images, got {batch_size!r}")
-    rt = resolve(device)
+    rt = resolve(device, Accel(amp="auto" if amp else "off"))
     data = resolve_data(
-        model,
-        data,
-        split=split,
-        cache_dir=cache_dir,
-        channels=channels,
-        mean=mean,
-        std=std,
-        resize=resize,
-        classes=classes,
-        subset=subset,
+        model, data, input=input, split=split, cache_dir=cache_dir, classes=classes, subset=subset
     )
     declared = getattr(data, "classes", None)
-    modes = [(m, m.training) for m in model.modules()]
-    first = next(model.parameters(), None)
-    old_device = first.device if first is not None else None
     t0 = time.perf_counter()
     correct, loss_sum, seen = 0, 0.0, 0
-    try:
-        model.eval()
-        if old_device is not None and old_device != rt.device:
-            model.to(rt.device)
-        batches, total = _batches(data, batch_size)
-        with (
-            torch.inference_mode(),
-            progress_bar("Evaluating", total or None, progress and rt.is_main) as bar,
-        ):
-            for x, y in batches:
-                x, y = x.to(rt.device), y.to(rt.device)
-                with rt.autocast():
-                    logits = model(x).float()
-                _check_labels(logits, y, declared)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-                bar.advance(len(y), top1=100.0 * correct / seen)
-    finally:
-        for m, flag in modes:
-            m.training = flag
-        if old_device is not None and old_device != rt.device:
-            model.to(old_device)
+    batches, total = _batches(data, batch_size)
+    with (
+        borrowed(model, runtime=rt),  # mode, flags and tensors restored, also on an exception
+        torch.inference_mode(),
+        progress_bar("Evaluating", total or None, progress and rt.is_main) as bar,
+    ):
+        for x, y in batches:
+            x, y = rt.prepare_input(x), y.to(rt.device)
+            with rt.autocast():
+                logits = model(x).float()
+            _check_labels(logits, y, declared)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.advance(len(y), top1=100.0 * correct / seen)
     if seen == 0:
         raise ValueError("evaluate() got no images: the dataset is empty")
     return EvalResult(100.0 * correct / seen, loss_sum / seen, seen, time.perf_counter() - t0)
@@ -323,8 +301,3 @@ def _check_labels(logits: torch.Tensor, y: torch.Tensor, declared: Any) -> None:
             "outputs: the data has classes the model does not. Evaluate on data of the "
             f"model's classes, labelled 0 to {width - 1}."
         )
-
-
-def read_as(spec: InputSpec) -> dict[str, Any]:
-    """How labelled images are read for this teacher (channel mode, size, normalisation)."""
-    return {"channels": spec.channels, "mean": spec.mean, "std": spec.std, "resize": spec.size}

@@ -1,7 +1,12 @@
-"""Streamed synthesis: fresh generator batches interleaved with distillation, in a bounded pool.
+"""Streamed synthesis (experimental): fresh generator batches interleaved with distillation.
 
-A :class:`SyntheticStream` is what :func:`recoverprune.recover` takes instead of a fixed
-set. Before the first epoch it fills its pool with ``initial_batches`` batches of the
+Measured: the stream did not beat the fixed DeepInversion set at any budget measured
+(``docs/results.md``); it is kept for long structured recoveries that may need fresh images.
+
+A :class:`SyntheticStream` is a transfer source (:mod:`recoverprune.distill.source`) that
+:func:`recoverprune.recover` takes instead of a fixed set; :class:`StreamSource` makes one
+for :func:`recoverprune.compress` (``source=StreamSource()``, ``--synthesis stream``).
+Before the first epoch it fills its pool with ``initial_batches`` batches of the
 amortised generator; at the start of every later epoch it adds ``batches_per_epoch``
 new ones (made against the current student, for the decision-adversarial term), the
 oldest leaving once the pool holds ``pool_size`` images, or ``pool_bytes`` of pixels
@@ -20,8 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,9 +36,11 @@ from recoverprune.core.io import fingerprint
 from recoverprune.core.runtime import Runtime, generator
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import stage_key
-from recoverprune.synthesis.generator import AmortisedSynthesizer, GeneratorConfig
+from recoverprune.experimental.generator import AmortisedSynthesizer, GeneratorConfig
+from recoverprune.pipeline.compress import SourceContext
+from recoverprune.pipeline.presets import Preset
 
-__all__ = ["PoolSampler", "StreamConfig", "SyntheticStream"]
+__all__ = ["StreamConfig", "StreamSource", "SyntheticStream", "stream_for"]
 
 
 @dataclass(frozen=True)
@@ -85,15 +92,12 @@ class StreamConfig:
 
 
 class SyntheticStream:
-    """A source of fresh synthetic batches for :func:`recoverprune.recover`.
+    """A transfer source of fresh synthetic batches for :func:`recoverprune.recover`.
 
     Args:
         teacher: the teacher the images are made from (the same one given to recover).
         config: :class:`StreamConfig`.
-        image_size: input ``H``/``W`` when the model has no ``pretrained_cfg`` hint.
-        mean: the teacher's input mean (default as :func:`recoverprune.synthesize`).
-        std: the teacher's input standard deviation.
-        channels: input channels, when the first ``Conv2d`` does not tell them.
+        input: the teacher's input (default ``InputSpec.of(teacher)``).
         seed: the stream of rank ``r`` depends only on ``(seed, r)``.
 
     Example:
@@ -104,7 +108,7 @@ class SyntheticStream:
         >>> gen = GeneratorConfig(width=16, warmup_batches=1, warmup_steps=2, inner_steps=1)
         >>> cfg = StreamConfig(batch_size=8, initial_batches=2, steps_per_epoch=2,
         ...                    pool_size=24, generator=gen)
-        >>> stream = SyntheticStream(net, cfg, image_size=8)
+        >>> stream = SyntheticStream(net, cfg, input=InputSpec.of(net, image_size=8))
         >>> student = recover(net, prune(net, 0.5), stream, epochs=3, progress=False)
         >>> stream.made, len(stream)
         (48, 24)
@@ -115,30 +119,24 @@ class SyntheticStream:
         teacher: nn.Module,
         config: StreamConfig | None = None,
         *,
-        image_size: int | Sequence[int] | None = None,
-        mean: float | Sequence[float] | None = None,
-        std: float | Sequence[float] | None = None,
-        channels: int | None = None,
+        input: InputSpec | None = None,
         seed: int = 0,
     ) -> None:
         self.config = config or StreamConfig()
-        self.spec = InputSpec.of(
-            teacher, image_size=image_size, channels=channels, mean=mean, std=std
-        )
+        self.spec = input or InputSpec.of(teacher)
         self.teacher_fp = fingerprint(teacher)
         self.seed = seed
-        c, h, w = self.spec.shape
-        self.images = torch.zeros(0, c, h, w, dtype=torch.uint8)
+        self.images = torch.zeros(0, *self.spec.shape, dtype=torch.uint8)
         self.labels = torch.zeros(0, dtype=torch.long)
         self.made = 0
         self.seconds = 0.0  # spent making batches (what a report shows; not in the key)
         self.synth: AmortisedSynthesizer | None = None
-        mean_t, std_t = self.spec.normalisation()
-        self.mean, self.std = list(mean_t), list(std_t)
-        self._m = torch.tensor(self.mean).view(1, -1, 1, 1)
-        self._s = torch.tensor(self.std).view(1, -1, 1, 1)
+        mean, std = self.spec.normalisation()
+        self.fill = tuple(-m / s for m, s in zip(mean, std, strict=True))  # black crops
+        self._m = torch.tensor(mean).view(1, -1, 1, 1)
+        self._s = torch.tensor(std).view(1, -1, 1, 1)
 
-    # -- what recover() reads -----------------------------------------------------------
+    # -- the transfer-source protocol ----------------------------------------------------
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -152,6 +150,14 @@ class SyntheticStream:
         x = self.images[idx].float().div_(255)
         return (x - self._m) / self._s, self.labels[idx]
 
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> list[Tensor]:
+        """``steps_per_epoch`` batches drawn uniformly from the pool by ``(seed, epoch, rank)``."""
+        g = generator(seed, "pool", epoch, rank)
+        n = self.config.steps_per_epoch * batch_size
+        return list(torch.randint(0, len(self), (n,), generator=g).split(batch_size))
+
     def key(self) -> dict[str, Any]:
         """What identifies the images this stream makes (for recovery's resume check)."""
         return stage_key(
@@ -161,14 +167,14 @@ class SyntheticStream:
             seed=self.seed,
         )
 
-    # -- growing ------------------------------------------------------------------------
-    def start(self, teacher: nn.Module, teacher_fp: str, rt: Runtime) -> None:
-        """Bind the (borrowed) teacher, whose fingerprint is ``teacher_fp``, and the runtime.
+    def start(self, teacher: nn.Module, rt: Runtime, state: dict[str, Any] | None) -> None:
+        """Bind the (borrowed) teacher and the runtime; the pool as ``state`` holds it, or
+        its first ``initial_batches`` batches.
 
         Raises:
             ValueError: the stream was built from another teacher.
         """
-        if teacher_fp != self.teacher_fp:
+        if fingerprint(teacher) != self.teacher_fp:
             raise ValueError(
                 "this SyntheticStream was made for another teacher: build it from the teacher "
                 "given to recover()"
@@ -179,11 +185,16 @@ class SyntheticStream:
         self.synth = AmortisedSynthesizer(
             teacher, self.spec, int(probe.shape[1]), self.config.generator, rt, seed
         )
-
-    def fill(self) -> None:
-        """The first ``initial_batches`` batches, if the pool is still empty."""
-        if not len(self):
+        if state is not None:
+            self.load_state_dict(state)
+        elif not len(self):
             self.grow(None, self.config.initial_batches)
+
+    def on_epoch(self, student: nn.Module, epoch: int) -> dict[str, int]:
+        """Before every epoch but the first: fresh images against the student as it is."""
+        if epoch > 0:
+            self.grow(student)
+        return {"images": self.made}
 
     def grow(self, student: nn.Module | None, batches: int | None = None) -> None:
         """Add ``batches`` new batches (default ``batches_per_epoch``) to the pool."""
@@ -199,7 +210,6 @@ class SyntheticStream:
             self.made += len(y)
         self.seconds += time.perf_counter() - t0
 
-    # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         assert self.synth is not None, "start() first"
         return {
@@ -218,25 +228,55 @@ class SyntheticStream:
         self.seconds = float(state.get("seconds", 0.0))
 
 
-class PoolSampler:
-    """``steps * batch_size`` pool indices per epoch, drawn uniformly from ``(seed, epoch, rank)``.
+def stream_for(p: Preset) -> StreamConfig:
+    """The stream of a preset: its budget in generator batches (``StreamConfig()`` for quick).
+
+    The pool starts with about ``p.n`` images (at most 8 batches) in batches of at most 128,
+    and the warm-up batches take at most ``p.iterations`` steps.
 
     Example:
-        >>> s = PoolSampler(lambda: 10, steps=2, batch_size=3, seed=0, rank=0)
-        >>> s.set_epoch(1); len(list(s))
-        6
+        >>> from recoverprune import PRESETS
+        >>> cfg = stream_for(PRESETS["tiny"])
+        >>> cfg.batch_size, cfg.initial_batches, cfg.generator.warmup_steps
+        (16, 2, 4)
+    """
+    default = StreamConfig()
+    batch = min(default.batch_size, p.batch_size)
+    initial = max(1, min(default.initial_batches, p.n // batch))
+    warm = min(default.generator.warmup_steps, p.iterations)
+    return replace(
+        default,
+        batch_size=batch,
+        initial_batches=initial,
+        pool_size=max(default.pool_size, batch),
+        generator=replace(default.generator, warmup_steps=warm),
+    )
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Makes :func:`recoverprune.compress` recover from a stream (``--synthesis stream``):
+    ``compress(..., source=StreamSource())``, a ``SourceFactory`` of the pipeline.
+
+    ``config=None`` sizes the stream from the budget (:func:`stream_for`); ``n`` and
+    ``iterations`` then apply to the check set only, and an epoch is the stream's
+    ``steps_per_epoch`` steps.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from recoverprune import PRESETS
+        >>> ctx = SimpleNamespace(budget=PRESETS["tiny"])
+        >>> StreamSource().describe(ctx)["stream"]["batch_size"]
+        16
     """
 
-    def __init__(self, size: Any, *, steps: int, batch_size: int, seed: int, rank: int) -> None:
-        self.size, self.steps, self.batch_size = size, steps, batch_size
-        self.seed, self.rank, self.epoch = seed, rank, 0
+    config: StreamConfig | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def make(self, teacher: nn.Module, spec: InputSpec, ctx: SourceContext) -> SyntheticStream:
+        """The stream (its images are made during recovery, checkpointed with it)."""
+        cfg = self.config or stream_for(ctx.budget)
+        return SyntheticStream(teacher, cfg, input=spec, seed=ctx.seed)
 
-    def __len__(self) -> int:
-        return self.steps * self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        g = generator(self.seed, "pool", self.epoch, self.rank)
-        return iter(torch.randint(0, self.size(), (len(self),), generator=g).tolist())
+    def describe(self, ctx: SourceContext) -> dict[str, Any]:
+        """What the report records."""
+        return {"method": "stream", "stream": asdict(self.config or stream_for(ctx.budget))}

@@ -1,4 +1,5 @@
-"""The CPU thread policy: what the user set is kept, otherwise the CPUs idle now.
+"""CPU threads: the library leaves them alone; the command's policy keeps what the user set,
+otherwise takes the CPUs idle now.
 
 The machine is simulated: ``FakeCpus`` stands in for ``/proc/stat``, the clock, the sleep
 of the start-up sample and this process's CPU time, so nothing here waits or depends on
@@ -7,15 +8,21 @@ what else runs on the test machine (except the one smoke test of the real ``/pro
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 import pytest
 import torch
 
+from _nets import calibrated, random_synthetic, tiny_bn_net
+from recoverprune import DistillConfig, Preset, compress, evaluate, prune, recover, synthesize
+from recoverprune.cli.main import _run
+from recoverprune.core import progress as _progress
 from recoverprune.core import threads as _runtime
+from recoverprune.core.progress import on_advance, progress
 from recoverprune.core.runtime import resolve
-from recoverprune.core.threads import revisit, set_threads, threads
+from recoverprune.core.threads import current, revisit, set_threads, threads
 
 
 class FakeCpus:
@@ -214,3 +221,78 @@ def test_the_real_proc_stat_gives_a_sample():
     assert start is not None and end is not None and end.cpus == len(_runtime._affinity())
     busy = _runtime._busy_elsewhere(start, end)
     assert busy is None or 0.0 <= busy <= end.cpus
+
+
+_set_num_threads = torch.set_num_threads  # the real one, while the guard below is in place
+
+
+@pytest.fixture()
+def guarded(fake, monkeypatch):
+    """Every attempt to set torch's threads or to sample the CPUs, recorded (and not done)."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(f"set_num_threads({n})"))
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: calls.append(f"interop({n})"))
+    monkeypatch.setattr(_runtime, "_snapshot", lambda: calls.append("sample") or fake.snapshot())
+    fake.others = 1.0  # a busy neighbour: the policy would pick 1 of the 2 threads
+    return calls
+
+
+def _library_calls(tmp_path) -> None:
+    teacher = calibrated(tiny_bn_net(), passes=1)
+    teacher.pretrained_cfg = {"input_size": (3, 8, 8)}
+    data = random_synthetic(16)
+    evaluate(teacher, data, progress=False)
+    evaluate(teacher, data, amp=True, progress=False)
+    student = prune(teacher, 0.5)
+    synthetic = synthesize(teacher, 8, batch_size=4, iterations=2, progress=False)
+    config = DistillConfig(epochs=1, batch_size=4)
+    recover(teacher, student, synthetic, config=config, progress=False)
+    tiny = Preset(n=8, iterations=2, batch_size=4, epochs=1, check_n=4)
+    compress(teacher, 0.5, out_dir=tmp_path / "c", preset=tiny, progress=False)
+
+
+@pytest.mark.parametrize("start", [1, 2])  # the user's own number; torch's default
+def test_library_calls_leave_the_threads_as_they_were(guarded, tmp_path, start):
+    _set_num_threads(start)
+    _library_calls(tmp_path)
+    assert guarded == [] and torch.get_num_threads() == start
+
+
+def test_the_guard_sees_a_call_that_sets_threads(guarded):
+    set_threads(1)
+    threads()
+    assert guarded == ["set_num_threads(1)", "interop(1)"]
+    _runtime._chosen = None
+    threads()  # the automatic choice samples and sets
+    assert guarded[2:] == ["sample", "sample", "set_num_threads(1)", "interop(1)"]
+
+
+def test_current_reads_without_sampling_or_setting(guarded):
+    now = current()
+    assert (now.intra, now.source, now.busy) == (2, "torch default", None)
+    _set_num_threads(1)
+    assert current().source == "torch.set_num_threads" and guarded == []
+
+
+def test_the_command_looks_again_at_every_progress_step(fake):
+    fake.others = 1.0
+    assert threads().intra == 1
+    fake.mine, fake.others = 1.0, 0.0  # the neighbour ends
+    fake.run(12)
+
+    def work(args: argparse.Namespace) -> int:
+        with progress("Work", 1, enabled=False) as bar:
+            bar.advance(1)
+        return 0
+
+    args = argparse.Namespace(threads=None, quiet=True, command="synthesize", func=work)
+    assert _run(args) == 0 and torch.get_num_threads() == 2
+    assert _progress._hook is None  # hooked for the command only
+
+
+def test_a_progress_hook_lasts_as_long_as_its_block():
+    seen: list[int] = []
+    with on_advance(lambda: seen.append(1)), progress("Work", 2, enabled=False) as bar:
+        bar.advance(1)
+    bar.advance(1)
+    assert seen == [1]

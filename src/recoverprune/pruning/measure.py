@@ -1,0 +1,57 @@
+"""Measuring a network: multiply-accumulates per sample, and the example input to trace it on.
+
+Used by channel pruning's budgets, block dropping, export and the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from recoverprune.core.borrow import borrowed
+from recoverprune.core.spec import InputSpec
+
+__all__ = ["count_macs", "example_input"]
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of Conv/Linear layers, per sample.
+
+    Runs ``example[:1]`` once in eval mode; the model's flags are restored afterwards.
+
+    Example:
+        >>> count_macs(nn.Conv2d(3, 8, 3, padding=1), torch.zeros(1, 3, 4, 4))
+        3456
+    """
+    total = [0]
+
+    def hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        total[0] += out[0].numel() * m.weight[0].numel()  # per output: in/groups * k*k
+
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
+    try:
+        with borrowed(model), torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def example_input(model: nn.Module, spec: InputSpec | None = None) -> torch.Tensor:
+    """One all-zero input of ``spec``'s shape (default: ``InputSpec.of(model)``), on the
+    model's device and in its dtype.
+
+    Raises:
+        ValueError: the input size is unknown (pass an :class:`InputSpec` with a size).
+
+    Example:
+        >>> example_input(nn.Conv2d(1, 2, 3), InputSpec(channels=1, size=8)).shape
+        torch.Size([1, 1, 8, 8])
+    """
+    p = next(model.parameters())
+    shape = (spec or InputSpec.of(model)).shape
+    return torch.zeros(1, *shape, device=p.device, dtype=p.dtype)
