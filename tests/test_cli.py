@@ -501,7 +501,7 @@ def test_corrupt_json_is_named(ckpt, tmp_path, capsys):
 def test_evaluate_batch_size_zero(ckpt, folder, capsys):
     argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(ckpt), "--data", str(folder)]
     assert main([*argv, "--batch-size", "0", "--no-progress"]) == 2
-    assert "batch_size must be a positive number" in _error(capsys)
+    assert "--batch-size: the value must be >= 1" in _error(capsys)
 
 
 def test_corrupt_shard_is_explained_then_regenerated(ckpt, tmp_path, capsys):

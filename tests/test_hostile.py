@@ -400,7 +400,7 @@ def test_non_finite_normalisation_is_refused(tmp_path, r20_ckpt, capsys):
     argv = ["evaluate", "--arch", "resnet20", "--checkpoint", str(r20_ckpt), "--data", str(data)]
     for norm in (["--mean", "nan"], ["--mean", "nan", "--std", "0.2"]):
         assert main([*argv, *norm, "--no-progress"]) == 2  # main: "try a lower lr"
-        assert "mean must be finite" in _cli_error(capsys)
+        assert "--mean: the value must be finite" in _cli_error(capsys)
 
 
 # --------------------------------------------------------------------------- 4. devices

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from functools import partial
+from collections.abc import Callable
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +31,36 @@ __all__ = [
 ]
 
 
-def _load(args: argparse.Namespace, path: str, teacher: bool = True) -> Any:
+def _load(args: argparse.Namespace, path: str, teacher: bool = True, batch: int = 1) -> Any:
     """Load ``--arch`` from ``path`` with its input description (options > checkpoint); a
-    teacher's weights are checked for plausibility (a short recovery may leave a student's
-    BatchNorm statistics extreme)."""
+    teacher's weights are checked for plausibility and outliers, a student's for impossible
+    values (a short recovery may leave its BatchNorm statistics extreme)."""
     from recoverprune.core.spec import InputSpec
-    from recoverprune.core.validate import check_image_size, check_plausible
+    from recoverprune.core.validate import check_plausible
     from recoverprune.models import load_model
     from recoverprune.models.builders import parse_spec
+    from recoverprune.pipeline.checks import check_outliers, check_statistics
 
     model = load_model(args.arch, path, num_classes=args.num_classes)
-    if teacher:
-        check_plausible(model, f"checkpoint {path}")
+    (check_plausible if teacher else check_statistics)(model, f"checkpoint {path}")
+    if teacher and not args.allow_outlier_weights:
+        check_outliers(model, f"checkpoint {path}")
     # the zoo's size hint is what its models are trained at; a torchvision/timm builder's
     # hint is its reference weights' size, which says nothing about the user's checkpoint
     recorded = InputSpec.of(model).size if parse_spec(args.arch)[0] == "zoo" else None
+    return _sized(model, args, recorded, f"checkpoint {path}", batch)
+
+
+def _sized(model: Any, args: argparse.Namespace, trained: Any, what: str, batch: int) -> Any:
+    """``model`` with its input spec attached, once a ``batch`` of its images fits in memory
+    and ``--image-size`` is one it can take (see ``check_image_size``)."""
+    from recoverprune.core.resources import check_batch_memory
+    from recoverprune.core.validate import check_image_size
+
     spec = _spec(model, args)
+    check_batch_memory(model, spec.shape, batch)  # before the probe at that size
     if args.image_size is not None:
-        check_image_size(model, spec.shape, trained=recorded, what=f"checkpoint {path}")
+        check_image_size(model, spec.shape, trained=trained, what=what)
     return spec.attach(model)
 
 
@@ -101,6 +114,20 @@ def _save_model(model: Any, path: str, **extra: Any) -> None:
     save_model(model, path, channel_spec=channel_spec(model), label_names=names, **extra)
 
 
+def _locked(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``cmd`` holding the lock of its ``--out`` (a file for prune) while it runs; compress
+    takes its own, in the library."""
+
+    @wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        from recoverprune.core.lock import locked
+
+        with locked(args.out, file=args.command == "prune"):
+            return cmd(args)
+
+    return run
+
+
 def init_distributed() -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -150,6 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_locked
 def cmd_prune(args: argparse.Namespace) -> int:
     from rich import print as rprint
 
@@ -203,12 +231,13 @@ def _smaller(arch: str, model: Any, pruned: Any) -> str:
     )
 
 
+@_locked
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from recoverprune import InversionConfig, synthesize
     from recoverprune.core.spec import InputSpec
 
     check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
-    teacher = _load(args, args.checkpoint)
+    teacher = _load(args, args.checkpoint, batch=args.batch_size)
     cfg = apply_overrides(InversionConfig(), args, "di-")
     ds = synthesize(
         teacher,
@@ -227,8 +256,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+@_locked
 def cmd_recover(args: argparse.Namespace) -> int:
     from recoverprune import DistillConfig, SyntheticImages, recover
+    from recoverprune.core.resources import check_batch_memory
     from recoverprune.core.stages import run_stage
     from recoverprune.distill.loop import CHECKPOINT, FINAL, HISTORY
 
@@ -244,6 +275,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     student = _load(args, args.student, teacher=False)
     synthetic = SyntheticImages.load(args.synthetic)
     cfg = apply_overrides(DistillConfig(), args, "kd-")
+    check_batch_memory(teacher, synthetic.image_shape, min(cfg.batch_size, len(synthetic)))
     student = run_stage(
         partial(
             recover,
@@ -302,12 +334,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         untouched=["--eval-data"],
     )
     block = block_config(args)  # refuses block options that do not fit, before any work
-    if args.checkpoint is not None:
-        if args.arch is None:
-            raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
-        teacher = _load(args, args.checkpoint)
+    batch = PRESETS[args.preset].batch_size  # the library checks recovery's batch too
+    if args.checkpoint is None:  # the bundled teacher, as checked as a checkpoint
+        teacher = _sized(default_teacher(), args, (32, 32), "bundled ResNet-20", batch)
+    elif args.arch is None:
+        raise SystemExit("--checkpoint needs --arch (see `recoverprune models`)")
     else:
-        teacher = default_teacher()
+        teacher = _load(args, args.checkpoint, batch=batch)
     if not args.quiet:
         _startup(args, teacher)
     res = compress(

@@ -17,24 +17,16 @@ from recoverprune.cli.parser import build_parser
 __all__ = ["main"]
 
 
-def _rank() -> int:
-    from recoverprune.core.runtime import dist_info
-
-    return dist_info()[0]
-
-
 def _run(args: argparse.Namespace) -> int:
-    """Run the command on the CPU threads the policy picks for it (``--threads`` wins).
-
-    The policy is the command's, never the library's: all CPUs on an idle machine, fewer
-    beside a busy job, looked at again at the progress steps of long loops.
-    """
+    """Run the command on the CPU threads the command's policy (never the library's) picks:
+    ``--threads``, else all CPUs when idle, fewer beside a busy job, revisited as it runs."""
     if not hasattr(args, "threads"):
         return int(args.func(args))
     from recoverprune.core.progress import console, on_advance
+    from recoverprune.core.runtime import dist_info
     from recoverprune.core.threads import revisit, set_threads, threads
 
-    if _rank() > 0:  # one start-up summary and threads line, from rank 0
+    if dist_info()[0] > 0:  # one start-up summary and threads line, from rank 0
         args.quiet = True
     chosen = set_threads(args.threads) if args.threads is not None else threads()
     if not args.quiet and (args.command != "compress"):
@@ -58,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one slows it gently (benchmarks/threads.py).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except SystemExit as exc:  # a refused option, named (2); --help, --version (0)
+        return int(exc.code or 0)
     import recoverprune.core.runtime  # noqa: F401  (torch._dynamo before any process group)
     from recoverprune.core.errors import explain
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -11,10 +12,10 @@ __all__ = [
     "ARCH_HELP",
     "accel",
     "add_classes",
+    "add_flags",
     "add_input",
     "add_model",
     "add_output",
-    "add_overwrite",
     "add_runtime",
     "add_structure",
     "apply_overrides",
@@ -26,42 +27,103 @@ __all__ = [
     "config_default",
     "config_overrides",
     "configs",
+    "number",
 ]
 
 
+def number(
+    lo: float = -math.inf, hi: float = math.inf, *, config: type | None = None, **rule: Any
+) -> Callable[[str], Any]:
+    """An argparse ``type=``: :func:`~recoverprune.core.validate.check_number` with ``lo``,
+    ``hi`` and ``rule`` (also ``name``, and ``field``: the ``config`` field that must take it).
+
+    Example:
+        >>> number(1, lo_open=True)("1.5")
+        1.5
+        >>> number(1, lo_open=True)("nan")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: the value must be > 1 and finite, got nan
+    """
+    field, name = rule.pop("field", None), rule.pop("name", "the value")
+
+    def parse(text: str) -> Any:
+        from recoverprune.core.validate import check_number
+
+        try:
+            value: Any = (int if rule.get("integer") else float)(text)
+        except ValueError:
+            value = text  # refused below, with the range
+        try:
+            check_number(value, name, lo, hi, **rule)
+            if config is not None:
+                config(**{field: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+#: the ``type=`` of counts (>= 1), speed-up ratios (> 1) and fractions (in [0, 1))
+COUNT, RATIO = number(1, integer=True), number(1, lo_open=True)
+FRACTION = number(0, 1, hi_open=True)
+
+
+def threads_count(text: str) -> int:
+    """``--threads``: 1 to 4x the CPUs this process may use (more thrash, then crash).
+
+    Example:
+        >>> threads_count("1")
+        1
+    """
+    from recoverprune.core.threads import available_cpus
+
+    n = available_cpus()
+    what = f"the thread count (at most 4x the {n} CPUs available)"
+    return int(number(1, 4 * n, integer=True, name=what)(text))
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
-    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
     p.add_argument(
         "--amp",
         default="auto",
         choices=["auto", "bf16", "fp16", "off"],
         help="autocast precision on CUDA (default auto: bf16 where supported)",
     )
-    p.add_argument("--no-compile", action="store_true", help="disable torch.compile on CUDA")
-    p.add_argument("--no-channels-last", action="store_true", help="disable channels_last on CUDA")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_flags(p, "--no-compile", "--no-channels-last")
+    seed = number(0, 2**63 - 1, integer=True)
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     add_output(p)
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
-        type=int,
-        default=None,
+        type=threads_count,
         metavar="N",
         help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this "
         "process may use less those other jobs keep busy; printed at the start)",
     )
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars or lines (the start-up summary and results are still shown)",
-    )
-    p.add_argument(
-        "--quiet", action="store_true", help="print only errors and the final 'wrote' line"
-    )
+    add_flags(p, "--no-progress", "--quiet")
+
+
+#: the on/off options and their help
+FLAGS = {
+    "--no-compile": "disable torch.compile on CUDA",
+    "--no-channels-last": "disable channels_last on CUDA",
+    "--no-progress": "no progress bars or lines (the start-up summary and results are still shown)",
+    "--quiet": "print only errors and the final 'wrote' line",
+    "--overwrite": "recompute what --out holds from other settings instead of refusing it",
+    "--allow-outlier-weights": "use a teacher with weights hundreds of times its layer's "
+    "typical size (refused by default: the mark of corrupted bytes)",
+}
+
+
+def add_flags(p: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        p.add_argument(name, action="store_true", help=FLAGS[name])
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True, resize: bool = False) -> None:
@@ -72,9 +134,7 @@ def add_model(p: argparse.ArgumentParser, required: bool = True, resize: bool = 
         required=required,
         help=f"checkpoint file (state_dict or dict holding one){default}",
     )
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
-    )
+    p.add_argument("--num-classes", type=COUNT, help="default: read from the checkpoint")
     add_input(p, resize)
 
 
@@ -86,42 +146,27 @@ ARCH_HELP = (
 
 def add_input(p: argparse.ArgumentParser, resize: bool = False) -> None:
     """The model's input description; defaults come from the checkpoint or the model."""
-    p.add_argument(
-        "--image-size", type=int, default=None, help="input size (default: from the model)"
-    )
-    p.add_argument(
-        "--channels", type=int, default=None, help="input channels (default: first conv)"
-    )
+    p.add_argument("--image-size", type=COUNT, help="input size (default: from the model)")
+    p.add_argument("--channels", type=COUNT, help="input channels (default: first conv)")
     p.add_argument(
         "--mean",
-        type=float,
+        type=number(),
         nargs="+",
-        default=None,
         help="normalisation mean, one value or one per channel (default: from the checkpoint "
         "or the model's hint; ImageNet values for RGB)",
     )
     p.add_argument(
         "--std",
-        type=float,
+        type=number(0, lo_open=True),
         nargs="+",
-        default=None,
         help="normalisation std, one value or one per channel (default: as --mean)",
     )
     if resize:
         p.add_argument(
             "--resize",
-            type=int,
-            default=None,
+            type=COUNT,
             help="resize labelled images to this size (default: the input size)",
         )
-
-
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="recompute what --out holds from other settings instead of refusing it",
-    )
 
 
 def accel(args: argparse.Namespace) -> Any:
@@ -143,10 +188,11 @@ def config_overrides(
         if f.name in skip or kind not in (int, float, bool, str):
             continue
         opt = f"--{prefix}{f.name.replace('_', '-')}"
-        parse = (lambda s: s.lower() in ("1", "true", "yes", "on")) if kind is bool else kind
+        parse: Any = number(config=cls, field=f.name, integer=kind is int)
+        if kind in (bool, str):
+            parse = (lambda s: s.lower() in ("1", "true", "yes", "on")) if kind is bool else kind
         metavar = "BOOL" if kind is bool else None
-        text = f"(default {f.default})"
-        p.add_argument(opt, type=parse, default=None, metavar=metavar, help=text)
+        p.add_argument(opt, type=parse, metavar=metavar, help=f"(default {f.default})")
 
 
 def apply_overrides(cfg: Any, args: argparse.Namespace, prefix: str) -> Any:
@@ -170,15 +216,13 @@ def add_structure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--speedup",
-        type=float,
-        default=None,
+        type=RATIO,
         help="channel: prune to this many times fewer MACs instead of --amount; block: then "
         "also prune the remaining channels to this many times fewer MACs (default: none)",
     )
     p.add_argument(
         "--latency-speedup",
-        type=float,
-        default=None,
+        type=RATIO,
         metavar="X",
         help="channel: prune until the model runs X times faster on this machine, widths "
         "chosen from a latency table measured here, the result measured (default: none)",
@@ -192,8 +236,7 @@ def add_structure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--recalibrate-images",
-        type=int,
-        default=None,
+        type=number(0, integer=True),
         metavar="N",
         help="channel, block: re-estimate the BatchNorm statistics pruning shifted on N "
         "DeepInversion images of the teacher (block: also score the blocks on them); 0 keeps "
@@ -201,16 +244,14 @@ def add_structure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--drop-blocks",
-        type=int,
-        default=None,
+        type=COUNT,
         metavar="N",
         help="block: drop the N residual blocks whose removal changes the teacher's outputs "
         "least on DeepInversion images (default: 1 unless --block-speedup)",
     )
     p.add_argument(
         "--block-speedup",
-        type=float,
-        default=None,
+        type=RATIO,
         metavar="X",
         help="block: drop blocks, least damaging first, until the model has X times fewer "
         "MACs (default: none)",
@@ -218,15 +259,13 @@ def add_structure(p: argparse.ArgumentParser) -> None:
 
 
 def channel_budget(args: argparse.Namespace) -> bool:
-    """Whether the command line gives channel pruning a budget (``--speedup`` or
-    ``--latency-speedup``), which stands in for ``--amount``."""
+    """Whether ``--speedup`` or ``--latency-speedup`` (not ``--amount``) budgets channels."""
     return args.speedup is not None or args.latency_speedup is not None
 
 
 def channel_config(args: argparse.Namespace) -> Any:
-    """The :class:`~recoverprune.ChannelConfig` of ``--structure channel`` or of ``--structure
-    block --speedup X`` (wrapped in the experimental ``LatencyConfig`` by ``--latency-speedup``),
-    else ``None``; ``--amount`` is its budget when no speed-up is given."""
+    """The :class:`~recoverprune.ChannelConfig` of ``--structure channel`` or ``block --speedup
+    X`` (in an experimental ``LatencyConfig`` by ``--latency-speedup``), else ``None``."""
     from recoverprune import ChannelConfig
     from recoverprune.experimental.latency import LatencyConfig
 
@@ -248,8 +287,7 @@ def channel_config(args: argparse.Namespace) -> Any:
 
 
 def calibration_config(args: argparse.Namespace) -> Any:
-    """The :class:`~recoverprune.Calibration` of ``--recalibrate-images N`` (N > 0), else
-    ``None`` (the automatic budget; 0 turns re-estimation off in the configs)."""
+    """The :class:`~recoverprune.Calibration` of ``--recalibrate-images N`` (N > 0), else ``None``."""
     from recoverprune import Calibration
 
     n = args.recalibrate_images
@@ -295,7 +333,6 @@ def add_classes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--classes",
         nargs="+",
-        default=None,
         metavar="NAME",
         help="the model's class names in output order; class folders are then matched by "
         "name (default: the names the checkpoint records, else folders in sorted order)",

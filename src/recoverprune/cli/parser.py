@@ -5,27 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recoverprune.cli.commands import (
-    cmd_compress,
-    cmd_evaluate,
-    cmd_models,
-    cmd_prune,
-    cmd_recover,
-    cmd_synthesize,
-)
-from recoverprune.cli.options import (
-    ARCH_HELP,
-    add_classes,
-    add_input,
-    add_model,
-    add_output,
-    add_overwrite,
-    add_runtime,
-    add_structure,
-    config_default,
-    config_overrides,
-    configs,
-)
+import recoverprune.cli.commands as commands
+import recoverprune.cli.options as options
+from recoverprune.cli.options import ARCH_HELP, COUNT, FRACTION
 
 __all__ = ["build_parser"]
 
@@ -90,123 +72,101 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
 
 
 def _models_parser(sub: Any) -> None:
-    """The ``models`` command's options."""
     p = sub.add_parser("models", help="list the zoo architectures")
-    p.set_defaults(func=cmd_models)
+    p.set_defaults(func=commands.cmd_models)
 
 
 def _evaluate_parser(sub: Any) -> None:
-    """The ``evaluate`` command's options."""
     p = sub.add_parser("evaluate", help="top-1 of a (pruned) checkpoint on labelled images")
-    add_model(p, resize=True)
+    options.add_model(p, resize=True)
     p.add_argument("--data", required=True, help="ImageFolder directory or .tar.gz of one")
-    add_classes(p)
+    options.add_classes(p)
     p.add_argument("--split", default="test", help="sub-folder to read (default: test)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per batch (default 512)")
+    p.add_argument("--batch-size", type=COUNT, default=512, help="images per batch (default 512)")
     p.add_argument(
         "--cache-dir",
-        default=None,
         help="where archives are extracted (default ~/.cache/recoverprune)",
     )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)"
-    )
-    add_output(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
+    options.add_output(p)
+    p.set_defaults(func=commands.cmd_evaluate)
 
 
 def _prune_parser(sub: Any) -> None:
-    """The ``prune`` command's options."""
     p = sub.add_parser(
         "prune", help="magnitude-prune a checkpoint, remove channels or drop residual blocks"
     )
-    add_model(p)
+    options.add_model(p)
     p.add_argument(
         "--amount",
-        type=float,
-        default=None,
+        type=FRACTION,
         help="fraction of weights to remove, e.g. 0.75 (default: none; needed except with "
         "--structure block)",
     )
-    p.add_argument(
-        "--scope",
-        default="global",
-        choices=["global", "layerwise"],
-        help="one threshold for all layers, or the same fraction in each (default global)",
-    )
+    _scope(p, "one threshold for all layers, or the same fraction in each (default global)")
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense, e.g. conv1 linear")
-    p.add_argument("--include", nargs="*", default=None, help="layer-name globs that take part")
+    p.add_argument("--include", nargs="*", help="layer-name globs that take part")
     p.add_argument("--out", required=True, help="pruned checkpoint to write")
-    add_structure(p)
-    p.set_defaults(func=cmd_prune)
+    options.add_structure(p)
+    options.add_flags(p, "--allow-outlier-weights")
+    p.set_defaults(func=commands.cmd_prune)
 
 
 def _synthesize_parser(sub: Any, full: bool) -> None:
-    """The ``synthesize`` command's options."""
     p = sub.add_parser("synthesize", help="DeepInversion images from a teacher checkpoint")
-    add_model(p)
-    p.add_argument(
-        "--n",
-        "--num-images",
-        dest="n",
-        type=int,
-        required=True,
-        help="number of images (spell it --num-images under torchrun, whose own "
+    options.add_model(p)
+    _num_images(
+        p,
+        "number of images (spell it --num-images under torchrun, whose own "
         "options would otherwise claim --n)",
+        required=True,
     )
     p.add_argument("--out", required=True, help="directory for shards + manifest (resumable)")
     p.add_argument(
-        "--batch-size", type=int, default=256, help="images optimised together (default 256)"
+        "--batch-size", type=COUNT, default=256, help="images optimised together (default 256)"
     )
     p.add_argument(
         "--iterations",
-        type=int,
-        default=None,
-        help=f"steps per batch (default {config_default(full, 0, 'iterations')})",
+        type=COUNT,
+        help=f"steps per batch (default {options.config_default(full, 0, 'iterations')})",
     )
-    _finish(p, cmd_synthesize, full, "di-")
+    _finish(p, commands.cmd_synthesize, full, "di-")
 
 
 def _recover_parser(sub: Any, full: bool) -> None:
-    """The ``recover`` command's options."""
     p = sub.add_parser(
         "recover", help="distil the teacher into a pruned student on synthetic images"
     )
     p.add_argument("--arch", required=True, help=ARCH_HELP)
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="pruned student checkpoint (from `prune`)")
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="default: read from the checkpoint"
-    )
+    p.add_argument("--num-classes", type=COUNT, help="default: read from the checkpoint")
     p.add_argument("--synthetic", required=True, help="directory written by `synthesize`")
     p.add_argument(
         "--out", required=True, help="directory for checkpoints and student.pt (resumable)"
     )
     p.add_argument(
         "--epochs",
-        type=int,
-        default=None,
-        help=f"distillation epochs (default {config_default(full, 1, 'epochs')})",
+        type=COUNT,
+        help=f"distillation epochs (default {options.config_default(full, 1, 'epochs')})",
     )
-    p.add_argument("--val-data", default=None, help="labelled data to track top-1 (default: none)")
-    add_classes(p)
-    add_input(p, resize=True)
-    _finish(p, cmd_recover, full, "kd-")
+    p.add_argument("--val-data", help="labelled data to track top-1 (default: none)")
+    options.add_classes(p)
+    options.add_input(p, resize=True)
+    _finish(p, commands.cmd_recover, full, "kd-")
 
 
 def _compress_parser(sub: Any, full: bool) -> None:
-    """The ``compress`` command's options."""
     p = sub.add_parser(
         "compress",
         help="prune -> synthesize -> recover in one resumable run",
         description=_COMPRESS_DESCRIPTION + (_presets_text() if full else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model(p, required=False, resize=True)
+    options.add_model(p, required=False, resize=True)
     p.add_argument(
         "--amount",
-        type=float,
-        default=None,
+        type=FRACTION,
         help="fraction of the prunable weights to set to zero (default 0.75; none with "
         "--structure block)",
     )
@@ -216,23 +176,13 @@ def _compress_parser(sub: Any, full: bool) -> None:
         choices=["tiny", "quick", "paper", "seed"],
         help="compute budget, see above (default quick)",
     )
-    p.add_argument(
-        "--n",
-        "--num-images",
-        dest="n",
-        type=int,
-        default=None,
-        help="synthetic images (default: the preset's; --num-images under torchrun)",
-    )
+    _num_images(p, "synthetic images (default: the preset's; --num-images under torchrun)")
     p.add_argument(
         "--iterations",
-        type=int,
-        default=None,
+        type=COUNT,
         help="DeepInversion steps per batch (default: the preset's)",
     )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="distillation epochs (default: the preset's)"
-    )
+    p.add_argument("--epochs", type=COUNT, help="distillation epochs (default: the preset's)")
     p.add_argument(
         "--synthesis",
         default="deepinversion",
@@ -240,28 +190,23 @@ def _compress_parser(sub: Any, full: bool) -> None:
         help="a fixed DeepInversion set made before recovery, or fresh generator batches "
         "streamed into it (an epoch is then 8 steps) (default deepinversion)",
     )
-    p.add_argument(
-        "--scope",
-        default="global",
-        choices=["global", "layerwise"],
-        help="one magnitude threshold for all layers, or the same fraction in each "
-        "(default global)",
+    _scope(
+        p, "one magnitude threshold for all layers, or the same fraction in each (default global)"
     )
     p.add_argument("--exclude", nargs="*", help="layer-name globs to keep dense (default: none)")
     p.add_argument(
         "--eval-data",
-        default=None,
         help="labelled ImageFolder directory or .tar.gz to measure top-1 of teacher, pruned "
         "and recovered (default: none; then only teacher-student agreement is reported)",
     )
-    add_classes(p)
+    options.add_classes(p)
     p.add_argument(
         "--out",
         default="recoverprune-out",
         help="output directory; rerun the same command to resume (default recoverprune-out)",
     )
-    add_structure(p)
-    _finish(p, cmd_compress, full, "di-", "kd-")
+    options.add_structure(p)
+    _finish(p, commands.cmd_compress, full, "di-", "kd-")
 
 
 def _finish(p: Any, func: Any, full: bool, *prefixes: str) -> None:
@@ -269,7 +214,15 @@ def _finish(p: Any, func: Any, full: bool, *prefixes: str) -> None:
     budgets = {"di-": (0, "iterations"), "kd-": (1, "epochs")}  # set by their own options
     for prefix in prefixes if full else ():
         which, own = budgets[prefix]
-        config_overrides(p, configs()[which], prefix, skip=(own,))
-    add_runtime(p)
-    add_overwrite(p)
+        options.config_overrides(p, options.configs()[which], prefix, skip=(own,))
+    options.add_runtime(p)
+    options.add_flags(p, "--overwrite", "--allow-outlier-weights")
     p.set_defaults(func=func)
+
+
+def _scope(p: Any, text: str) -> None:
+    p.add_argument("--scope", default="global", choices=["global", "layerwise"], help=text)
+
+
+def _num_images(p: Any, text: str, required: bool = False) -> None:
+    p.add_argument("--n", "--num-images", dest="n", type=COUNT, required=required, help=text)

@@ -1,14 +1,6 @@
-"""Borrowing models for a stage: eval mode, frozen parameters, the runtime's device and memory
-format for the stage; all of it restored afterwards, also on an exception.
-
-Two ways to lend a model:
-
-- :func:`borrowed`: a model the stage only reads (the teacher). Afterwards it is exactly as
-  it was: training flags, ``requires_grad``, and the very tensors it held (device, memory
-  format, storage).
-- :func:`placed`: a model the stage trains in place (the student). Afterwards it keeps its
-  new values but is back on its device and in its memory format.
-"""
+"""Lending models to a stage, restored afterwards, also on an exception: :func:`borrowed`
+(read only, the teacher: exactly as it was, flags and tensors) and :func:`placed` (trained
+in place, the student: new values, back on its device and in its memory format)."""
 
 from __future__ import annotations
 
@@ -29,12 +21,8 @@ class Placement(Protocol):
 
 
 def keep_storage(model: nn.Module) -> Callable[[], None]:
-    """Snapshot the tensors of ``model``; the returned function puts them back.
-
-    ``Runtime.prepare_model`` moves a model to the device and, for ``channels_last``,
-    changes the memory format of its 4-D weights; ``model.to(device)`` alone would bring
-    the device back but leave the memory format changed. Restoring the original tensors
-    leaves the model exactly as it was (device, memory format, storage).
+    """Snapshot the tensors of ``model``; the returned function puts them back (device,
+    memory format and storage, which ``model.to(device)`` alone would not restore).
 
     Example:
         >>> net = nn.Conv2d(2, 2, 3)
@@ -84,11 +72,7 @@ def eval_mode(*models: nn.Module | None) -> Iterator[None]:
 @contextmanager
 def borrowed(*models: nn.Module | None, runtime: Placement | None = None) -> Iterator[None]:
     """Put models in eval mode with frozen parameters (on ``runtime``'s device and memory
-    format when given); restore every flag and tensor afterwards.
-
-    The ``training`` flag of every submodule, the ``requires_grad`` flag of every
-    parameter and (with ``runtime``) every tensor are snapshotted and restored in
-    ``finally``, also on an exception. ``None`` entries are skipped.
+    format when given); restore every flag and tensor afterwards. ``None`` is skipped.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
@@ -117,13 +101,8 @@ def borrowed(*models: nn.Module | None, runtime: Placement | None = None) -> Ite
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    if (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
+    last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if last and not t.is_contiguous() else torch.contiguous_format
 
 
 @contextmanager
@@ -139,10 +118,8 @@ def placed(model: nn.Module, runtime: Placement) -> Iterator[nn.Module]:
         >>> net.weight.is_contiguous(), float(net.weight.abs().sum())
         (True, 0.0)
     """
-    where = {
-        name: (t.device, _memory_format(t))
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-    }
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    where = {name: (t.device, _memory_format(t)) for name, t in tensors}
     runtime.prepare_model(model)
     try:
         yield model
@@ -157,6 +134,5 @@ def placed(model: nn.Module, runtime: Placement) -> Iterator[nn.Module]:
             if name in where:
                 module_name, _, attr = name.rpartition(".")
                 device, fmt = where[name]
-                model.get_submodule(module_name)._buffers[attr] = b.to(device).contiguous(
-                    memory_format=fmt
-                )
+                b = b.to(device).contiguous(memory_format=fmt)
+                model.get_submodule(module_name)._buffers[attr] = b

@@ -1,4 +1,4 @@
-"""Temp-file hygiene in output directories: removing outputs, cleaning what a killed run left, room to write."""
+"""Output directories: removing outputs, cleaning what a killed run left, room to write."""
 
 from __future__ import annotations
 
@@ -108,9 +108,5 @@ def check_free_space(directory: str | os.PathLike[str], need_bytes: int) -> None
     """
     free = shutil.disk_usage(directory).free
     if free < need_bytes:
-        raise OSError(
-            errno.ENOSPC,
-            f"about {need_bytes / 1e6:.0f} MB are needed for shards and checkpoints, "
-            f"{free / 1e6:.0f} MB are free",
-            str(directory),
-        )
+        need = f"about {need_bytes / 1e6:.0f} MB are needed for shards and checkpoints"
+        raise OSError(errno.ENOSPC, f"{need}, {free / 1e6:.0f} MB are free", str(directory))

@@ -1,10 +1,5 @@
-"""File I/O: atomic writes, safe checkpoint loading, manifests and fingerprints.
-
-Everything a long job writes goes through :func:`atomic_path` (a crash never leaves a
-half-written file under its final name); every checkpoint read goes through
-:func:`load_checkpoint` (``weights_only=True``: data, never code; checked against the hash
-in its name and the digest written with it).
-"""
+"""File I/O: atomic writes (:func:`atomic_path`), checkpoint loading as data, verified
+against the hash in its name and its digest (:func:`load_checkpoint`), fingerprints."""
 
 from __future__ import annotations
 
@@ -22,23 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = [
-    "DIGEST_KEY",
-    "STATE_KEYS",
-    "CheckpointError",
-    "atomic_path",
-    "extract_state_dict",
-    "fingerprint",
-    "load_checkpoint",
-    "load_own",
-    "name_hash",
-    "read_json",
-    "save_atomic",
-    "save_model",
-    "sha256_file",
-    "state_digest",
-    "write_json_atomic",
-]
+__all__ = ["DIGEST_KEY", "STATE_KEYS", "CheckpointError", "atomic_path", "extract_state_dict",
+    "fingerprint", "load_checkpoint", "load_own", "name_hash", "read_json", "save_atomic",
+    "save_model", "sha256_file", "state_digest", "write_json_atomic"]
 
 
 #: where a dict checkpoint keeps its state dict, in the order :func:`extract_state_dict` looks
@@ -126,8 +107,10 @@ def _is_state(x: Any) -> bool:
     return is_dict and all(isinstance(v, torch.Tensor) for v in x.values())
 
 
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+def state_digest(state: Mapping[str, torch.Tensor], head: str = "{}|{}|{}|") -> str:
     """SHA-256 (hex) of every entry's name, shape, dtype and bytes, whatever the device or order.
+
+    ``head`` formats the name, shape and dtype before the bytes (:func:`fingerprint` has its own).
 
     Example:
         >>> a = state_digest({"w": torch.ones(2), "b": torch.zeros(1)})
@@ -139,7 +122,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(head.format(name, tuple(t.shape), t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy
     return h.hexdigest()
 
@@ -297,14 +280,12 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     """The state dict of a loaded checkpoint (itself, or under one of :data:`STATE_KEYS`),
     without the ``module.``/``_orig_mod.`` prefixes of (Distributed)DataParallel and compile."""
     if isinstance(obj, Mapping):
-        for key in STATE_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
+        key = next((k for k in STATE_KEYS if isinstance(obj.get(k), Mapping)), None)
+        obj = obj if key is None else obj[key]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source} holds no state dict (found {type(obj).__name__})")
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+    if bad:
         raise CheckpointError(f"{source} is not a state dict: non-tensor entries {bad}")
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
@@ -323,14 +304,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 
 
 def fingerprint(model: nn.Module) -> str:
-    """A short SHA-256 of every parameter and buffer (names, shapes, dtypes, values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    """A short :func:`state_digest` of every parameter and buffer, as resume keys store it.
+
+    Example:
+        >>> len(fingerprint(nn.Linear(2, 1)))
+        16
+    """
+    return state_digest(model.state_dict(), "{}({}, '{}')")[:16]
 
 
 def load_own(path: Path) -> Any:

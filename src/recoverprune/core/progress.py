@@ -1,10 +1,7 @@
 """Progress that shows everywhere: rich bars on a terminal, timed plain lines elsewhere.
 
-On a terminal each long loop gets a rich bar with its status fields. Piped or redirected
-(``| tee``, ``> log``), each loop prints one plain line when it starts, then one every
-``RECOVERPRUNE_PROGRESS_INTERVAL`` seconds (default 15) and one when it ends: stage,
-done/total, rate, the stage's ETA and, when the stages still to come were announced with
-:func:`plan`, the ETA of the whole run. Everything is silent when disabled (and off rank 0).
+Piped or redirected, a loop prints a line at its start, every :func:`interval` seconds and
+at its end: stage, done/total, rate, ETA and, with a :func:`plan`, the whole run's ETA.
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ _hook: Callable[[], object] | None = None
 def on_advance(hook: Callable[[], object]) -> Iterator[None]:
     """Call ``hook()`` after every step of every bar, inside the ``with`` block.
 
-    The command line hooks its thread policy here (``core.threads.revisit``), so that the
-    CPU threads of a long job follow the machine; the library itself hooks nothing.
+    The command line hooks its thread policy here; the library itself hooks nothing.
 
     Example:
         >>> seen = []
@@ -74,8 +70,8 @@ def interval() -> float:
 def plan(stages: dict[str, float]) -> None:
     """Announce the coming stages (bar descriptions, in order) with their estimated seconds.
 
-    A running bar then adds the later stages, scaled by how its own stage compares with
-    its estimate, to give an ETA for the whole run. ``plan({})`` forgets the plan.
+    A bar then adds the later stages, scaled as its own compares with its estimate, to its
+    ETA. ``plan({})`` forgets the plan.
 
     Example:
         >>> plan({"DeepInversion": 60.0, "Recovery": 30.0}); plan({})
@@ -113,10 +109,7 @@ class Bar:
     """
 
     def __init__(
-        self,
-        description: str,
-        total: float | None,
-        rich: tuple[Progress, Any] | None = None,
+        self, description: str, total: float | None, rich: tuple[Progress, Any] | None = None,
         lines: bool = False,
     ) -> None:
         self.description, self.total = description, total
@@ -142,16 +135,6 @@ class Bar:
         """Update some status fields without advancing."""
         self.fields.update(fields)
         self._refresh()
-
-    def reset(self, total: float | None = None, description: str | None = None) -> None:
-        """Start the bar again (e.g. for a new batch or epoch)."""
-        self.total, self.completed, self._c0 = total, 0.0, None
-        self.description = description or self.description
-        if self._rich is not None:
-            kw: dict[str, Any] = {"total": total, "completed": 0}
-            if description is not None:
-                kw["description"] = description
-            self._rich[0].reset(self._rich[1], **kw)
 
     def rate(self) -> float | None:
         """Steps per second since the first advance (``None`` until measurable)."""
@@ -182,7 +165,8 @@ class Bar:
 
     def status(self) -> str:
         """The status fields as text, and the whole run's ETA when a plan is known."""
-        text = _fmt(self.fields)
+        fields = self.fields.items()
+        text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields)
         total = self.overall_eta()
         if total is not None and total != self.eta():
             text += f" | all stages ETA {duration(total)}"
@@ -196,9 +180,8 @@ class Bar:
         speed = f"{rate:.3g} steps/s" if rate else "starting"
         elapsed = duration(time.monotonic() - self._start)
         head = f"{self.description}: {self.completed:.0f}/{total}{pct}, {speed}"
-        return f"{head}, elapsed {elapsed}, ETA {duration(self.eta())}; {self.status()}".rstrip(
-            "; "
-        )
+        tail = f"ETA {duration(self.eta())}; {self.status()}"
+        return f"{head}, elapsed {elapsed}, {tail}".rstrip("; ")
 
     def _refresh(self) -> None:
         if self._rich is not None:
@@ -211,21 +194,12 @@ class Bar:
         console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
 
-def _fmt(fields: dict[str, Any]) -> str:
-    parts = []
-    for k, v in fields.items():
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
-
-
 @contextmanager
 def progress(description: str, total: float | None, enabled: bool = True) -> Iterator[Bar]:
     """A progress display for one long loop: a rich bar on a terminal, plain lines elsewhere.
 
-    Args:
-        description: the stage's name, shown on the left (and the key of :func:`plan`).
-        total: number of steps (``None`` for unknown).
-        enabled: ``False`` gives a silent bar (also pass ``False`` off rank 0).
+    ``description`` is the key of :func:`plan`; ``total`` may be ``None``; ``enabled=False``
+    (also off rank 0) gives a silent bar.
 
     Example:
         >>> with progress("Work", 2, enabled=False) as bar:
@@ -242,16 +216,9 @@ def progress(description: str, total: float | None, enabled: bool = True) -> Ite
         finally:
             bar._print()
         return
-    prog = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=False,
-    )
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    timing = (TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+    prog = Progress(*columns, *timing, console=console, transient=False)
     with prog:
         task = prog.add_task(description, total=total, status="")
         yield Bar(description, total, rich=(prog, task))

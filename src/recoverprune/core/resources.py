@@ -9,7 +9,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["available_memory", "check_job_size"]
+import torch
+from torch import nn
+
+from recoverprune.core.borrow import eval_mode
+
+__all__ = ["available_memory", "check_batch_memory", "check_job_size"]
 
 
 #: bytes of book-keeping per image besides its pixels: an int64 label, the shuffled copy it
@@ -24,10 +29,8 @@ PER_BATCH_BYTES = 128
 def _cgroup_room() -> int | None:
     """Bytes the cgroup (v2 or v1) still lets this process use, if it sets a limit."""
     v2, v1 = "/sys/fs/cgroup/memory.", "/sys/fs/cgroup/memory/memory."
-    for limit, usage in (
-        (v2 + "max", v2 + "current"),
-        (v1 + "limit_in_bytes", v1 + "usage_in_bytes"),
-    ):
+    files = ((v2 + "max", v2 + "current"), (v1 + "limit_in_bytes", v1 + "usage_in_bytes"))
+    for limit, usage in files:
         try:
             cap = Path(limit).read_text().strip()
             used = int(Path(usage).read_text().strip())
@@ -105,11 +108,8 @@ def check_job_size(
     room = available_memory()
     if room is not None and memory > room:
         how = "the images twice and their labels" if out_dir is None else "labels and batch plan"
-        fix = (
-            ""
-            if out_dir is not None
-            else ", or an output directory (out_dir=, --out) to stream the images to disk"
-        )
+        fix = ", or an output directory (out_dir=, --out) to stream the images to disk"
+        fix = "" if out_dir is not None else fix
         raise ValueError(
             f"{what} {n:,} images of {dims} needs about {_size(memory)} of memory ({how}); "
             f"{_size(room)} are available. Pass a smaller n (--n){fix}."
@@ -126,4 +126,45 @@ def check_job_size(
             f"{what} {n:,} images of {dims} needs about {_size(disk)} for its shards, "
             f"{_size(free)} are free; pass a smaller n (--n) or another output directory",
             str(out_dir),
+        )
+
+
+def check_batch_memory(model: nn.Module, shape: Sequence[int], batch_size: int) -> None:
+    """Refuse a batch of ``shape`` images whose activations in ``model`` clearly do not fit
+    in free memory (RAM, or a GPU's if larger): every layer's output, measured in one pass of
+    one image of at most 64x64 and scaled by area. A model that cannot take that size is not
+    checked here.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        >>> check_batch_memory(net, (3, 32, 32), 16)
+        >>> check_batch_memory(net, (3, 2**20, 2**20), 16)
+        Traceback (most recent call last):
+        ...
+        ValueError: a batch of 16 images of 3x1048576x1048576 needs about ... of memory for its activations in Sequential; ... are available. Pass a smaller --image-size (input=) or batch size.
+    """
+    c, h, w = (int(s) for s in shape)
+    small, sizes = (1, c, min(h, 64), min(w, 64)), []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, y: sizes.append(getattr(y, "nbytes", 0)))
+        for m in model.modules()
+        if not any(m.children())
+    ]
+    ref = next(iter(model.parameters()), torch.zeros(()))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(small, device=ref.device))
+    except Exception:  # a size it cannot take: check_image_size says so
+        return
+    finally:
+        for handle in handles:
+            handle.remove()
+    need = sum(sizes) * h * w / (small[2] * small[3]) * batch_size
+    gpu = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+    room = max(available_memory() or 0, gpu)
+    if room and need > room:
+        raise ValueError(
+            f"a batch of {batch_size:,} images of {c}x{h}x{w} needs about {_size(need)} of memory "
+            f"for its activations in {type(model).__name__}; {_size(room)} are available. Pass a "
+            "smaller --image-size (input=) or batch size."
         )

@@ -17,15 +17,8 @@ from torch.nn.parameter import is_lazy
 
 from recoverprune.core.threads import current, machine
 
-__all__ = [
-    "Accel",
-    "Runtime",
-    "cpu_has_native_bf16",
-    "dist_info",
-    "generator",
-    "resolve",
-    "seed_int",
-]
+__all__ = ["Accel", "Runtime", "cpu_has_native_bf16", "dist_info", "generator", "resolve",
+    "seed_int"]
 
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
@@ -35,11 +28,9 @@ AmpMode = Literal["auto", "bf16", "fp16", "off"]
 class Accel:
     """Switches for the GPU fast paths. ``None`` means "automatic".
 
-    Automatic choice: on CUDA, bf16 autocast (fp16 on GPUs without bf16),
-    ``channels_last`` and ``torch.compile`` are on. On a CPU with native bf16 matrix
-    units (AMX or AVX512-BF16, as torch reports them) bf16 autocast and ``channels_last``
-    are on (BatchNorm statistics and losses stay float32, as on CUDA); on any other CPU
-    the computation is plain float32. ``torch.compile`` is off on CPU.
+    Automatic: on CUDA, bf16 autocast (fp16 without bf16), ``channels_last`` and
+    ``torch.compile``; on a CPU with native bf16 (AMX, AVX512-BF16) bf16 autocast and
+    ``channels_last``; on any other CPU plain float32.
 
     Example:
         >>> from recoverprune import Accel
@@ -95,9 +86,7 @@ class Runtime:
 
     def maybe_compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``torch.compile`` ``fn`` when compilation is on, else return it unchanged."""
-        if not self.compile:
-            return fn
-        return torch.compile(fn)
+        return torch.compile(fn) if self.compile else fn
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary for manifests and reports."""
@@ -191,18 +180,12 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
     accel = accel or Accel()
     dev = _resolve_device(device)
     cuda = dev.type == "cuda"
-    amp_dtype: torch.dtype | None
     cpu_bf16 = dev.type == "cpu" and cpu_has_native_bf16()
-    if accel.amp == "off" or (accel.amp == "auto" and not cuda and not cpu_bf16):
-        amp_dtype = None
-    elif accel.amp == "auto" and cpu_bf16:
-        amp_dtype = torch.bfloat16
-    elif accel.amp == "fp16":
-        amp_dtype = torch.float16
-    elif accel.amp == "bf16":
-        amp_dtype = torch.bfloat16
-    else:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp = accel.amp
+    if amp == "auto":  # bf16 on CUDA (fp16 without bf16) and on a bf16 CPU, else float32
+        bf16 = cpu_bf16 or (cuda and torch.cuda.is_bf16_supported())
+        amp = "off" if not (cuda or cpu_bf16) else "bf16" if bf16 else "fp16"
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     fast = cuda or (cpu_bf16 and amp_dtype is not None)
     channels_last = fast if accel.channels_last is None else accel.channels_last
     compile_ = cuda if accel.compile is None else accel.compile
@@ -213,10 +196,8 @@ def resolve(device: str | torch.device | None = None, accel: Accel | None = None
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 matrices natively (Intel AMX or AVX512-BF16).
 
-    There bf16 autocast with ``channels_last`` took one DeepInversion step of ResNet-20 at
-    batch 256 on one thread from 784 to 390 ms (an Intel Xeon with AMX, measured when
-    this path was proposed); on CPUs without it (AVX2 only, as many AMD EPYC and laptops)
-    bf16 is emulated, so float32 stays.
+    There bf16 autocast took a ResNet-20 DeepInversion step (batch 256, one thread) from
+    784 to 390 ms (Xeon with AMX); elsewhere bf16 is emulated, so float32 stays.
 
     Example:
         >>> isinstance(cpu_has_native_bf16(), bool)
@@ -234,6 +215,4 @@ def seed_int(seed: int, *keys: int | str) -> int:
 
 def generator(seed: int, *keys: int | str) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from ``(seed, *keys)``."""
-    g = torch.Generator()
-    g.manual_seed(seed_int(seed, *keys))
-    return g
+    return torch.Generator().manual_seed(seed_int(seed, *keys))

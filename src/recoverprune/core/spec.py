@@ -66,12 +66,8 @@ def _first_conv_channels(model: nn.Module) -> int | None:
 class InputSpec:
     """What a classifier eats: channels, image size and the normalisation it was trained with.
 
-    Attributes:
-        channels: input channels (1 for grayscale, 3 for RGB).
-        size: ``(H, W)``; an int means a square. ``None``: unknown.
-        mean, std: per-channel normalisation (one value is repeated for every channel),
-            finite, ``std > 0``. ``None``: unknown (the ImageNet values are the default for
-            3 channels).
+    ``size`` is ``(H, W)`` or an int (square); ``mean``/``std`` one value or one per
+    channel (ImageNet's by default for 3 channels); ``None``: unknown.
 
     Example:
         >>> spec = InputSpec(channels=1, size=28, mean=0.286, std=0.353)
@@ -91,9 +87,7 @@ class InputSpec:
             raise ValueError(f"channels must be a positive int, got {self.channels!r}")
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
-        size = self.size
-        if isinstance(size, int):
-            size = (size, size)
+        size = (self.size, self.size) if isinstance(self.size, int) else self.size
         if size is not None:
             size = tuple(int(s) for s in size)
             if len(size) != 2 or min(size) < 1:
@@ -176,19 +170,13 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form, as stored in checkpoints, manifests and reports."""
-        return {
-            "channels": self.channels,
-            "size": list(self.size) if self.size is not None else None,  # type: ignore[arg-type]
-            "mean": list(self.mean) if self.mean is not None else None,  # type: ignore[arg-type]
-            "std": list(self.std) if self.std is not None else None,  # type: ignore[arg-type]
-        }
+        lists = {k: getattr(self, k) for k in ("size", "mean", "std")}
+        return {"channels": self.channels, **{k: v and list(v) for k, v in lists.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
         """Inverse of :meth:`to_dict`."""
-        return cls(
-            channels=int(d["channels"]), size=d.get("size"), mean=d.get("mean"), std=d.get("std")
-        )
+        return cls(int(d["channels"]), d.get("size"), d.get("mean"), d.get("std"))
 
     def attach(self, model: nn.Module) -> nn.Module:
         """Record this spec as ``model.pretrained_cfg`` (a new dict; other keys are kept).

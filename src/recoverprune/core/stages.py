@@ -61,7 +61,7 @@ def check_key(
         recoverprune.core.stages.StageMismatch: out/pruned.pt was made with different settings: amount (0.75 there, 0.5 now). Rerun with --overwrite (overwrite=True) to recompute it, or use a new output directory.
     """
     new = stage_key(**new)
-    diff = [k for k in new if old.get(k, _MISSING) != new[k]]
+    diff = [k for k in new if k not in old or old[k] != new[k]]
     if diff:
         detail = ", ".join(
             f"{k} ({_short(old[k]) if k in old else 'not recorded'} there, {_short(new[k])} now)"
@@ -71,9 +71,6 @@ def check_key(
             f"{where} was made with different settings: {detail}. Rerun with --overwrite "
             "(overwrite=True) to recompute it, or use a new output directory."
         )
-
-
-_MISSING = object()
 
 
 def _short(value: Any) -> str:

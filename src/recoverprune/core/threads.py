@@ -1,12 +1,9 @@
 """CPU threads: how many the command line uses on a shared machine, and the machine's name.
 
-The policy is the command line's alone: no library call sets threads (the library reads
-them, :func:`current`). The automatic choice (:func:`threads`) looks at what the CPUs do
-*now*: a short sample of ``/proc/stat`` on the CPUs this process may run on, less this
-process's own CPU time over the same window, says how many CPUs other processes keep
-busy. :func:`revisit`, which the command hooks to every progress step
-(:func:`~recoverprune.core.progress.on_advance`), looks again over the time since the last
-look and steps the choice up or down. A number the user set is kept.
+The policy is the command line's alone (the library only reads, :func:`current`).
+:func:`threads` takes the CPUs that a short ``/proc/stat`` sample finds idle, this process's
+own CPU time not counted; :func:`revisit`, hooked to every progress step by the command,
+looks again and steps the choice up or down. A number the user set is kept.
 """
 
 from __future__ import annotations
@@ -24,25 +21,12 @@ import torch
 
 from recoverprune.core.progress import console
 
-__all__ = [
-    "REVISIT_EVERY_S",
-    "SAMPLE_S",
-    "Threads",
-    "available_cpus",
-    "cpu_model",
-    "current",
-    "machine",
-    "revisit",
-    "set_threads",
-    "threads",
-]
+__all__ = ["REVISIT_EVERY_S", "SAMPLE_S", "Threads", "available_cpus", "cpu_model", "current",
+    "machine", "revisit", "set_threads", "threads"]
 
 
-#: torch's own thread count when recoverprune was imported; a different value later means
-#: the user called ``torch.set_num_threads`` (respected).
+#: torch's own thread count at import; another value later is the user's (respected).
 _TORCH_DEFAULT = torch.get_num_threads()
-
-
 _WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 #: Seconds of ``/proc/stat`` the first, start-up choice looks at.
@@ -51,8 +35,7 @@ SAMPLE_S = 0.3
 #: :func:`revisit` decides at most once in this many seconds (by default).
 REVISIT_EVERY_S = 10.0
 
-#: A step up needs the CPUs busy elsewhere to stay this far below the rounding point, so
-#: that a neighbour working on and off does not make the choice flap.
+#: A step up needs this much room below the rounding point, so that the choice cannot flap.
 _UP_MARGIN = 0.25
 
 _PROC_STAT = Path("/proc/stat")
@@ -66,16 +49,10 @@ _sleep = time.sleep
 class Threads:
     """The CPU threads torch uses in this process, and why.
 
-    Attributes:
-        intra: intra-op threads (``torch.get_num_threads()``).
-        interop: inter-op threads (``torch.get_num_interop_threads()``).
-        source: ``"auto"``, ``"--threads"``, ``"OMP_NUM_THREADS"``,
-            ``"torch.set_num_threads"`` or ``"torch default"`` (nothing chose).
-        available: CPUs this process may use (affinity and cgroup quota).
-        load: the 1-minute load average when the choice was made (``None`` if unknown).
-        wait_policy: ``OMP_WAIT_POLICY`` as torch loaded it (the CLI sets ``PASSIVE``).
-        busy: CPUs other processes kept busy over the sample (``None``: not sampled).
-        sampled: seconds the sample behind ``busy`` covered.
+    ``source`` is ``"auto"``, ``"--threads"``, ``"OMP_NUM_THREADS"``,
+    ``"torch.set_num_threads"`` or ``"torch default"``; ``available`` the CPUs of the
+    affinity mask and cgroup quota; ``load`` the 1-minute load; ``busy`` the CPUs busy
+    elsewhere over a sample of ``sampled`` seconds (``None``: not sampled).
 
     Example:
         >>> Threads(2, 2, "auto", 2, 1.9, busy=0.0, sampled=0.3).line()
@@ -94,7 +71,7 @@ class Threads:
     sampled: float | None = None
 
     def seen(self) -> str:
-        """What the choice was based on: CPUs available, and the sample (else the load)."""
+        """What the choice was based on: CPUs available, the sample (else the load)."""
         seen = f"{self.available} CPUs available"
         if self.busy is not None:
             seen += f", {self.busy:.1f} busy elsewhere (sampled {self.sampled or 0:.1f} s)"
@@ -105,22 +82,21 @@ class Threads:
     def line(self) -> str:
         """One line for the log: how many threads, and how the number came about."""
         if self.source == "auto":
-            return (
-                f"threads: {self.intra} ({self.seen()}; set --threads or OMP_NUM_THREADS "
-                "to override)"
-            )
+            override = "set --threads or OMP_NUM_THREADS to override"
+            return f"threads: {self.intra} ({self.seen()}; {override})"
         return f"threads: {self.intra} (from {self.source}; {self.seen()})"
 
 
 @dataclass(frozen=True)
 class _Sample:
-    """Cumulative CPU counters at one moment: the two ends of a window make a sample."""
+    """Cumulative counters at ``wall`` (``_clock()``): busy and all jiffies of this process's
+    CPUs, how many CPUs, and this process's own CPU seconds (``time.process_time()``)."""
 
-    wall: float  # ``_clock()`` seconds
-    busy: int  # jiffies not idle (nor waiting for I/O) on this process's CPUs
-    total: int  # all jiffies on them
-    cpus: int  # how many CPUs the counters cover
-    own: float  # this process's CPU seconds, all its threads (``time.process_time()``)
+    wall: float
+    busy: int
+    total: int
+    cpus: int
+    own: float
 
 
 _chosen: Threads | None = None
@@ -173,10 +149,8 @@ def _load() -> float | None:
 
 
 def _read_stat(text: str, mask: set[int] | None) -> tuple[int, int, int] | None:
-    """Busy jiffies, all jiffies and CPUs counted, over the CPUs in ``mask``.
-
-    The ``cpuN`` lines of the CPUs in ``mask`` (all of them if ``None``), else the
-    aggregate ``cpu`` line. Busy is all but idle and iowait; guest time is already in user.
+    """Busy (not idle nor iowait) jiffies, all jiffies and CPUs counted, over the ``cpuN``
+    lines in ``mask`` (all if ``None``), else the aggregate ``cpu`` line.
 
     Example:
         >>> text = "cpu  9 0 1 10 0 0 0 0 0 0\\ncpu0 3 0 1 6 0 0 0 0\\ncpu1 6 0 0 4 0 0 0 0\\n"
@@ -203,16 +177,12 @@ def _snapshot() -> _Sample | None:
         counters = _read_stat(_PROC_STAT.read_text(), _affinity())
     except (OSError, ValueError, IndexError):
         return None
-    if counters is None:
-        return None
-    return _Sample(_clock(), *counters, time.process_time())
+    return None if counters is None else _Sample(_clock(), *counters, time.process_time())
 
 
 def _busy_elsewhere(start: _Sample, end: _Sample) -> float | None:
-    """CPUs other processes kept busy between two samples (``None`` if too close).
-
-    The busy CPUs of the window less this process's own CPU time over it, so the
-    process's own threads, however many, never count against it.
+    """CPUs other processes kept busy between two samples (``None`` if too close): the busy
+    CPUs of the window less this process's own CPU time over it.
 
     Example:
         >>> a = _Sample(0.0, 0, 0, 2, 0.0)
@@ -229,9 +199,8 @@ def _busy_elsewhere(start: _Sample, end: _Sample) -> float | None:
 
 
 def _decide(available: int, busy: float, cap: int | None = None) -> int:
-    """The CPUs available less those busy elsewhere (rounded), from 1 to ``cap``.
-
-    ``cap`` defaults to torch's own choice (one thread per physical core).
+    """The CPUs available less those busy elsewhere (rounded), from 1 to ``cap`` (default:
+    torch's own choice, one thread per physical core).
 
     Example:
         >>> _decide(2, 1.0, 8), _decide(2, 0.2, 8), _decide(2, 3.0, 8), _decide(8, 0.0, 4)
@@ -254,10 +223,7 @@ def _step(current: int, available: int, busy: float, cap: int | None = None) -> 
 
 
 def _set(
-    n: int,
-    source: str,
-    busy: float | None = None,
-    sampled: float | None = None,
+    n: int, source: str, busy: float | None = None, sampled: float | None = None,
     interop: bool = True,
 ) -> Threads:
     global _chosen
@@ -265,16 +231,9 @@ def _set(
     if interop:  # torch allows this once, before any inter-op work; else keep what is there
         with suppress(RuntimeError):
             torch.set_num_interop_threads(n)
-    _chosen = Threads(
-        n,
-        torch.get_num_interop_threads(),
-        source,
-        available_cpus(),
-        _load(),
-        _WAIT_POLICY,
-        busy,
-        None if sampled is None else round(sampled, 2),
-    )
+    sampled = None if sampled is None else round(sampled, 2)
+    interop_n = torch.get_num_interop_threads()
+    _chosen = Threads(n, interop_n, source, available_cpus(), _load(), _WAIT_POLICY, busy, sampled)
     return _chosen
 
 
@@ -293,15 +252,11 @@ def set_threads(n: int) -> Threads:
     return _set(n, "--threads")
 
 
-def _sample() -> tuple[float, float, _Sample] | None:
-    """CPUs busy elsewhere over a fresh ``SAMPLE_S`` sample, its seconds, and its end."""
-    start = _snapshot()
-    if start is None:
-        return None
-    _sleep(SAMPLE_S)
-    end = _snapshot()
-    busy = None if end is None else _busy_elsewhere(start, end)
-    if end is None or busy is None:
+def _window(start: _Sample | None) -> tuple[float, float, _Sample] | None:
+    """CPUs busy elsewhere from ``start`` to now, over how many seconds, and the sample now."""
+    end = None if start is None else _snapshot()
+    busy = None if start is None or end is None else _busy_elsewhere(start, end)
+    if start is None or end is None or busy is None:
         return None
     return busy, end.wall - start.wall, end
 
@@ -309,9 +264,11 @@ def _sample() -> tuple[float, float, _Sample] | None:
 def _auto() -> Threads:
     """The automatic choice at start, from a sample (else from the load average)."""
     global _mark
-    seen = _sample()
+    start = _snapshot()
+    if start is not None:
+        _sleep(SAMPLE_S)
+    seen, _mark = _window(start), None
     if seen is None:  # not Linux: the load average, looked at once
-        _mark = None
         return _set(_decide(available_cpus(), _load() or 0.0), "auto")
     busy, seconds, _mark = seen
     return _set(_decide(available_cpus(), busy), "auto", busy, seconds)
@@ -321,11 +278,8 @@ def threads() -> Threads:
     """Settle the CPU threads of this process (once) and say what was chosen.
 
     A value the user set (``OMP_NUM_THREADS``, ``torch.set_num_threads``, ``--threads``)
-    is kept. Otherwise the number is the CPUs available to the process (affinity and
-    cgroup quota) less the CPUs other processes keep busy over a ``SAMPLE_S`` sample of
-    ``/proc/stat`` (this process's own CPU time subtracted; the 1-minute load average
-    where ``/proc/stat`` cannot be read), at least one and at most torch's own default.
-    :func:`revisit` looks again later.
+    is kept. Otherwise: the CPUs available (affinity, cgroup quota) less those busy
+    elsewhere over a ``SAMPLE_S`` sample (else the 1-minute load), 1 to torch's default.
 
     Example:
         >>> t = threads()
@@ -365,18 +319,9 @@ def current() -> Threads:
 def revisit(every: float = REVISIT_EVERY_S, verbose: bool = True) -> Threads | None:
     """Look at the CPUs again and step the automatic choice up or down.
 
-    Cheap, for the boundaries of a long loop: no sleeping, it reuses the window since the
-    last look and decides at most once in ``every`` seconds. Only an automatic choice
-    moves; a number the user set (also with ``torch.set_num_threads`` after the choice)
-    is never revisited. A step down needs half a CPU busy elsewhere, a step up
-    ``_UP_MARGIN`` less, so a neighbour working on and off does not make it flap.
-
-    Args:
-        every: seconds since the last look before it looks again.
-        verbose: print a line when the number changes.
-
-    Returns:
-        The new :class:`Threads` when the number changed, else ``None``.
+    No sleeping: it uses the window since the last look, at most once in ``every``
+    seconds. Only an automatic choice moves, never a number the user set; ``verbose``
+    prints a line on a change. Returns the new :class:`Threads`, or ``None`` if unchanged.
 
     Example:
         >>> _ = set_threads(1)
@@ -391,15 +336,15 @@ def revisit(every: float = REVISIT_EVERY_S, verbose: bool = True) -> Threads | N
         return None
     if _clock() - _mark.wall < every:
         return None
-    start, end = _mark, _snapshot()
-    busy = None if end is None else _busy_elsewhere(start, end)
-    if end is None or busy is None:
+    seen = _window(_mark)
+    if seen is None:
         return None
-    _mark, before = end, _chosen.intra
+    busy, seconds, _mark = seen
+    before = _chosen.intra
     n = _step(before, available_cpus(), busy)
     if n == before:
         return None
-    new = _set(n, "auto", busy, end.wall - start.wall, interop=False)
+    new = _set(n, "auto", busy, seconds, interop=False)
     if verbose:
         say = f"threads: {before} -> {n} ({new.seen()}; set --threads to keep a number)"
         console.print(say, markup=False, highlight=False)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,9 +16,10 @@ __all__ = [
     "MAX_ABS_RUNNING_MEAN",
     "MAX_ABS_WEIGHT",
     "MAX_RUNNING_VAR",
-    "check_at_least",
+    "check_fields",
     "check_finite",
     "check_image_size",
+    "check_number",
     "check_plausible",
     "probe",
 ]
@@ -26,12 +29,8 @@ __all__ = [
 #: (a random float32 bit pattern exceeds it about 40 % of the time). Not lower: a short
 #: distillation of a tiny ShuffleNetV2 legitimately grew BatchNorm weights to 5e4.
 MAX_ABS_WEIGHT = 1e6
-
-
 #: BatchNorm running variance beyond this (a standard deviation of 1e4) is not a statistic
 MAX_RUNNING_VAR = 1e8
-
-
 #: BatchNorm running mean beyond this, likewise
 MAX_ABS_RUNNING_MEAN = 1e5
 
@@ -68,32 +67,11 @@ def check_finite(model: nn.Module, what: str = "model") -> None:
         )
 
 
-def _implausible_bn(model: nn.Module) -> list[str]:
-    """Running statistics of the BatchNorm layers that no data could have produced."""
-    bad = []
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._NormBase) or m.running_var is None:
-            continue
-        var, mean = m.running_var.detach().float(), m.running_mean.detach().float()
-        where = f"{name}." if name else ""
-        if not bool(torch.isfinite(var).all()) or float(var.min()) < 0:
-            bad.append(f"{where}running_var is negative or not finite (min {float(var.min()):.3g})")
-        elif float(var.max()) > MAX_RUNNING_VAR:
-            bad.append(
-                f"{where}running_var reaches {float(var.max()):.3g} (> {MAX_RUNNING_VAR:.0e})"
-            )
-        top = float(mean.abs().max()) if mean.numel() else 0.0
-        if not math.isfinite(top) or top > MAX_ABS_RUNNING_MEAN:
-            bad.append(f"{where}running_mean reaches {top:.3g} (> {MAX_ABS_RUNNING_MEAN:.0e})")
-    return bad
-
-
 def check_plausible(model: nn.Module, what: str = "model") -> None:
     """Raise ``ValueError`` naming the tensors of ``model`` no trained network holds.
 
     The marks of corrupted bytes: a negative BatchNorm ``running_var``, statistics or weights
-    beyond the ``MAX_*`` bounds (far above what initialised and trained torchvision and timm
-    models hold). Other buffers (attention masks hold large constants) are not checked.
+    beyond the ``MAX_*`` bounds; other buffers (attention masks hold large constants) are not.
 
     Example:
         >>> import torch
@@ -114,7 +92,20 @@ def check_plausible(model: nn.Module, what: str = "model") -> None:
             top = float(p.detach().abs().max())
             if not math.isfinite(top) or top > MAX_ABS_WEIGHT:
                 bad.append(f"{name} reaches {top:.3g} in magnitude (> {MAX_ABS_WEIGHT:.0e})")
-    bad += _implausible_bn(model)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._NormBase) or m.running_var is None:
+            continue
+        var, mean = m.running_var.detach().float(), m.running_mean.detach().float()
+        where = f"{name}." if name else ""
+        if not bool(torch.isfinite(var).all()) or float(var.min()) < 0:
+            bad.append(f"{where}running_var is negative or not finite (min {float(var.min()):.3g})")
+        elif float(var.max()) > MAX_RUNNING_VAR:
+            bad.append(
+                f"{where}running_var reaches {float(var.max()):.3g} (> {MAX_RUNNING_VAR:.0e})"
+            )
+        top = float(mean.abs().max()) if mean.numel() else 0.0
+        if not math.isfinite(top) or top > MAX_ABS_RUNNING_MEAN:
+            bad.append(f"{where}running_mean reaches {top:.3g} (> {MAX_ABS_RUNNING_MEAN:.0e})")
     if bad:
         raise ValueError(
             f"the {what} holds implausible values: {_names(bad)}. These are not a trained "
@@ -127,10 +118,7 @@ def probe(model: nn.Module, shape: Sequence[int], what: str = "model") -> tuple[
     """The output shape of ``model`` for one all-zero input of ``shape`` ``(C, H, W)``.
 
     One forward pass in eval mode without gradients, on the model's device and dtype; modes
-    and hooks are restored, also on an error.
-
-    Raises:
-        ValueError: the pass fails or a feature map shrinks to nothing (says what to pass).
+    and hooks are restored. ``ValueError`` when it fails or a feature map shrinks to nothing.
 
     Example:
         >>> from torch import nn
@@ -212,19 +200,51 @@ def check_image_size(
     return probe(model, shape, what)
 
 
-def check_at_least(obj: object, bound: float, *names: str, strict: bool = False) -> None:
-    """Raise ``ValueError`` naming the first field of ``obj`` among ``names`` below ``bound``
-    (at or below it with ``strict``). ``None`` values pass. For configs' ``__post_init__``.
+def check_number(
+    value: object,
+    name: str,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` and the range unless ``value`` is a finite number
+    (an integer with ``integer``) from ``lo`` to ``hi`` (excluded with ``lo_open``/``hi_open``):
+    the one rule for every number a user gives (config fields, CLI flags).
+
+    Example:
+        >>> check_number(0.9, "momentum", 0, 1, hi_open=True)
+        >>> check_number(float("nan"), "momentum", 0, 1, hi_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: momentum must be in [0, 1), got nan
+    """
+    v: Any = value
+    real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+    whole = isinstance(v, numbers.Integral)
+    ok = real and (whole or (not integer and math.isfinite(v)))
+    if not (ok and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
+        bounds = [f"{'>' if lo_open else '>='} {lo}"] if lo > -math.inf else []
+        bounds += [f"{'<' if hi_open else '<='} {hi}"] if hi < math.inf else [] if integer else ["finite"]
+        if len(bounds) == 2 and hi < math.inf:  # two-sided: an interval
+            bounds = [f"in {'(['[not lo_open]}{lo}, {hi}{')]'[not hi_open]}"]
+        bounds += ["an integer"] if integer else []
+        raise ValueError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+
+
+def check_fields(obj: object, lo: float, *names: str, **rule: Any) -> None:
+    """:func:`check_number` (``lo``, ``rule``) on the fields ``names`` of ``obj`` not ``None``.
 
     Example:
         >>> from types import SimpleNamespace
-        >>> check_at_least(SimpleNamespace(steps=3, lr=0.0), 1, "steps")
-        >>> check_at_least(SimpleNamespace(steps=3, lr=0.0), 0, "lr", strict=True)
+        >>> check_fields(SimpleNamespace(steps=3, lr=None), 1, "steps", "lr", integer=True)
+        >>> check_fields(SimpleNamespace(steps=3, lr=0.0), 0, "lr", lo_open=True)
         Traceback (most recent call last):
         ...
-        ValueError: lr must be > 0, got 0.0
+        ValueError: lr must be > 0 and finite, got 0.0
     """
     for name in names:
-        value = getattr(obj, name)
-        if value is not None and (value <= bound if strict else value < bound):
-            raise ValueError(f"{name} must be {'>' if strict else '>='} {bound}, got {value}")
+        if getattr(obj, name) is not None:
+            check_number(getattr(obj, name), name, lo, **rule)

@@ -30,15 +30,8 @@ from recoverprune.core.files import clean_stale
 from recoverprune.core.io import read_json, save_atomic, sha256_file, write_json_atomic
 from recoverprune.core.spec import DEFAULT_MEAN, DEFAULT_STD, per_channel
 
-__all__ = [
-    "DataError",
-    "ImageTensorDataset",
-    "class_folders",
-    "default_cache_dir",
-    "extract",
-    "load_split",
-    "match_classes",
-]
+__all__ = ["DataError", "ImageTensorDataset", "class_folders", "default_cache_dir", "extract",
+    "load_split", "match_classes"]
 
 _MARKER = ".recoverprune-complete.json"
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -66,10 +59,8 @@ def extract(
 ) -> Path:
     """Extract a tar(.gz) of an ImageFolder tree once into the cache and return its root.
 
-    The archive goes into a temporary directory that is renamed into place only when
-    complete, with a marker recording the archive's SHA-256; later calls with a complete,
-    verified cache return at once. A complete extraction is never removed (torchrun ranks
-    and benchmarks side by side read it): the rename happens under a lock on the cache.
+    A temporary directory is renamed into place, under a lock, only when complete, with a
+    marker of the archive's SHA-256; a complete extraction is reused and never removed.
 
     Raises:
         DataError: the archive is missing, corrupt or truncated (no cache is left behind).
@@ -154,12 +145,8 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        classes: Sequence[str],
-        mean: Sequence[float] = DEFAULT_MEAN,
-        std: Sequence[float] = DEFAULT_STD,
+        self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+        mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(
@@ -210,11 +197,9 @@ def class_folders(
 ) -> list[str]:
     """The class folders of an ImageFolder split, sorted: what its labels are made from.
 
-    Hidden entries and files are not classes. Nor is a symlinked directory that resolves
-    inside the data ``root`` (default ``folder``) or to a directory holding ``folder``: a
-    loop (``test/again -> .``) or a second view of the data, which would be counted as an
-    extra class and shift every label after it. Such links are skipped with a warning;
-    links to directories outside the data root (class folders kept elsewhere) are classes.
+    Hidden entries and files are not classes, nor (with a warning) a symlink into the data
+    ``root`` (default ``folder``) or above ``folder``: a loop or a second view of the data
+    would shift every label after it. Links to directories outside the root are classes.
 
     Example:
         >>> import tempfile, pathlib, warnings
@@ -253,21 +238,15 @@ def _listing(names: Sequence[str], limit: int = 8) -> str:
 
 
 def match_classes(
-    found: Sequence[str],
-    num_classes: int | None = None,
-    names: Sequence[str] | None = None,
-    *,
-    subset: bool = False,
-    where: str | os.PathLike[str] = "the data",
+    found: Sequence[str], num_classes: int | None = None, names: Sequence[str] | None = None,
+    *, subset: bool = False, where: str | os.PathLike[str] = "the data",
 ) -> list[int]:
     """The label of each class folder in ``found``: the model output it stands for.
 
-    Folders are labelled by name when the model's class ``names`` (output ``i`` means
-    ``names[i]``) are known, else by sorted position (the ImageFolder convention). Either
-    way they must be exactly the model's classes, or a missing, extra or misnamed folder
-    would silently shift labels: ``num_classes`` folders, or exactly ``names``. With
-    ``subset=True`` some classes may be absent (a deliberate subset); it needs ``names``,
-    since positions cannot say which classes are left.
+    By name when the model's class ``names`` (in output order) are known, else by sorted
+    position; either way exactly the model's classes (``num_classes`` folders, or exactly
+    ``names``), so that no folder shifts the labels. ``subset=True`` (needs ``names``)
+    allows absent classes.
 
     Raises:
         DataError: the folders do not match the model's outputs; the message names them.
@@ -371,34 +350,20 @@ def _decode_folder(
 
 
 def load_split(
-    path: str | os.PathLike[str],
-    split: str = "test",
-    *,
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
-    cache_dir: str | os.PathLike[str] | None = None,
-    image_size: int | Sequence[int] | None = None,
-    channels: int = 3,
-    num_classes: int | None = None,
-    classes: Sequence[str] | None = None,
-    subset: bool = False,
+    path: str | os.PathLike[str], split: str = "test", *, mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD, cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int | Sequence[int] | None = None, channels: int = 3,
+    num_classes: int | None = None, classes: Sequence[str] | None = None, subset: bool = False,
 ) -> ImageTensorDataset:
     """Load one split of an ImageFolder tree (directory or archive) as a tensor dataset.
 
-    ``path`` is a directory holding ``<split>/<class>/<image>`` (or, with ``split=""``, a
-    directory of class folders), or a ``.tar``/``.tar.gz`` of such a tree. Images are
-    decoded once, in ``channels``' mode (1: grayscale, 3: RGB, 4: RGBA) and resized to
-    ``image_size`` (an int or ``(H, W)``) when given; the decoded tensor is cached
-    (``<cache>/decoded/...``) and read back with ``torch.load(weights_only=True)`` next time.
-
-    Labels mean what the model means. Before anything is decoded, the class folders
-    (:func:`class_folders`: symlinked loops are not classes) are checked against the
-    model's outputs by :func:`match_classes`: ``num_classes`` folders, labelled in sorted
-    order; or, given ``classes`` (the model's class names in output order), exactly those
-    names, each folder labelled by the index of its name. ``subset=True`` (with
-    ``classes``) accepts a deliberate subset of the classes, still labelled by name. The
-    dataset's ``classes`` are then the model's names (``classes[label]``); without either
-    argument, the folders as found, labelled in order, unchecked.
+    ``path`` holds ``<split>/<class>/<image>`` (class folders directly with ``split=""``),
+    or is a ``.tar``/``.tar.gz`` of such a tree. Images are decoded once in ``channels``'
+    mode (1, 3 or 4), resized to ``image_size`` (int or ``(H, W)``) if given, and cached.
+    Before decoding, :func:`class_folders` are checked by :func:`match_classes` against
+    ``num_classes`` / ``classes`` (the model's names in output order; ``subset=True``
+    allows absent ones), so labels mean what the model means; ``ds.classes`` are then the
+    model's names, else the folders as found.
 
     Raises:
         DataError: missing/empty path, no such split, no class folders or images, mixed

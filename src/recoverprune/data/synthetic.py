@@ -14,31 +14,18 @@ from torch.utils.data import Dataset
 
 from recoverprune.core.io import atomic_path
 from recoverprune.core.spec import InputSpec
+from recoverprune.data import synthetic_io
 from recoverprune.data.synthetic_io import FORMAT_VERSION, read_set, write_manifest, write_shard
 
 __all__ = ["SyntheticImages", "data_fingerprint"]
 
 
-def _normalisation(
-    mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel ``(mean, std)``; the ImageNet values by default for RGB only."""
-    if mean is None and std is None and channels != 3:
-        raise ValueError(
-            f"the images have {channels} channel(s): pass mean= and std= (one value or one "
-            "per channel), the normalisation of the model's input"
-        )
-    return InputSpec(channels=channels, mean=mean, std=std).normalisation()  # type: ignore[arg-type]
-
-
 class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
     """Synthetic images (in the teacher's normalised input space) and their target labels.
 
-    A ``torch.utils.data.Dataset`` of ``(image, label)``. Images are float32 tensors of
-    shape ``(C, H, W)``; ``mean``/``std`` say how to turn them back into pixels (one value
-    or one per channel; default the ImageNet values, for RGB images only).
-    Backed either by tensors in memory or by the shards of a synthesis directory
-    (memory-mapped, so a large set does not need to fit in RAM).
+    A ``Dataset`` of ``(image, label)``, images float32 ``(C, H, W)``; ``mean``/``std`` turn
+    them back into pixels (default ImageNet's, RGB only). Backed by tensors in memory or by
+    the memory-mapped shards of a synthesis directory.
 
     Example:
         >>> import torch
@@ -74,7 +61,14 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"every chunk must hold images of one shape, got {sorted(shapes)}")
         sizes = [im.shape[0] for im in self._images]
         self._offsets = torch.tensor([0, *sizes]).cumsum(0)
-        self.mean, self.std = _normalisation(mean, std, int(self._images[0].shape[1]))
+        channels = int(self._images[0].shape[1])
+        if mean is None and std is None and channels != 3:  # ImageNet's values: RGB only
+            raise ValueError(
+                f"the images have {channels} channel(s): pass mean= and std= (one value or one "
+                "per channel), the normalisation of the model's input"
+            )
+        spec = InputSpec(channels=channels, mean=mean, std=std)  # type: ignore[arg-type]
+        self.mean, self.std = spec.normalisation()
         self.meta: dict[str, Any] = dict(meta or {})
 
     # -- Dataset protocol -------------------------------------------------------------
@@ -107,9 +101,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
     @property
     def images(self) -> torch.Tensor:
         """All images as one ``(N, C, H, W)`` float32 tensor (materialised in memory)."""
-        return (
-            self._images[0].float() if len(self._images) == 1 else torch.cat(self._images).float()
-        )
+        return (self._images[0] if len(self._images) == 1 else torch.cat(self._images)).float()
 
     @property
     def labels(self) -> torch.Tensor:
@@ -156,15 +148,22 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
         write_manifest(d, {**self.meta, "format": FORMAT_VERSION, **sizes, **shape, **norm})
         return d
 
+    def check_for(self, teacher: Any) -> None:
+        """Refuse a ``teacher`` whose input or classes the set does not fit; warn when another
+        teacher made it (:func:`~recoverprune.data.synthetic_io.check_made_for`; ``recover()``
+        calls it).
+
+        Example:
+            >>> ds = SyntheticImages(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), mean=0, std=1)
+            >>> ds.check_for(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+        """
+        meta = {**self.meta, "image_shape": list(self.image_shape)}
+        synthetic_io.check_made_for(meta, self.labels, teacher, "the synthetic set")
+
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, mmap: bool = True) -> SyntheticImages:
-        """Read a set written by :meth:`save` or by ``synthesize(out_dir=...)``.
-
-        Files are read with ``torch.load(weights_only=True)`` (memory-mapped by default).
-
-        Raises:
-            FileNotFoundError: no manifest, or a shard is missing (synthesis unfinished).
-        """
+        """Read a set written by :meth:`save` or by ``synthesize(out_dir=...)``, checked
+        (:func:`~recoverprune.data.synthetic_io.read_set`, which names what it raises)."""
         manifest, shards = read_set(Path(directory), mmap=mmap)
         meta = {k: v for k, v in manifest.items() if k not in ("mean", "std")}
         stats = [shard.get("stats") for shard in shards]
@@ -214,9 +213,8 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def data_fingerprint(data: Any, chunk: int = 1024) -> str:
-    """A short SHA-256 of every image and label of a :class:`~recoverprune.SyntheticImages`.
-
-    Read in chunks of ``chunk`` images (a memory-mapped set is never materialised).
+    """A short SHA-256 of every image and label of a :class:`~recoverprune.SyntheticImages`,
+    read ``chunk`` images at a time (a memory-mapped set is never materialised).
 
     Example:
         >>> import torch

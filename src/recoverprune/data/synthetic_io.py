@@ -1,16 +1,14 @@
 """The synthetic-set disk format, whole: ``manifest.json`` plus one shard per batch.
 
-A directory holds :data:`MANIFEST` (what made the set: sizes, seed, teacher, settings,
-normalisation) and shards ``shard-000000.pt``, ... (``{"images", "labels", "batch",
-"stats"}``). Synthesis writes a shard per finished batch and resumes from the ones present;
-:meth:`~recoverprune.SyntheticImages.load` reads them memory-mapped.
+A directory holds :data:`MANIFEST` (sizes, seed, teacher, settings, normalisation) and
+shards ``shard-000000.pt``, ... (``{"images", "labels", "batch", "stats"}``), one per batch.
 
 Example:
     >>> import tempfile, torch
     >>> from pathlib import Path
     >>> d = Path(tempfile.mkdtemp())
     >>> _ = write_shard(d, 0, torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))
-    >>> _ = write_manifest(d, {"batch_sizes": [2], "mean": [0.5], "std": [0.5]})
+    >>> _ = write_manifest(d, {"batch_sizes": [2], "image_shape": [1, 2, 2], "mean": [0.5], "std": [0.5]})
     >>> manifest, shards = read_set(d)
     >>> manifest["batch_sizes"], shards[0]["labels"].tolist()
     ([2], [0, 1])
@@ -20,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,14 @@ from recoverprune.core.io import (
 )
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import StageMismatch, check_key
+from recoverprune.core.validate import probe
 from recoverprune.core.version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "SHARD_GLOB",
+    "check_made_for",
     "drop_unreadable",
     "make_manifest",
     "open_set",
@@ -118,13 +119,10 @@ def write_shard(
 
 
 def open_set(out: Path, manifest: dict[str, Any], is_main: bool, overwrite: bool = False) -> None:
-    """Make ``out`` ready for the shards of the call ``manifest`` describes.
-
-    A directory made with other settings is refused (:class:`StageMismatch`) or, with
-    ``overwrite``, emptied: shards of two syntheses are never mixed. Rank 0
-    (``is_main``) removes a killed run's leftovers and writes the manifest. Raises
-    ``OSError(ENOSPC)`` when the shards still to write clearly do not fit on disk.
-    """
+    """Make ``out`` ready for the shards of the call ``manifest`` describes: a directory made
+    with other settings is refused (:class:`StageMismatch`) or, with ``overwrite``, emptied;
+    rank 0 (``is_main``) cleans leftovers and writes the manifest; ``OSError(ENOSPC)`` when
+    the shards still to write do not fit on disk."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST
     if is_main:
@@ -166,12 +164,25 @@ def _read_shard(path: Path, mmap: bool) -> dict[str, Any] | None:
     return shard if isinstance(shard, dict) and {"images", "labels"} <= shard.keys() else None
 
 
+def _schema_ok(m: Any) -> bool:
+    """Whether ``m`` is a manifest of this format: the keys :func:`read_set` reads, typed."""
+
+    def seq(v: Any, kind: type) -> bool:
+        return isinstance(v, list) and bool(v) and all(type(i) in (kind, int) for i in v)
+
+    keys = ("batch_sizes", "image_shape", "mean", "std")
+    return isinstance(m, dict) and all(seq(m.get(k), float if k in keys[2:] else int) for k in keys)
+
+
 def read_set(directory: Path, *, mmap: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The manifest and every shard of a finished set (memory-mapped by default).
+    """The manifest and every shard of a finished set (memory-mapped by default), checked:
+    the manifest's keys and types, every shard's images ``(batch, *image_shape)`` floats
+    and integer labels ``(batch,)``.
 
     Raises:
         FileNotFoundError: no manifest, or a shard is missing (synthesis unfinished).
         CheckpointError: a shard is unreadable.
+        ValueError: the manifest or a shard is not of this format.
     """
     if not (directory / MANIFEST).is_file():
         raise FileNotFoundError(
@@ -179,8 +190,15 @@ def read_set(directory: Path, *, mmap: bool = True) -> tuple[dict[str, Any], lis
             "synthesize(out_dir=...) or SyntheticImages.save()"
         )
     manifest = read_json(directory / MANIFEST)
+    if not _schema_ok(manifest):
+        raise ValueError(
+            f"{directory / MANIFEST} is not a synthetic-set manifest: expected a JSON object "
+            "with batch_sizes (integers), image_shape ([C, H, W]), mean and std (numbers), got "
+            f"{str(manifest)[:80]}. Pass a directory written by synthesize(out_dir=...) or "
+            "SyntheticImages.save(), or synthesize the set again."
+        )
     shards = []
-    for i in range(len(manifest["batch_sizes"])):
+    for i, size in enumerate(manifest["batch_sizes"]):
         path = directory / shard_name(i)
         if not path.is_file():
             raise FileNotFoundError(
@@ -194,5 +212,50 @@ def read_set(directory: Path, *, mmap: bool = True) -> tuple[dict[str, Any], lis
                 "synthesize call (or CLI command) that made this directory: it makes "
                 "unreadable shards again."
             )
+        x, y, want = shard["images"], shard["labels"], (size, *manifest["image_shape"])
+        if not (
+            isinstance(x, Tensor) and x.is_floating_point() and tuple(x.shape) == want
+        ) or not (isinstance(y, Tensor) and not y.is_floating_point() and y.shape == want[:1]):
+            raise ValueError(
+                f"{path} does not hold batch {i} of the set its manifest describes: expected "
+                f"float images {want} and integer labels ({size},), got {_describe(x)} and "
+                f"{_describe(y)}. Synthesize the set again."
+            )
         shards.append(shard)
     return manifest, shards
+
+
+def _describe(t: Any) -> str:
+    return f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+
+
+def check_made_for(meta: Mapping[str, Any], labels: Tensor, teacher: nn.Module, where: str) -> None:
+    """Refuse (``ValueError``) a set whose input shape or classes (``num_classes``, labels)
+    do not fit ``teacher``; warn when another teacher made it (``meta``: the manifest).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
+        >>> meta = {"image_shape": [1, 2, 2], "num_classes": 100, "teacher": "1234abcd"}
+        >>> check_made_for(meta, torch.tensor([3, 99]), net, "set")
+        Traceback (most recent call last):
+        ...
+        ValueError: set was made for a 100-class network (teacher 1234abcd) but the teacher has 10 outputs: ...
+    """
+    try:
+        out = probe(teacher, meta["image_shape"], "teacher")
+    except ValueError as exc:
+        raise ValueError(f"the images of {where} do not fit the teacher: {exc}") from exc
+    width, n, made = out[-1] if len(out) == 2 else None, meta.get("num_classes"), meta.get("teacher")
+    top = int(labels.max()) + 1 if labels.numel() else 0
+    if width is not None and (n not in (None, width) or top > width):
+        raise ValueError(
+            f"{where} was made for a {n or top}-class network (teacher {made or 'unrecorded'}) "
+            f"but the teacher has {width} outputs: its labels do not mean the teacher's "
+            "classes. Synthesize a set from this teacher."
+        )
+    if isinstance(made, str) and made != (ours := fingerprint(teacher)):
+        warnings.warn(
+            f"{where} was made for another teacher (fingerprint {made}) of the same shape "
+            f"(this one is {ours}): its images were inverted from that one",
+            stacklevel=3,
+        )

@@ -1,12 +1,6 @@
-"""Any labelled data as the batched view ``evaluate`` reads, and as a transfer source.
-
-:func:`as_transfer_set` gives ``len``, ``get_batch(indices) -> (images, labels)``,
-``split(fraction, seed)`` and ``image_shape`` to ``(images, labels)`` tensors, a
-``TensorDataset`` and any map-style ``Dataset`` of ``(image, label)``
-(:class:`~recoverprune.SyntheticImages` has them already). :func:`as_source` makes any of
-them a transfer source (:mod:`recoverprune.distill.source`): one shuffled pass per epoch,
-shared among the ranks, keyed by its images.
-"""
+"""Any labelled data (tensors, a ``TensorDataset``, a ``Dataset`` of ``(image, label)``) as
+the batched view ``evaluate`` reads (:func:`as_transfer_set`) and as a transfer source
+(:func:`as_source`, :mod:`recoverprune.distill.source`)."""
 
 from __future__ import annotations
 
@@ -67,9 +61,6 @@ def _tensors(images: Tensor, labels: Tensor) -> TensorDataset:
 class Labelled:
     """A labelled dataset viewed through ``indices``: the batched view and a transfer source.
 
-    Batches come from the dataset's own ``get_batch`` (``SyntheticImages``), its tensors
-    (``TensorDataset``) or its ``(image, label)`` items.
-
     Example:
         >>> src = Labelled(TensorDataset(torch.randn(10, 1, 4, 4), torch.arange(10)))
         >>> [len(b) for b in src.batches(0, 4, seed=0, rank=0, world_size=1)]
@@ -116,9 +107,7 @@ class Labelled:
     def split(self, fraction: float, seed: int = 0) -> tuple[Labelled, Labelled]:
         """``(rest, held out)``, the same images as ``SyntheticImages.split`` holds out."""
         rest, held = split_indices(len(self), fraction, seed)
-        return Labelled(self.dataset, self.indices[rest]), Labelled(
-            self.dataset, self.indices[held]
-        )
+        return Labelled(self.dataset, self.indices[rest]), Labelled(self.dataset, self.indices[held])
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -129,20 +118,18 @@ class Labelled:
         self, epoch: int, batch_size: int, seed: int, rank: int, world_size: int
     ) -> list[Tensor]:
         """A shuffled pass of ``(seed, epoch)``, this rank's share (as ``DistributedSampler``)."""
-        sampler = DistributedSampler(
-            range(len(self)),  # type: ignore[arg-type]
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=False,
-        )
+        n = range(len(self))
+        sampler = DistributedSampler(n, world_size, rank, seed=seed)  # type: ignore[arg-type]
         sampler.set_epoch(epoch)
         return list(torch.tensor(list(sampler)).split(batch_size))
 
     def key(self) -> str:
         """The fingerprint of every image and label."""
         return data_fingerprint(self)
+
+    def start(self, teacher: Any, runtime: Any, state: Any) -> None:
+        """A set that knows its classes refuses a teacher it does not fit (``check_for``)."""
+        getattr(self.dataset, "check_for", lambda _: None)(teacher)
 
     @property
     def fill(self) -> tuple[float, ...] | None:

@@ -14,19 +14,13 @@ from recoverprune.distill.config import MixMode
 __all__ = ["augment", "mix"]
 
 
-# --------------------------------------------------------------------------- batch transforms
 def augment(
-    x: Tensor,
-    g: torch.Generator,
-    padding: int = 4,
-    flip: bool = True,
+    x: Tensor, g: torch.Generator, padding: int = 4, flip: bool = True,
     fill: Sequence[float] | None = None,
 ) -> Tensor:
     """Per-image random crop (after padding) and horizontal flip of a batch.
 
-    ``fill`` is the per-channel value the padding takes (e.g. black in the normalised
-    space, ``-mean / std``); 0 by default. Randomness comes from the CPU generator ``g``
-    only, so results are reproducible.
+    ``fill``: the padding's per-channel value (e.g. ``-mean / std``, black), default 0.
 
     Example:
         >>> import torch
@@ -57,8 +51,7 @@ def augment(
 def mix(x: Tensor, g: torch.Generator, mode: MixMode) -> Tensor:
     """Mix each image with another of the batch (mixup: blend; cutmix: paste a box).
 
-    The mixing ratio is uniform in [0, 1] per batch; labels are not needed because the
-    teacher's logits on the mixture are the target. Deterministic given ``g``.
+    The ratio is uniform in [0, 1] per batch; the teacher's logits are the target.
 
     Example:
         >>> import torch

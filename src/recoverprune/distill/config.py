@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args, get_type_hints
 
+from recoverprune.core.validate import check_fields
 from recoverprune.distill.objectives import CrossEntropy, FeatureKD, LogitKD, LossTerm
 
 __all__ = ["DistillConfig", "default_objective"]
 
 
 BNMode = Literal["train", "frozen"]
-
-
 MixMode = Literal["none", "mixup", "cutmix"]
 
 
@@ -32,8 +31,7 @@ class DistillConfig:
         ce_weight: weight of cross-entropy to the synthetic target labels (0 = pure KD).
         feature_weight: weight of feature distillation (:class:`FeatureKD`, 0 = off).
         feature_layers: where features are matched: ``"auto"``, ``"blocks"`` or ``"bn"``.
-        recalibrate: re-estimate the student's BatchNorm statistics on the synthetic
-            images before distillation.
+        recalibrate: first re-estimate the student's BatchNorm statistics on the images.
         reconstruct: first refit each masked layer's kept weights by least squares to the
             teacher layer's output on synthetic activations.
         gradual: fraction of the steps over which sparsity ramps (cubic) from 0 to the
@@ -77,25 +75,18 @@ class DistillConfig:
     holdout: float = 0.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs must be >= 1": self.epochs >= 1,
-            "batch_size must be >= 1": self.batch_size >= 1,
-            "optimizer must be 'sgd' or 'adamw'": self.optimizer in ("sgd", "adamw"),
-            "lr must be > 0": self.lr > 0,
-            "temperature must be > 0": self.temperature > 0,
-            "ce_weight must be >= 0": self.ce_weight >= 0,
-            "feature_weight must be >= 0": self.feature_weight >= 0,
-            "feature_layers must be 'auto', 'blocks' or 'bn'": self.feature_layers
-            in ("auto", "blocks", "bn"),
-            "gradual must be in [0, 1)": 0 <= self.gradual < 1,
-            "mix must be 'none', 'mixup' or 'cutmix'": self.mix in ("none", "mixup", "cutmix"),
-            "bn_mode must be 'train' or 'frozen'": self.bn_mode in ("train", "frozen"),
-            "holdout must be in [0, 1)": 0 <= self.holdout < 1,
-            "warmup_fraction must be in [0, 1)": 0 <= self.warmup_fraction < 1,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{message} (DistillConfig: {self!r})")
+        check_fields(self, 1, "epochs", "batch_size", integer=True)
+        check_fields(self, 0, "crop_padding", integer=True)
+        check_fields(self, 0, "lr", "temperature", lo_open=True)
+        check_fields(self, 0, "ce_weight", "feature_weight", "weight_decay")
+        fractions = ("momentum", "gradual", "holdout", "warmup_fraction")
+        check_fields(self, 0, *fractions, hi=1, hi_open=True)
+        hints = get_type_hints(DistillConfig)
+        for name in ("optimizer", "feature_layers", "mix", "bn_mode"):  # one of its Literal
+            *rest, last = get_args(hints[name])
+            if getattr(self, name) not in (*rest, last):
+                allowed = f"{', '.join(map(repr, rest))} or {last!r}"
+                raise ValueError(f"{name} must be {allowed} (DistillConfig: {self!r})")
 
 
 def default_objective(cfg: DistillConfig) -> list[LossTerm]:

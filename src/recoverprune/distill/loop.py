@@ -1,10 +1,8 @@
 """Knowledge distillation of the teacher into the pruned student on synthetic images.
 
-:func:`recover` is a short driver: it borrows the teacher, prepares the student
-(:mod:`recoverprune.distill.repair`), then runs epochs of :func:`_train_epoch`, each step
-summing the loss terms of :mod:`recoverprune.distill.objectives`, with a checkpoint after each
-epoch. Its data is a transfer source (:mod:`recoverprune.distill.source`), read through the
-protocol only.
+:func:`recover` repairs the student, then trains epochs summing the loss terms of
+:mod:`~recoverprune.distill.objectives`, reading its data through the transfer-source
+protocol only (:mod:`~recoverprune.distill.source`), with a checkpoint after each epoch.
 """
 
 from __future__ import annotations
@@ -81,22 +79,15 @@ def _lr_at(step: int, total: int, cfg: DistillConfig) -> float:
 def _sparsity_at(step: int, total: int, cfg: DistillConfig, target: float) -> float:
     """Cubic ramp (Zhu & Gupta 2017) from 0 to ``target`` over ``cfg.gradual`` of the steps."""
     ramp = cfg.gradual * total
-    if step >= ramp:
-        return target
-    return target * (1 - (1 - step / ramp) ** 3)
+    return target if step >= ramp else target * (1 - (1 - step / ramp) ** 3)
 
 
 def _make_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
+    sgd = {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0, "weight_decay": cfg.weight_decay}
+    return torch.optim.SGD(params, lr=cfg.lr, **sgd)
 
 
 def _check_fit(teacher: nn.Module, student: nn.Module, data: TransferSource, rt: Runtime) -> None:
@@ -142,16 +133,9 @@ class _Loop:
     """Everything one training step needs, built once per :func:`recover` call."""
 
     def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: Callable[[StepOutputs], dict[str, Tensor]],
-        data: TransferSource,
-        cfg: DistillConfig,
-        rt: Runtime,
-        seed: int,
-        out: Path | None,
+        self, teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[StepOutputs], dict[str, Tensor]], data: TransferSource,
+        cfg: DistillConfig, rt: Runtime, seed: int, out: Path | None,
     ) -> None:
         model: nn.Module = student
         if rt.world_size > 1:
@@ -214,12 +198,8 @@ def _train_epoch(loop: _Loop, epoch: int, bar: Bar) -> float:
             loss = float(loop.step(x, y, epoch * loop.steps_per_epoch + s))
             loss_sum += loss * len(idx)
             loss_n += len(idx)
-            bar.advance(
-                1,
-                epoch=f"{epoch + 1}/{cfg.epochs}",
-                loss=loss_sum / loss_n,
-                img_s=loop.seen / (time.perf_counter() - loop.t_start),
-            )
+            img_s = loop.seen / (time.perf_counter() - loop.t_start)
+            bar.advance(1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss_sum / loss_n, img_s=img_s)
     refresh_pruned(loop.student)
     return loss_sum / max(loss_n, 1)
 
@@ -248,9 +228,8 @@ def _split(
     source: TransferSource, val_data: Any, student: nn.Module, cfg: DistillConfig, seed: int
 ) -> tuple[TransferSource, Any, Any]:
     """``(train source, held-out source, validation set)``; a source may hold nothing out."""
-    val_set = val_data
-    if isinstance(val_data, (str, os.PathLike)):
-        val_set = resolve_data(student, val_data)
+    path = isinstance(val_data, (str, os.PathLike))
+    val_set = resolve_data(student, val_data) if path else val_data
     if val_set is None and cfg.holdout > 0 and len(source) >= 20:
         parts = hook(source, "split")(cfg.holdout, seed)
         if parts is not None:
@@ -367,18 +346,16 @@ def recover(
                     _checkpoint(out, epoch + 1, student, history, meta, **more)
                 prep = {}
         _restore_best(student, best, cfg, progress and rt.is_main)
-        if out is not None and rt.is_main:
-            _write_final(out, cfg, student, history, meta)
+        if out is not None and rt.is_main:  # the final student, checkpoint and history
+            refresh_pruned(student)
+            save_model(student, out / FINAL, channel_spec=channel_spec(student))
+            _checkpoint(out, cfg.epochs, student, history, meta, done=True)
+            write_json_atomic({"history": history, **meta}, out / HISTORY)
         return _finished(student, history)
 
 
 def _checkpoint(
-    out: Path,
-    epoch: int,
-    student: nn.Module,
-    history: list[dict[str, float]],
-    meta: dict[str, Any],
-    **extra: Any,
+    out: Path, epoch: int, student: nn.Module, history: list[Any], meta: dict[str, Any], **extra: Any
 ) -> None:
     """``recover-checkpoint.pt``: the training state after ``epoch`` (``done`` when final)."""
     state = {"epoch": epoch, "student": student.state_dict(), "history": history, "meta": meta}
@@ -391,19 +368,6 @@ def _restore_best(student: nn.Module, best: Any, cfg: DistillConfig, verbose: bo
     student.load_state_dict(best["state"])
     if verbose:
         console.print(f"kept the best epoch ({best['epoch']}, val top-1 {best['score']:.2f}%)")
-
-
-def _write_final(
-    out: Path,
-    cfg: DistillConfig,
-    student: nn.Module,
-    history: list[dict[str, float]],
-    meta: dict[str, Any],
-) -> None:
-    refresh_pruned(student)
-    save_model(student, out / FINAL, channel_spec=channel_spec(student))
-    _checkpoint(out, cfg.epochs, student, history, meta, done=True)
-    write_json_atomic({"history": history, **meta}, out / HISTORY)
 
 
 def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:

@@ -1,9 +1,7 @@
 """Loss terms of the recovery loop, as small composable pieces.
 
-The loop in :func:`~recoverprune.recover` knows nothing of any term: it binds each term
-to the teacher and the student (a term that needs forward hooks registers them there and
-removes them when the ``with`` block ends), then sums what the bound terms return for
-each step.
+:func:`~recoverprune.recover` binds each term to both networks (hooks live as long as the
+``with`` block) and sums what the bound terms return at each step.
 
 Example:
     >>> import torch
@@ -135,11 +133,9 @@ def _blocks(model: nn.Module) -> list[str]:
 
 
 def feature_layers(model: nn.Module, layers: str | Sequence[str] = "auto") -> list[str]:
-    """Names of the modules whose outputs :class:`FeatureKD` matches.
-
-    ``"blocks"``: every child of a ``Sequential``/``ModuleList`` holding a BatchNorm (the
-    residual blocks of a ResNet); ``"bn"``: every BatchNorm; ``"auto"``: blocks, else
-    BatchNorms (VGG); or a sequence of module names.
+    """Names of the modules whose outputs :class:`FeatureKD` matches: ``"blocks"`` (children
+    of containers holding a BatchNorm: a ResNet's blocks), ``"bn"``, ``"auto"`` (blocks, else
+    BatchNorms), or a sequence of module names.
 
     Example:
         >>> from recoverprune.models import resnet20
@@ -163,32 +159,13 @@ def feature_layers(model: nn.Module, layers: str | Sequence[str] = "auto") -> li
     return found
 
 
-def _capture(model: nn.Module, names: Sequence[str], store: dict[str, Tensor]) -> list:
-    modules = dict(model.named_modules())
-    return [
-        modules[n].register_forward_hook(lambda _m, _i, out, n=n: store.__setitem__(n, out))
-        for n in names
-    ]
-
-
-def _relative_mse(s: Tensor, t: Tensor) -> Tensor:
-    s, t = s.float(), t.float()
-    return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
-
-
 @dataclass(frozen=True)
 class FeatureKD:
     """Match the student's intermediate features to the teacher's at the same places.
 
-    The outputs of same-named modules are compared by relative squared error
-    ``‖s − t‖² / ‖t‖²`` (every layer counts alike), averaged, times ``weight``. A
-    channel-pruned layer is compared on the teacher channels it kept
-    (:func:`recoverprune.kept_channels`), else skipped; with no layer left the term warns.
-
-    Attributes:
-        layers: ``"auto"``, ``"blocks"``, ``"bn"`` or module names (see
-            :func:`feature_layers`).
-        weight: multiplier of the averaged relative error.
+    Same-named modules (``layers``, see :func:`feature_layers`) are compared by relative
+    squared error ``‖s − t‖² / ‖t‖²``, averaged, times ``weight``; a channel-pruned layer on
+    the teacher channels it kept (:func:`recoverprune.kept_channels`), else skipped.
 
     Example:
         >>> FeatureKD(weight=2.0).layers
@@ -218,7 +195,13 @@ class FeatureKD:
         kept = _kept_indices(student, names)
         t_out: dict[str, Tensor] = {}
         s_out: dict[str, Tensor] = {}
-        handles = [*_capture(teacher, names, t_out), *_capture(student, names, s_out)]
+        handles = [
+            dict(model.named_modules())[n].register_forward_hook(
+                lambda _m, _i, out, n=n, store=store: store.__setitem__(n, out)
+            )
+            for model, store in ((teacher, t_out), (student, s_out))
+            for n in names
+        ]
 
         def loss(out: StepOutputs) -> Tensor:
             terms = []
@@ -229,7 +212,8 @@ class FeatureKD:
                     t = t.index_select(1, idx.to(t.device))
                 if s.shape != t.shape:
                     continue  # a channel-pruned layer without recorded indices
-                terms.append(_relative_mse(s, t.detach()))
+                s, t = s.float(), t.detach().float()  # relative squared error
+                terms.append((s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8))
             if not terms:
                 return out.student_logits.new_zeros(())
             return self.weight * torch.stack(terms).mean()
@@ -259,10 +243,8 @@ def _kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, i
 def bind_objective(
     terms: Sequence[LossTerm], teacher: nn.Module, student: nn.Module
 ) -> Iterator[Callable[[StepOutputs], dict[str, Tensor]]]:
-    """Bind every term; yield a function from one step's outputs to each term's loss.
-
-    Hooks the terms register are removed when the block ends, also on an exception.
-    """
+    """Bind every term; yield a function from one step's outputs to each term's loss (hooks
+    removed when the block ends, also on an exception)."""
     with ExitStack() as stack:
         bound = [(t.name, stack.enter_context(t.bind(teacher, student))) for t in terms]
         yield lambda out: {name: fn(out) for name, fn in bound}

@@ -1,12 +1,9 @@
 """Data-aware repairs of a pruned student on synthetic images, before distillation.
 
-* :func:`recalibrate_bn` re-estimates every BatchNorm layer's running statistics on the
-  synthetic images (seconds): pruning shifts the statistics a layer sees, and the ones
-  inherited from the teacher no longer fit. It lives in ``recoverprune.pruning.batchnorm``
-  (channel pruning uses it too) and is re-exported here.
-* :func:`reconstruct` refits the weights a pruned layer kept so that, on synthetic
-  activations, the layer reproduces the dense teacher layer's output (layer-wise least
-  squares, as in AdaPrune / Optimal Brain Compression); masks are left as they are.
+* :func:`recalibrate_bn` (from ``recoverprune.pruning.batchnorm``) re-estimates every
+  BatchNorm layer's running statistics, which pruning shifted.
+* :func:`reconstruct` refits the weights a pruned layer kept to reproduce the dense teacher
+  layer's output (layer-wise least squares, as AdaPrune / OBC); masks stay as they are.
 """
 
 from __future__ import annotations
@@ -75,14 +72,8 @@ MAX_PASSES = 24
 def _reconstructable(layer: nn.Module) -> bool:
     if layer.weight_orig[0].numel() > MAX_ROW:
         return False
-    if isinstance(layer, nn.Linear):
-        return True
-    return (
-        isinstance(layer, nn.Conv2d)
-        and layer.groups == 1
-        and isinstance(layer.padding, tuple)
-        and layer.padding_mode == "zeros"
-    )
+    conv = isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
+    return isinstance(layer, nn.Linear) or (conv and isinstance(layer.padding, tuple))
 
 
 def _solve_rows(h: Tensor, c: Tensor, w_t: Tensor, mask: Tensor, damp: float) -> Tensor:
@@ -115,27 +106,16 @@ def _spd_solve(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.no_grad()
 def reconstruct(
-    teacher: nn.Module,
-    student: nn.Module,
-    images: Tensor,
-    *,
-    batch_size: int = 128,
-    damp: float = 0.01,
-    rt: Runtime | None = None,
+    teacher: nn.Module, student: nn.Module, images: Tensor, *, batch_size: int = 128,
+    damp: float = 0.01, rt: Runtime | None = None,
 ) -> list[str]:
     """Refit each pruned layer's kept weights to reproduce the teacher layer's output.
 
-    Layers are visited in module order; each sees the student's own activations (with
-    the layers before it already refitted; in networks of more than 24 such layers,
-    consecutive layers are refitted together from one forward pass, so the cost stays
-    at most 24 passes) and is fitted by least squares to the output
-    the dense teacher layer gives on the teacher's activations, over every image and
-    position of ``images``. Masks are unchanged: pruned weights stay exactly zero.
-    Grouped convolutions, layers whose shape differs from the teacher's (channel
-    pruning: refitting them to the teacher's kept channels was measured to lower the
-    recovered top-1, see the channel-pruning docs) and layers whose input row is longer
-    than ``MAX_ROW`` are left as they are. Both models are used in eval mode; batches are
-    sized so that one layer's patch matrix stays under about 256 MB.
+    In module order, each layer is fitted by least squares on the student's own
+    activations (earlier layers already refitted; at most ``MAX_PASSES`` forward passes,
+    consecutive layers together) to the teacher layer's output on the teacher's, over every
+    image and position; pruned weights stay zero. Grouped convolutions, channel-pruned
+    layers (measured to lower top-1) and rows longer than ``MAX_ROW`` are left as they are.
 
     Returns:
         The names of the refitted layers.
@@ -169,13 +149,8 @@ def reconstruct(
 
 
 def _refit(
-    teacher: nn.Module,
-    student: nn.Module,
-    pairs: list[tuple[nn.Module, nn.Module]],
-    images: Tensor,
-    batch_size: int,
-    damp: float,
-    rt: Runtime,
+    teacher: nn.Module, student: nn.Module, pairs: list[tuple[nn.Module, nn.Module]],
+    images: Tensor, batch_size: int, damp: float, rt: Runtime,
 ) -> None:
     """Refit the student layers of ``pairs`` (teacher layer, student layer) from one pass."""
     grams: list[list[Tensor]] = []

@@ -27,13 +27,7 @@ __all__ = ["EvalResult", "evaluate", "model_classes", "output_width", "resolve_d
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Result of :func:`evaluate`.
-
-    Attributes:
-        top1: accuracy in percent (0–100).
-        loss: mean cross-entropy.
-        n: number of images.
-        seconds: wall time.
+    """Result of :func:`evaluate`: top-1 in percent, mean cross-entropy, images, wall time.
 
     Example:
         >>> EvalResult(top1=87.5, loss=0.4, n=8, seconds=0.1).top1
@@ -47,10 +41,7 @@ class EvalResult:
 
 
 def model_classes(model: nn.Module) -> list[str] | None:
-    """The class names ``model`` records, in output order, or ``None``.
-
-    Read from its timm-style ``pretrained_cfg["label_names"]`` (where a checkpoint's
-    class names are kept when it is loaded).
+    """The class names ``model`` records (timm-style ``pretrained_cfg["label_names"]``).
 
     Example:
         >>> from torch import nn
@@ -71,15 +62,9 @@ def model_classes(model: nn.Module) -> list[str] | None:
 def output_width(
     model: nn.Module, shape: Sequence[int], trained: Sequence[int] | None = None
 ) -> int | None:
-    """How many classes ``model`` scores, from one probe image of ``shape`` ``(C, H, W)``.
-
-    ``None`` when its output is not ``(batch, classes)``. ``trained``: the ``(H, W)`` the
-    model records, when ``shape`` was asked for instead (see
-    :func:`~recoverprune.core.validate.check_image_size`).
-
-    Raises:
-        ValueError: the model cannot take inputs of this shape, or it is far below
-            ``trained``.
+    """How many classes ``model`` scores (``None`` unless its output is ``(batch,
+    classes)``), from one probe image of ``shape``; refuses a shape far below ``trained``
+    (:func:`~recoverprune.core.validate.check_image_size`).
 
     Example:
         >>> from torch import nn
@@ -117,23 +102,13 @@ def resolve_data(
 ) -> Any:
     """Turn a path into a dataset read as ``model`` expects; pass datasets through.
 
-    Channels, mean/std and size come from ``input``, else from the model's
-    :class:`~recoverprune.InputSpec` (its ``pretrained_cfg`` hint, channels from its first
-    convolution): a 1-channel model reads images as grayscale. Images are resized to
-    ``input.size`` when known, else kept as stored.
-
-    Every labelled folder or archive that evaluation, ``recover(val_data=)`` and
-    ``compress(eval_data=)`` read comes through here, and its labels are made to mean what
-    the model's outputs mean: one probe image through the model gives its number of
-    outputs (and refuses an input size it cannot take, or an ``input.size`` below a
-    quarter of the size the model records), and the class folders must match them
-    (:func:`~recoverprune.data.folders.match_classes`), checked before the images are
-    decoded when the input size is known, right after otherwise. Folders are labelled by
-    name when class names are known: ``classes`` (the model's names in output order), else
-    the names the model records (:func:`model_classes`), else in sorted order. A missing,
-    extra or misnamed class folder is a :class:`~recoverprune.data.DataError` naming the
-    folders; ``subset=True``, with class names, reads a deliberate subset of the classes,
-    each labelled by its name.
+    Read as ``input`` says (default: the model's :class:`~recoverprune.InputSpec`; a
+    1-channel model reads grayscale; resized to ``input.size`` when known). One probe image
+    gives the model's number of outputs (refusing a size it cannot take, or one below a
+    quarter of the size it records), and the class folders must match it
+    (:func:`~recoverprune.data.folders.match_classes`). Folders are labelled by name when
+    names are known (``classes``, else :func:`model_classes`), else in sorted order;
+    ``subset=True`` reads a deliberate subset of the classes by name.
 
     Raises:
         DataError: class folders that do not match the model's outputs, or a path that is
@@ -214,36 +189,31 @@ def evaluate(
 ) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on labelled images.
 
-    Runs batched under ``torch.inference_mode``, in the model's own precision: the number
-    is the one the model scores as it is (float32 for a float32 model), on any device
-    and CPU. The model's mode (every submodule's ``training`` flag) and device are
-    restored afterwards, also on an exception.
+    Batched under ``torch.inference_mode``, in the model's own precision (float32 for a
+    float32 model); its mode and device are restored afterwards, also on an exception.
 
     Args:
         model: the classifier.
         data: a Dataset of ``(image, label)``, a ``TensorDataset``, ``(images, labels)``
             tensors, a DataLoader, or a path to an ImageFolder directory or ``.tar.gz``
             (read as ``input`` says).
-        input: how a path's images are read: channels, size, mean and std (default:
-            the model's :class:`~recoverprune.InputSpec`, e.g.
-            ``InputSpec.of(model, image_size=224)`` to evaluate a 224x224 model on
-            CIFAR-10).
+        input: how a path's images are read (default: the model's
+            :class:`~recoverprune.InputSpec`, e.g. ``InputSpec.of(model, image_size=224)``).
         batch_size: images per forward pass.
         device: ``"cpu"``, ``"cuda"``... (default: CUDA if available).
         split: sub-folder of a path to read (``"test"``).
         cache_dir: where archives are extracted.
         classes: the model's class names in output order, to label a path's class folders
-            by name (default: the names the model records, else folder order); see
-            :func:`resolve_data`.
+            by name (default: those it records, else folder order; :func:`resolve_data`).
         subset: a path holds a deliberate subset of the classes (needs class names).
-        amp: run under the automatic mixed precision of the device (bf16 on CUDA and on
-            CPUs with native bf16): faster, and top-1 may differ a little from the
-            model's own.
+        amp: autocast (bf16 on CUDA and CPUs with native bf16): faster, top-1 may differ.
         progress: show a rich progress bar.
 
     Raises:
         DataError: a path's class folders do not match the model's outputs, or labels
             (of any data) fall outside them: the labels would not mean what the model means.
+        ValueError: the model's outputs are NaN/Inf (the message names the first layer
+            that made one): no accuracy is reported.
 
     Example:
         >>> import torch
@@ -275,6 +245,8 @@ def evaluate(
             x, y = rt.prepare_input(x), y.to(rt.device)
             with rt.autocast():
                 logits = model(x).float()
+            if not bool(torch.isfinite(logits).all()):
+                raise ValueError(_nonfinite(model, x, rt))
             _check_labels(logits, y, declared)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
@@ -283,6 +255,32 @@ def evaluate(
     if seen == 0:
         raise ValueError("evaluate() got no images: the dataset is empty")
     return EvalResult(100.0 * correct / seen, loss_sum / seen, seen, time.perf_counter() - t0)
+
+
+def _nonfinite(model: nn.Module, x: torch.Tensor, rt: Any) -> str:
+    """Why ``model`` scores ``x`` NaN/Inf: the first layer whose output is not finite, found
+    by one more pass with forward hooks (removed afterwards, also on an error)."""
+    bad: list[str] = []
+
+    def watch(name: str, m: nn.Module, out: Any) -> None:
+        if not bad and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+            bad.append(f"{name or 'the model'} ({type(m).__name__})")
+
+    handles = [
+        m.register_forward_hook(lambda m, _i, out, name=name: watch(name, m, out))
+        for name, m in model.named_modules()
+    ]
+    try:
+        with rt.autocast():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (
+        f"the model's outputs are NaN/Inf (first made by {bad[0] if bad else 'no layer'}): "
+        "no accuracy can be reported. Its weights or BatchNorm statistics are broken (e.g. "
+        "a zero or negative running_var, a diverged training): evaluate an intact checkpoint."
+    )
 
 
 def _check_labels(logits: torch.Tensor, y: torch.Tensor, declared: Any) -> None:

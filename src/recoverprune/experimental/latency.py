@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from recoverprune.core.borrow import borrowed
+from recoverprune.core.validate import check_fields
 from recoverprune.pruning.calibration import Once
 from recoverprune.pruning.channels import ChannelConfig, channel_prune, pruned_copy, trace
 from recoverprune.pruning.dispatch import Context, register
@@ -77,10 +78,8 @@ class LatencyConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
 
     def __post_init__(self) -> None:
-        if not float(self.speedup) > 1.0:
-            raise ValueError(f"speedup is a latency ratio and must be > 1, got {self.speedup}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise ValueError(f"batch must be a number of images >= 1, got {self.batch!r}")
+        check_fields(self, 1, "speedup", lo_open=True)  # a latency ratio
+        check_fields(self, 1, "batch", integer=True)
         if not isinstance(self.channel, ChannelConfig) or self.channel.budgeted:
             raise ValueError(
                 "channel= takes a ChannelConfig without amount/speedup/target_macs (the "

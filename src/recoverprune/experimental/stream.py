@@ -36,6 +36,7 @@ from recoverprune.core.io import fingerprint
 from recoverprune.core.runtime import Runtime, generator
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import stage_key
+from recoverprune.core.validate import check_fields
 from recoverprune.experimental.generator import AmortisedSynthesizer, GeneratorConfig
 from recoverprune.pipeline.compress import SourceContext
 from recoverprune.pipeline.presets import Preset
@@ -78,17 +79,10 @@ class StreamConfig:
         return max(self.batch_size, min(self.pool_size, self.pool_bytes // math.prod(shape)))
 
     def __post_init__(self) -> None:
-        checks = {
-            "batch_size must be >= 2": self.batch_size >= 2,
-            "initial_batches must be >= 1": self.initial_batches >= 1,
-            "batches_per_epoch must be >= 0": self.batches_per_epoch >= 0,
-            "steps_per_epoch must be >= 1": self.steps_per_epoch >= 1,
-            "pool_size must hold at least one batch": self.pool_size >= self.batch_size,
-            "pool_bytes must be >= 1": self.pool_bytes >= 1,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ValueError(f"StreamConfig: {message}")
+        check_fields(self, 2, "batch_size", integer=True)
+        check_fields(self, 1, "initial_batches", "steps_per_epoch", "pool_bytes", integer=True)
+        check_fields(self, 0, "batches_per_epoch", integer=True)
+        check_fields(self, self.batch_size, "pool_size", integer=True)  # one batch at least
 
 
 class SyntheticStream:
@@ -155,6 +149,7 @@ class SyntheticStream:
     ) -> list[Tensor]:
         """``steps_per_epoch`` batches drawn uniformly from the pool by ``(seed, epoch, rank)``."""
         g = generator(seed, "pool", epoch, rank)
+        batch_size = min(batch_size, len(self))  # as a fixed set's batches: no larger than it
         n = self.config.steps_per_epoch * batch_size
         return list(torch.randint(0, len(self), (n,), generator=g).split(batch_size))
 

@@ -27,27 +27,7 @@ from recoverprune.models.registry import list_models
 from recoverprune.models.resnet import ResNet, resnet18, resnet34, resnet50
 from recoverprune.models.vgg import VGG, vgg11_bn, vgg16_bn
 
-__all__ = [
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "INPUT_SIZE",
-    "VGG",
-    "CifarResNet",
-    "MobileNetV2",
-    "ResNet",
-    "create_model",
-    "default_teacher",
-    "default_teacher_info",
-    "list_models",
-    "load_model",
-    "mobilenet_v2",
-    "resnet18",
-    "resnet20",
-    "resnet32",
-    "resnet34",
-    "resnet44",
-    "resnet50",
-    "resnet56",
-    "vgg11_bn",
-    "vgg16_bn",
-]
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "INPUT_SIZE", "VGG", "CifarResNet", "MobileNetV2", "ResNet",
+    "create_model", "default_teacher", "default_teacher_info", "list_models", "load_model",
+    "mobilenet_v2", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50",
+    "resnet56", "vgg11_bn", "vgg16_bn"]

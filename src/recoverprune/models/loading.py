@@ -43,11 +43,8 @@ def key_report(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, An
         more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
         return f"\n  {label} ({len(items)}): {', '.join(items[:8])}{more}" if items else ""
 
-    return (
-        listing("missing keys", missing)
-        + listing("unexpected keys", unexpected)
-        + listing("shape mismatches", shapes)
-    )
+    labels = ("missing keys", "unexpected keys", "shape mismatches")
+    return "".join(map(listing, labels, (missing, unexpected, shapes)))
 
 
 def load_model(
@@ -95,20 +92,17 @@ def load_model(
         return _load_into(copy.deepcopy(arch), raw, state_dict, where=checkpoint)
     kind, target = parse_spec(arch)
     spec = target if kind == "zoo" else f"{kind}:{target}"
-    if num_classes is None:
-        num_classes = _saved_num_classes(kind, target, spec, state_dict)
+    if num_classes is None and kind == "zoo":  # the head width it was saved with, else 10
+        num_classes = zoo_num_classes(state_dict, zoo_entry(target)[1]) or 10
+    elif num_classes is None:
+        num_classes = infer_num_classes(spec, state_dict)
     model = build_model(spec, num_classes)
     return _load_into(model, raw, state_dict, where=checkpoint, spec=spec, num_classes=num_classes)
 
 
 def _load_into(
-    model: nn.Module,
-    raw: Any,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    where: str | os.PathLike[str],
-    spec: str | None = None,
-    num_classes: int | None = None,
+    model: nn.Module, raw: Any, state_dict: Mapping[str, torch.Tensor], *,
+    where: str | os.PathLike[str], spec: str | None = None, num_classes: int | None = None,
 ) -> nn.Module:
     """Reshape ``model`` to a saved ``channel_spec``, restore its masks, load ``state_dict``
     strictly (``spec``/``num_classes``, what it was built from, make an error say what to
@@ -134,15 +128,6 @@ def _load_into(
     if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "label_names": list(names)}
     return model.eval()
-
-
-def _saved_num_classes(
-    kind: str, target: str, spec: str, state_dict: Mapping[str, torch.Tensor]
-) -> int | None:
-    """The head width the checkpoint was saved with (zoo: 10 when it cannot tell)."""
-    if kind == "zoo":
-        return zoo_num_classes(state_dict, zoo_entry(target)[1]) or 10
-    return infer_num_classes(spec, state_dict)
 
 
 def _fit_hint(

@@ -1,10 +1,7 @@
 """MobileNetV2 (Sandler et al., 2018) adapted to 32x32 CIFAR inputs.
 
-Width 1.0 and the standard inverted-residual configuration. As in the usual CIFAR
-adaptation (kuangliu/pytorch-cifar), the stem convolution and the first stride-2 stage
-(24 channels) use stride 1, so the remaining three stride-2 stages take a 32x32 input to
-4x4 before the 1280-channel 1x1 convolution, global pooling and a dropout-free ``linear``
-classifier.
+Width 1.0; as in kuangliu/pytorch-cifar, the stem and the 24-channel stage use stride 1,
+so a 32x32 input reaches 4x4 before the 1280-channel 1x1 conv, pooling and ``linear``.
 """
 
 from __future__ import annotations
@@ -65,9 +62,7 @@ class MobileNetV2(nn.Module):
     """
 
     def __init__(
-        self,
-        num_classes: int = 10,
-        config: tuple[tuple[int, int, int, int], ...] = CIFAR_CONFIG,
+        self, num_classes: int = 10, config: tuple[tuple[int, int, int, int], ...] = CIFAR_CONFIG
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = _conv_bn(3, 32, 3, stride=1)

@@ -1,9 +1,7 @@
 """CIFAR variants of ResNet-18/34/50 (He et al., 2016).
 
-The ImageNet networks with a 3x3 stride-1 stem and no max-pool, so a 32x32 input reaches
-the last stage at 4x4. Shortcuts that change shape are 1x1 conv + BN projections. Module
-names follow the common kuangliu/pytorch-cifar definition (``conv1``, ``bn1``,
-``layer1``-``layer4``, ``shortcut``, ``linear``), so its checkpoints load unchanged.
+A 3x3 stride-1 stem and no max-pool (32x32 reaches the last stage at 4x4); module names
+follow kuangliu/pytorch-cifar, whose checkpoints load unchanged.
 """
 
 from __future__ import annotations
@@ -90,11 +88,8 @@ class ResNet(nn.Module):
     """
 
     def __init__(
-        self,
-        block: type[BasicBlock | Bottleneck],
-        num_blocks: tuple[int, ...],
-        num_classes: int = 10,
-        widths: tuple[int, ...] = (64, 128, 256, 512),
+        self, block: type[BasicBlock | Bottleneck], num_blocks: tuple[int, ...],
+        num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
         self.in_planes, self.stages = widths[0], len(widths)

@@ -1,9 +1,7 @@
 """VGG-11 and VGG-16 with batch normalisation (Simonyan & Zisserman, 2015) for CIFAR.
 
-Configurations 'A' and 'D': 3x3 conv + BN + ReLU stacks with a 2x2 max-pool after each
-stage, so a 32x32 input ends at 1x1x512, followed by a single ``Linear(512, num_classes)``.
-Module names (``features``, ``classifier``) follow kuangliu/pytorch-cifar, whose
-checkpoints load unchanged.
+Configurations 'A' and 'D', then one ``Linear(512, num_classes)``; module names follow
+kuangliu/pytorch-cifar, whose checkpoints load unchanged.
 """
 
 from __future__ import annotations

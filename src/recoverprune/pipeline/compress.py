@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from recoverprune.core.io import fingerprint, read_json, save_model, write_json_atomic
+from recoverprune.core.lock import holding
+from recoverprune.core.resources import check_batch_memory
 from recoverprune.core.runtime import Accel, Runtime, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import run_stage, stage_key
@@ -115,6 +117,7 @@ class DeepInversionSet:
         return {"method": "deepinversion"}
 
 
+@holding  # one run per directory; a second is refused at once
 def compress(
     teacher: nn.Module | None = None,
     how: Any = None,
@@ -197,15 +200,18 @@ def compress(
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
     preflight(teacher, out, p.n, p.batch_size, spec, eval_data, clean=rt.is_main)
+    check_batch_memory(teacher, spec.shape, max(p.batch_size, min(dcfg.batch_size, p.n)))
     clock = _StageClock(out / TIMING, rt.is_main)
     ctx = SourceContext(p, inv, out, seed, device, accel, progress, overwrite, rt)
     pruning = _pruning_record(steps, exclude, calibration, spec)
-    with clock("prune"):
+    with clock("prune"):  # pruned.pt is reused when it was made with exactly these settings
         key = stage_key(teacher=fingerprint(teacher), **pruning)
-        make = partial(
-            prune, teacher, list(steps), exclude=exclude, calibration=calibration, input=spec
-        )
-        student = _prune_stage(teacher, make, key, out / PRUNED, rt, overwrite)
+        if reuse_pruned(out / PRUNED, key, overwrite):
+            student = load_model(teacher, out / PRUNED)
+        else:
+            student = prune(teacher, steps, exclude=exclude, calibration=calibration, input=spec)
+            if rt.is_main:
+                save_model(student, out / PRUNED, channel_spec=channel_spec(student), key=key)
     pruned_snapshot = copy_model(student) if eval_data is not None else None
     with clock("synthesize"):
         transfer = factory.make(teacher, spec, ctx)
@@ -225,8 +231,12 @@ def compress(
             snapshots = (teacher, pruned_snapshot, student)
             report["top1"] = measure_top1(*snapshots, eval_data, device, spec)
     report["seconds"] = clock.times
-    if rt.is_main:
-        _write_outputs(out, student, spec, report, progress)
+    if rt.is_main:  # student.pt (with the input description and channel widths), report.json
+        widths, amount = channel_spec(student), report["amount"]
+        save_model(student, out / STUDENT, amount=amount, input=spec.to_dict(), channel_spec=widths)
+        write_json_atomic(report, out / REPORT)
+        if progress:
+            print_report(report)
     return CompressResult(spec.attach(student), report)
 
 
@@ -247,19 +257,6 @@ def _inversion(
         progress=ctx.progress,
         overwrite=ctx.overwrite,
     )
-
-
-def _write_outputs(
-    out: Path, student: nn.Module, spec: InputSpec, report: dict[str, Any], progress: bool
-) -> None:
-    """``student.pt`` (with the input description and channel widths) and ``report.json``."""
-    widths = channel_spec(student)
-    save_model(
-        student, out / STUDENT, amount=report["amount"], input=spec.to_dict(), channel_spec=widths
-    )
-    write_json_atomic(report, out / REPORT)
-    if progress:
-        print_report(report)
 
 
 #: report.json's name of each config type (its settings are stored under that name)
@@ -312,20 +309,3 @@ class _StageClock:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
             if self.write:
                 write_json_atomic(self.times, self.path)
-
-
-def _prune_stage(
-    teacher: nn.Module,
-    make: Callable[[], nn.Module],
-    key: dict[str, Any],
-    path: Path,
-    rt: Runtime,
-    overwrite: bool,
-) -> nn.Module:
-    """``make()`` (the pruning), or the pruned student ``path`` holds for exactly ``key``."""
-    if reuse_pruned(path, key, overwrite):
-        return load_model(teacher, path)
-    student = make()
-    if rt.is_main:
-        save_model(student, path, channel_spec=channel_spec(student), key=key)
-    return student

@@ -40,10 +40,8 @@ def rough_seconds(
     batch_size: int,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Estimated seconds of ``{"DeepInversion": ..., "Recovery": ...}`` for these budgets.
-
-    Times one forward + input-gradient pass of ``teacher`` (eval mode, left unchanged) on a
-    batch of up to 32 random inputs of ``shape`` after a warm-up pass.
+    """Estimated seconds of ``{"DeepInversion": ..., "Recovery": ...}`` for these budgets,
+    from one timed forward + input-gradient pass of ``teacher`` on up to 32 random inputs.
 
     Example:
         >>> from torch import nn

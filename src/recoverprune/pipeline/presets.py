@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recoverprune.core.validate import check_fields
 from recoverprune.distill.config import DistillConfig
 
 __all__ = ["PRESETS", "Preset"]
@@ -37,10 +38,8 @@ class Preset:
     distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
-        least = {"n": 1, "iterations": 1, "batch_size": 1, "epochs": 1, "check_n": 2}
-        for name, bound in least.items():
-            if getattr(self, name) < bound:
-                raise ValueError(f"Preset.{name} must be >= {bound}, got {getattr(self, name)}")
+        check_fields(self, 1, "n", "iterations", "batch_size", "epochs", integer=True)
+        check_fields(self, 2, "check_n", integer=True)
 
 
 #: ``quick``: meant for a CPU (its measured time: the README). ``paper``: the reference

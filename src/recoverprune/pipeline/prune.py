@@ -141,19 +141,14 @@ def prune(
     return dispatch.apply(model, steps, exclude=exclude, data=data, spec=spec, inplace=inplace)
 
 
-#: first-BatchNorm weight of the DeepInversion images for re-estimating statistics: the
-#: first layer's statistics shape every later one (the reference ImageNet setting uses 10
-#: too); measured on ResNet-20 at 2x fewer MACs, 64 images x 50 steps: 42.2 % against
-#: 40.1 % with 1 (4,000 JPEG CIFAR-10 test images)
+#: first-BatchNorm weight of the DeepInversion images for re-estimating statistics
+#: (measured on ResNet-20 at 2x fewer MACs: 42.2 % against 40.1 % with 1)
 RECALIBRATION_FIRST_BN = 10.0
 
-
-#: the automatic budget of those images: 64 images x 50 steps, as long as that costs at
-#: most as many multiply-accumulates as for a CIFAR ResNet-32 (69 M per image): about
-#: half a minute of one CPU core. Heavier models (an ImageNet ResNet-18 at 224x224: 1.8 G)
-#: get fewer images and steps, down to 16 x 10; set both explicitly to pay for more.
+#: the automatic budget of those images while a model costs at most a CIFAR ResNet-32's
+#: MACs per image (69 M, about half a CPU-minute); heavier ones get fewer, down to 16 x 10
 RECALIBRATION_IMAGES, RECALIBRATION_STEPS = 64, 50
-RECALIBRATION_MACS = 64 * 50 * 70_000_000
+RECALIBRATION_MACS = 70_000_000
 RECALIBRATION_FLOOR = (16, 10)
 
 
@@ -163,10 +158,8 @@ def recalibration_budget(
     """``(images, steps)`` of the DeepInversion images for BatchNorm re-estimation and for
     scoring the blocks to drop.
 
-    Explicit ``calibration.images`` / ``calibration.iterations`` are kept; an automatic
-    one (``None``) is 64 / 50, both scaled by the square root of
-    ``RECALIBRATION_MACS / (64 * 50 * MACs per image)`` when that is below 1, and never
-    below 16 / 10.
+    Explicit values are kept; an automatic one (``None``) is 64 / 50 scaled by
+    ``sqrt(RECALIBRATION_MACS / MACs per image)`` when below 1, never below 16 / 10.
 
     Example:
         >>> from recoverprune.models import resnet20
@@ -179,7 +172,7 @@ def recalibration_budget(
     if n is not None and steps is not None:
         return n, steps
     macs = count_macs(model, example_input(model, spec))
-    scale = min(1.0, RECALIBRATION_MACS / (RECALIBRATION_IMAGES * RECALIBRATION_STEPS * macs))
+    scale = min(1.0, RECALIBRATION_MACS / macs)
     if n is None:
         n = max(RECALIBRATION_FLOOR[0], round(RECALIBRATION_IMAGES * scale**0.5))
     if steps is None:
@@ -195,12 +188,9 @@ def calibration_source(
 ) -> Callable[[], Any] | None:
     """A function making the DeepInversion images the pruning ``steps`` may ask for, or None.
 
-    Block dropping always scores its blocks on :func:`recalibration_budget` images (and
-    every later step uses the same ones); else Taylor importance takes
-    ``calibration.taylor_images`` in ``calibration.taylor_iterations`` steps, and
-    BatchNorm re-estimation then uses the same images; re-estimation alone takes
-    :func:`recalibration_budget` images. ``None`` when nothing needs images (magnitude
-    masks or importance, and no re-estimation or no BatchNorm layer to re-estimate).
+    Block scoring, or BatchNorm re-estimation alone, takes :func:`recalibration_budget`
+    images; else Taylor importance takes ``calibration``'s taylor budget. One set serves
+    every step; ``None`` when no step needs images.
 
     Example:
         >>> from torch import nn
@@ -221,16 +211,7 @@ def calibration_source(
         config = InversionConfig(iterations=iterations)
     else:
         return None
-
-    def make() -> Any:
-        return synthesize(
-            model,
-            n,
-            config=config,
-            batch_size=min(n, 64),
-            input=spec,
-            device=next(model.parameters()).device,
-            progress=False,
-        )
-
-    return make
+    return lambda: synthesize(
+        model, n, config=config, batch_size=min(n, 64), input=spec,
+        device=next(model.parameters()).device, progress=False,
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +26,6 @@ from recoverprune.pruning.sparsity import sparsity
 from recoverprune.synthesis.config import InversionConfig
 
 __all__ = [
-    "CHECK_MEANING",
     "CompressResult",
     "check_quality",
     "make_report",
@@ -53,8 +52,6 @@ class CompressResult:
 
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> int:
-    import io
-
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getbuffer().nbytes
@@ -88,8 +85,7 @@ CHECK_SEED = 1_000_003
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (95 % by default) of a proportion, in percent: unlike
-    ``p ± z·sqrt(p(1-p)/n)`` it stays in [0, 100] and keeps a width at 0 % and 100 %.
+    """Wilson score interval (95 % by default) of a proportion, in percent (stays in [0, 100]).
 
     Example:
         >>> wilson_interval(64, 64)
@@ -117,11 +113,8 @@ CHECK_MEANING = (
 def check_quality(
     teacher: nn.Module, student: nn.Module, check: SyntheticImages, batch_size: int = 256
 ) -> dict[str, Any]:
-    """Teacher–student agreement (%) and ``KL(teacher ‖ student)`` on a check set.
-
-    The data-free signal of a recovery, on synthetic images the student never trained on:
-    fidelity, not accuracy, and flattering (the teacher is sure of DeepInversion images), so
-    it comes with its Wilson 95 % interval and says what it measures (``measures``).
+    """Teacher–student agreement (%) with its Wilson 95 % interval, and ``KL(teacher ‖
+    student)``, on a check set the student never trained on: fidelity, not accuracy.
 
     Example:
         >>> import torch
@@ -151,10 +144,8 @@ def make_report(
     seed: int,
     rt: Runtime,
 ) -> dict[str, Any]:
-    """Settings, sparsity, sizes and the check-set quality of a finished run (report.json).
-
-    The caller adds how the student was pruned, the input, the source, times and top-1.
-    """
+    """Settings, sparsity, sizes and the check-set quality of a finished run (report.json);
+    the caller adds how the student was pruned, the input, the source, times and top-1."""
     return {
         "library": __version__,
         "preset": asdict(p),
@@ -176,13 +167,10 @@ def measure_top1(
     data: Any,
     device: Any,
     spec: InputSpec,
-    *,
-    classes: Sequence[str] | None = None,
-    subset: bool = False,
 ) -> dict[str, float]:
     """Top-1 of teacher, pruned and recovered student on labelled ``data``, read once as
-    ``spec`` says (``classes``/``subset``: :func:`~recoverprune.evaluation.evaluate.resolve_data`)."""
-    data = resolve_data(teacher, data, input=spec, classes=classes, subset=subset)
+    ``spec`` says."""
+    data = resolve_data(teacher, data, input=spec)
     models = {"teacher": teacher, "pruned": pruned, "recovered": student}
     return {
         name: evaluate(model, data, device=device, progress=False).top1
@@ -225,10 +213,8 @@ def print_report(report: dict[str, Any]) -> None:
         where = f"{check['images']} independent synthetic images"
         t.add_row(f"teacher-student agreement ({where})", f"{check['agreement']:.2f} %")
         if "agreement_low" in check:
-            t.add_row(
-                "  its 95 % CI (Wilson)",
-                f"{check['agreement_low']:.1f} to {check['agreement_high']:.1f} %",
-            )
+            ci = f"{check['agreement_low']:.1f} to {check['agreement_high']:.1f} %"
+            t.add_row("  its 95 % CI (Wilson)", ci)
         t.add_row(f"KL(teacher ‖ student) ({where})", f"{check['kl']:.4f}")
         t.caption = "agreement and KL: fidelity to the teacher on synthetic images, not accuracy"
     t.add_row("sparsity", f"{report['sparsity']:.2%}")

@@ -9,17 +9,17 @@ callers do). Used by channel pruning right after the surgery and by
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from recoverprune.core.borrow import borrowed
+from recoverprune.core.borrow import eval_mode
 from recoverprune.core.runtime import Runtime, resolve
 from recoverprune.pruning.masks import refresh_pruned
+from recoverprune.pruning.measure import run_hooked
 
-__all__ = ["bn_layers", "bn_train", "recalibrate_bn", "shifted_bns"]
+__all__ = ["bn_layers", "recalibrate_bn", "shifted_bns"]
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -32,50 +32,9 @@ def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@contextmanager
-def bn_train(
-    model: nn.Module, layers: Collection[nn.Module] | None = None
-) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
-    """Every module in eval mode but BatchNorm, which averages the statistics it sees.
-
-    The running statistics of ``layers`` (default: every BatchNorm) are reset and
-    accumulated as a cumulative average (``momentum=None``); the other BatchNorm layers
-    stay in eval mode with the statistics they have. Modes and momenta are restored on
-    exit, also on an exception.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-        >>> with bn_train(net) as bns:
-        ...     net[0].training, bns[0].training, bns[0].momentum
-        (False, True, None)
-        >>> net[1].momentum, net.training
-        (0.1, True)
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    bns = [bn for bn in bn_layers(model) if layers is None or bn in layers]
-    momenta = [bn.momentum for bn in bns]
-    try:
-        model.eval()
-        for bn in bns:
-            if bn.track_running_stats:
-                bn.reset_running_stats()
-                bn.momentum = None  # cumulative average over every batch
-                bn.train()
-        yield bns
-    finally:
-        for bn, momentum in zip(bns, momenta, strict=True):
-            bn.momentum = momentum
-        for m, flag in flags:
-            m.training = flag
-
-
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module,
-    images: Tensor,
-    *,
-    batch_size: int = 256,
-    rt: Runtime | None = None,
+    model: nn.Module, images: Tensor, *, batch_size: int = 256, rt: Runtime | None = None,
     layers: Collection[str] | None = None,
 ) -> None:
     """Re-estimate ``model``'s BatchNorm running statistics on ``images`` (in place).
@@ -97,9 +56,8 @@ def recalibrate_bn(
         (True, False)
     """
     if len(images) < 2:
-        raise ValueError(
-            f"BatchNorm re-estimation needs at least 2 images, got {len(images)}: give more"
-        )
+        n = len(images)
+        raise ValueError(f"BatchNorm re-estimation needs at least 2 images, got {n}: give more")
     rt = rt or resolve("cpu")
     named = dict(model.named_modules())
     if layers is not None:
@@ -107,9 +65,20 @@ def recalibrate_bn(
         if unknown:
             raise ValueError(f"recalibrate_bn: the model has no layer {unknown[0]!r}")
     chosen = None if layers is None else [named[n] for n in layers]
-    with bn_train(model, chosen):
-        for start in range(0, len(images), batch_size):
-            model(rt.prepare_input(images[start : start + batch_size]))
+    bns = [bn for bn in bn_layers(model) if chosen is None or bn in chosen]
+    momenta = [bn.momentum for bn in bns]
+    with eval_mode(model):  # every module but the chosen BatchNorm layers; flags restored
+        try:
+            for bn in bns:
+                if bn.track_running_stats:
+                    bn.reset_running_stats()
+                    bn.momentum = None  # cumulative average over every batch
+                    bn.train()
+            for start in range(0, len(images), batch_size):
+                model(rt.prepare_input(images[start : start + batch_size]))
+        finally:
+            for bn, momentum in zip(bns, momenta, strict=True):
+                bn.momentum = momentum
     refresh_pruned(model)
 
 
@@ -121,12 +90,7 @@ def _bn_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         for n, m in model.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
-    try:
-        with borrowed(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, x, handles)
     return seen
 
 

@@ -10,14 +10,12 @@ block is chosen greedily: the one whose removal changes the logits least, measur
 ``KL(teacher ‖ student)`` on the images the caller gives (DeepInversion images when they
 come from :func:`recoverprune.prune`). The BatchNorm statistics the removal shifted (those
 after the first dropped block) are then re-estimated on the same images.
-
-The pruning layer makes no data: :func:`drop_blocks` takes its images (or a function
-returning them, called once the settings are known to be reachable) from its caller.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from recoverprune.pruning.batchnorm import bn_layers, recalibrate_bn, shifted_bn
 from recoverprune.pruning.calibration import Once, images_of
 from recoverprune.pruning.channel_spec import CONVERTED_ATTR, DROPPED_ATTR, KEPT_ATTR
 from recoverprune.pruning.masks import copy_model
-from recoverprune.pruning.measure import count_macs, example_input
+from recoverprune.pruning.measure import count_macs, example_input, run_hooked
 
 __all__ = ["BlockConfig", "drop_blocks", "droppable_blocks"]
 
@@ -75,7 +73,7 @@ class BlockConfig:
             isinstance(self.drop, bool) or not isinstance(self.drop, int) or self.drop < 1
         ):
             raise ValueError(f"drop is a number of blocks >= 1, got {self.drop!r}")
-        if self.speedup is not None and not float(self.speedup) > 1.0:
+        if self.speedup is not None and not 1.0 < float(self.speedup) < math.inf:
             raise ValueError(f"speedup is a MAC ratio and must be > 1, got {self.speedup}")
         if self.drop is not None and self.speedup is not None:
             raise ValueError("give drop= (a number of blocks) or speedup= (a MAC ratio), not both")
@@ -142,21 +140,16 @@ class _Watch:
 
 
 def _watched(model: nn.Module, structural: dict[str, str | nn.Module], example: Tensor) -> _Watch:
-    """Run ``model`` once on ``example`` with hooks on the candidates, removed in ``finally``."""
+    """Run ``model`` once on ``example`` with hooks on the candidates."""
     watch, handles = _Watch(), []
     modules = dict(model.named_modules())
-    try:
-        for name, how in structural.items():
-            m = modules[name]
-            handles.append(m.register_forward_pre_hook(partial(watch.pre, name), with_kwargs=True))
-            handles.append(m.register_forward_hook(partial(watch.post, name), with_kwargs=True))
-            if isinstance(how, nn.Module):
-                handles.append(how.register_forward_pre_hook(partial(watch.skip, name)))
-        with borrowed(model), torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    for name, how in structural.items():
+        m = modules[name]
+        handles.append(m.register_forward_pre_hook(partial(watch.pre, name), with_kwargs=True))
+        handles.append(m.register_forward_hook(partial(watch.post, name), with_kwargs=True))
+        if isinstance(how, nn.Module):
+            handles.append(how.register_forward_pre_hook(partial(watch.skip, name)))
+    run_hooked(model, example, handles)
     return watch
 
 
@@ -204,13 +197,8 @@ def droppable_blocks(
         return []
     example = example if example is not None else example_input(model)
     watch = _watched(model, structural, example)
-    ok = [
-        n
-        for n, how in structural.items()
-        if n in watch.called
-        and n not in watch.bad
-        and (not isinstance(how, nn.Module) or n in watch.skips)
-    ]
+    shown = watch.skips | {n for n, how in structural.items() if isinstance(how, str)}
+    ok = [n for n in structural if n in watch.called and n not in watch.bad and n in shown]
     outer = [n for n in ok if not any(n.startswith(o + ".") for o in ok)]
     return [n for n in outer if not _excluded(n, exclude)]
 
@@ -338,17 +326,12 @@ def drop_blocks(
     *,
     exclude: Sequence[str] = (),
     spec: InputSpec | None = None,
-    example: Tensor | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with its least damaging residual blocks replaced by ``nn.Identity``.
 
-    Use it through :func:`recoverprune.prune` (``prune(model, BlockConfig(...))``). Among the
-    :func:`droppable_blocks`, each step removes the one whose removal changes the current
-    copy's logits least (``KL`` from ``model``'s softmax at temperature 1, on ``data``'s
-    images; the first of equals in module order), until ``config.drop`` blocks are gone or
-    the MACs are at most ``1 / config.speedup`` of ``model``'s. Then, with
-    ``config.recalibrate``, the running statistics of every BatchNorm layer whose input the
-    removal changed are re-estimated on the same images. Deterministic for fixed inputs.
+    Use it through :func:`recoverprune.prune` (``prune(model, BlockConfig(...))``). Each
+    step removes the :func:`droppable_blocks` entry whose removal changes the logits least
+    (the first of equals in module order; deterministic), as the module docstring says.
 
     Args:
         model: the trained network; left exactly as it was.
@@ -357,9 +340,8 @@ def drop_blocks(
             :class:`~recoverprune.SyntheticImages`), or a function without arguments that
             returns them, called only after the settings are known to be reachable.
         exclude: more glob patterns of blocks to keep (added to ``config.exclude``).
-        spec: the model's input (default: ``InputSpec.of(model)``).
-        example: an input batch for tracing (default: the first image of ``data`` when
-            it is given as images, else zeros of ``spec``'s shape).
+        spec: the model's input (default: ``InputSpec.of(model)``), traced with zeros of its
+            shape unless ``data`` is given as images (then its first image).
 
     Returns:
         The shorter model, in ``model``'s mode, its dropped blocks recorded (saved with
@@ -380,10 +362,11 @@ def drop_blocks(
     patterns = (*cfg.exclude, *exclude)
     data = Once.of(data)
     given = images_of(data()) if data.ready else None
-    if example is None and given is not None and len(given):
+    if given is not None and len(given):
         like = next(model.parameters())
         example = given[:1].to(like.device, like.dtype)
-    example = example[:1] if example is not None else example_input(model, spec)
+    else:
+        example = example_input(model, spec)
     candidates = droppable_blocks(model, example, exclude=patterns)
     if not candidates:
         some = " outside exclude=" + str(list(patterns)) if patterns else ""

@@ -11,35 +11,16 @@ from torch import nn
 
 from recoverprune.core.modules import set_submodule
 
-__all__ = [
-    "CONVERTED_ATTR",
-    "DROPPED_ATTR",
-    "KEPT_ATTR",
-    "apply_channel_spec",
-    "channel_spec",
-    "dropped_blocks",
-    "kept_channels",
-]
+__all__ = ["CONVERTED_ATTR", "DROPPED_ATTR", "KEPT_ATTR", "apply_channel_spec", "channel_spec",
+    "dropped_blocks", "kept_channels"]
 
 
 KEPT_ATTR = "recoverprune_kept_channels"
-
-
 #: names of the blocks block dropping replaced by ``nn.Identity`` (``pruning.blocks``)
 DROPPED_ATTR = "recoverprune_dropped_blocks"
-
-
 CONVERTED_ATTR = "recoverprune_shortcut_convs"
-
-
-_SHAPE_ATTRS = (
-    "in_channels",
-    "out_channels",
-    "groups",
-    "in_features",
-    "out_features",
-    "num_features",
-)
+_SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
+                "num_features")
 
 
 def kept_channels(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -126,8 +107,15 @@ def apply_channel_spec(
     for name in spec.get("shortcut_convs", []):  # option-A shortcuts made 1x1 convolutions
         set_submodule(model, name, nn.Conv2d(1, 1, 1, stride=2, bias=False))
     setattr(model, CONVERTED_ATTR, list(spec.get("shortcut_convs", [])))
-    _drop(model, spec.get("dropped_blocks") or [])
     modules = dict(model.named_modules())
+    dropped = spec.get("dropped_blocks") or []
+    for name in dropped:
+        if name not in modules or not name:
+            raise ValueError(f"channel spec drops block {name!r}, which the model does not have")
+        set_submodule(model, name, nn.Identity())
+    if dropped:
+        setattr(model, DROPPED_ATTR, list(dropped))
+        modules = dict(model.named_modules())
     for name, attrs in spec.get("modules", {}).items():
         if name not in modules:
             raise ValueError(f"channel spec names layer {name!r}, which the model does not have")
@@ -149,15 +137,3 @@ def apply_channel_spec(
     if kept is not None:
         setattr(model, KEPT_ATTR, {n: torch.tensor(v, dtype=torch.long) for n, v in kept.items()})
     return model
-
-
-def _drop(model: nn.Module, names: list[str]) -> None:
-    """Replace the named blocks by ``nn.Identity`` and record them (nothing if none)."""
-    if not names:
-        return
-    modules = dict(model.named_modules())
-    for name in names:
-        if name not in modules or not name:
-            raise ValueError(f"channel spec drops block {name!r}, which the model does not have")
-        set_submodule(model, name, nn.Identity())
-    setattr(model, DROPPED_ATTR, list(names))

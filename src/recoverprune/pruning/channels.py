@@ -19,7 +19,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,25 +27,18 @@ from torch import nn
 from recoverprune.core.modules import set_submodule
 from recoverprune.core.runtime import resolve
 from recoverprune.core.spec import InputSpec
+from recoverprune.core.validate import check_fields
 from recoverprune.pruning.batchnorm import recalibrate_bn, shifted_bns
 from recoverprune.pruning.budget import amount_for
 from recoverprune.pruning.calibration import Once, images_of
 from recoverprune.pruning.channel_spec import CONVERTED_ATTR, KEPT_ATTR
-from recoverprune.pruning.masks import (
-    UnstructuredConfig,
-    check_amount,
-    copy_model,
-    magnitude_prune,
-)
-from recoverprune.pruning.measure import count_macs, example_input
+from recoverprune.pruning.masks import UnstructuredConfig, check_amount, copy_model, magnitude_prune
+from recoverprune.pruning.measure import count_macs, example_input, run_hooked
 
-__all__ = ["Amount", "ChannelConfig", "Traced", "channel_prune", "pruned_copy", "trace"]
+__all__ = ["Amount", "ChannelConfig", "channel_prune", "pruned_copy", "trace"]
 
 
 Importance = Literal["magnitude", "taylor"]
-
-
-_INSTALL = 'pip install "recoverprune[channel]"'
 
 
 @dataclass(frozen=True)
@@ -98,16 +91,12 @@ class ChannelConfig:
             raise ValueError(f"importance must be 'magnitude' or 'taylor', got {self.importance!r}")
         if self.amount is not None:
             check_amount(self.amount)
-        if self.speedup is not None and self.speedup <= 1.0:
-            raise ValueError(f"speedup is a MAC ratio and must be > 1, got {self.speedup}")
-        if self.target_macs is not None and self.target_macs < 1:
-            raise ValueError(f"target_macs must be a positive MAC count, got {self.target_macs}")
+        check_fields(self, 1, "speedup", lo_open=True)  # a MAC ratio
+        check_fields(self, 1, "target_macs")
+        check_fields(self, 1, "round_to", integer=True)
         if sum(b is not None for b in (self.amount, self.speedup, self.target_macs)) > 1:
             raise ValueError("give one of amount, speedup and target_macs")
-        if not 0.0 <= self.unstructured < 1.0:
-            raise ValueError(f"unstructured must be in [0, 1), got {self.unstructured}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        check_fields(self, 0, "unstructured", hi=1, hi_open=True)
         if not isinstance(self.recalibrate, bool):
             raise ValueError(f"recalibrate must be True or False, got {self.recalibrate!r}")
 
@@ -129,7 +118,8 @@ def _tp() -> Any:
     try:
         import torch_pruning
     except ImportError as exc:
-        raise ImportError(f"channel pruning needs the torch-pruning package: {_INSTALL}") from exc
+        msg = 'channel pruning needs the torch-pruning package: pip install "recoverprune[channel]"'
+        raise ImportError(msg) from exc
     return torch_pruning
 
 
@@ -140,28 +130,15 @@ def _channel_changers(model: nn.Module, example: torch.Tensor) -> dict[nn.Module
 
     def hook(m: nn.Module, inputs: Any, out: Any) -> None:
         x = inputs[0] if inputs else None
-        if (
-            isinstance(x, torch.Tensor)
-            and isinstance(out, torch.Tensor)
-            and min(x.dim(), out.dim()) > 1
-            and x.shape[1] != out.shape[1]
-        ):
+        tensors = isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)
+        if tensors and min(x.dim(), out.dim()) > 1 and x.shape[1] != out.shape[1]:
             found[m] = (int(x.shape[1]), int(out.shape[1]))
 
     leaves = [
-        m
-        for m in model.modules()
-        if not list(m.children())
-        and not list(m.parameters(recurse=False))
+        m for m in model.modules() if not list(m.children()) and not list(m.parameters(False))
         and not isinstance(m, nn.Flatten | nn.Unflatten)
     ]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example, [m.register_forward_hook(hook) for m in leaves])
     return found
 
 
@@ -216,11 +193,9 @@ def _graph(
         converted = _convert_shortcuts(model, changers)
         setattr(model, CONVERTED_ATTR, [*getattr(model, CONVERTED_ATTR, []), *converted])
     pruner = _boundary_pruner(changers)
-    graph = tp.DependencyGraph().build_dependency(
-        model,
-        example_inputs=example,
-        customized_pruners={type(m): pruner for m in changers},
-    )
+    custom = {type(m): pruner for m in changers}
+    build = tp.DependencyGraph().build_dependency
+    graph = build(model, example_inputs=example, customized_pruners=custom)
     return graph, set(changers)
 
 
@@ -241,9 +216,8 @@ def _check_group(graph: Any, group: Any, name: str) -> None:
     n = len(group[0].idxs)
     for dep, _ in group:
         module = dep.target.module
-        if not isinstance(module, nn.Conv2d | nn.Linear):
-            continue
-        if not graph.is_out_channel_pruning_fn(dep.handler):
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        if not out or not isinstance(module, nn.Conv2d | nn.Linear):
             continue
         count = graph.get_out_channels(module)
         if count != n:
@@ -287,9 +261,7 @@ def _calibration(model: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tenso
     if isinstance(data, torch.Tensor):
         with torch.no_grad():
             return data, model(data).argmax(1)
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return data[0], data[1]
-    return data.images, data.labels  # SyntheticImages
+    return images_of(data), data[1] if isinstance(data, tuple | list) else data.labels
 
 
 def _taylor_grads(copy: nn.Module, data: Any) -> None:
@@ -304,11 +276,8 @@ def _taylor_grads(copy: nn.Module, data: Any) -> None:
 
 def _scores(groups: Mapping[str, Any], cfg: ChannelConfig) -> dict[str, torch.Tensor]:
     tp = _tp()
-    imp = (
-        tp.importance.GroupTaylorImportance()
-        if cfg.importance == "taylor"
-        else tp.importance.GroupMagnitudeImportance(p=2)
-    )
+    kind, taylor = tp.importance, cfg.importance == "taylor"
+    imp = kind.GroupTaylorImportance() if taylor else kind.GroupMagnitudeImportance(p=2)
     return {name: imp(group).detach().float().cpu() for name, group in groups.items()}
 
 
@@ -328,9 +297,7 @@ def _remove(
         name = names.get(module)
         if name is None or not graph.is_out_channel_pruning_fn(dep.handler):
             continue
-        current = kept.get(name)
-        if current is None:
-            current = torch.arange(graph.get_out_channels(module))
+        current = kept[name] if name in kept else torch.arange(graph.get_out_channels(module))
         mask = torch.ones(len(current), dtype=torch.bool)
         mask[torch.as_tensor(list(idxs), dtype=torch.long)] = False
         kept[name] = current[mask]
@@ -367,15 +334,6 @@ def _prune_groups(
     return kept
 
 
-class Traced(NamedTuple):
-    """A copy of the model to prune, its dependency graph, prunable groups and their scores."""
-
-    model: nn.Module
-    graph: Any
-    groups: dict[str, Any]
-    scores: dict[str, torch.Tensor]
-
-
 def trace(
     model: nn.Module,
     cfg: ChannelConfig,
@@ -383,14 +341,15 @@ def trace(
     example: torch.Tensor,
     data: Once,
     scores: dict[str, torch.Tensor] | None = None,
-) -> Traced:
-    """A copy of ``model`` traced on ``example``, its prunable groups scored by ``cfg``'s
-    importance (``scores`` given: those instead; ``data`` is made only for Taylor scores).
+) -> tuple[nn.Module, Any, dict[str, Any], dict[str, torch.Tensor]]:
+    """A copy of ``model`` traced on ``example``, its dependency graph, prunable groups and
+    their scores by ``cfg``'s importance (``scores`` given: those instead; ``data`` is made
+    only for Taylor scores).
 
     Example:
         >>> from recoverprune.models import resnet20
         >>> t = trace(resnet20(), ChannelConfig(), (), torch.zeros(1, 3, 32, 32), Once(None))
-        >>> len(t.scores["layer1.0.conv1"])
+        >>> len(t[3]["layer1.0.conv1"])
         16
     """
     target = copy_model(model).eval()  # tracing must not touch BatchNorm statistics
@@ -406,7 +365,7 @@ def trace(
             _taylor_grads(target, data())
         scores = _scores(groups, cfg)
         target.zero_grad(set_to_none=True)
-    return Traced(target, graph, groups, scores)
+    return target, graph, groups, scores
 
 
 def pruned_copy(
@@ -501,12 +460,9 @@ def channel_prune(
         model: the trained network; left unchanged.
         config: budget, importance, protected layers (:class:`ChannelConfig`).
         exclude: glob patterns of layers whose output channels are kept.
-        data: images for ``importance="taylor"`` and for re-estimating BatchNorm
-            statistics (a :class:`~recoverprune.SyntheticImages`, an ``(images, labels)``
-            pair or an image tensor), or a function without arguments that returns them,
-            called only when they are needed. Required for Taylor importance; without
-            it, BatchNorm statistics are not re-estimated (:func:`recoverprune.prune`
-            makes DeepInversion images for both).
+        data: images for ``importance="taylor"`` (required) and for re-estimating
+            BatchNorm statistics (skipped without), as :func:`recoverprune.prune` takes
+            them, or a function without arguments that returns them when needed.
         spec: the model's input (default: ``InputSpec.of(model)``), for tracing.
         example: an input batch for tracing (default: zeros of ``spec``'s shape).
         plan: what each group loses, instead of ``config``'s budget: a fraction, or the
@@ -535,8 +491,7 @@ def channel_prune(
     if config.unstructured > 0:
         kept = getattr(student, KEPT_ATTR)
         keep_dense = [*exclude, *getattr(student, CONVERTED_ATTR, [])]
-        student = magnitude_prune(
-            student, UnstructuredConfig(config.unstructured), exclude=keep_dense
-        )
+        masks = UnstructuredConfig(config.unstructured)
+        student = magnitude_prune(student, masks, exclude=keep_dense)
         setattr(student, KEPT_ATTR, kept)
     return student

@@ -130,13 +130,8 @@ def steps(how: Any) -> tuple[Any, ...]:
 
 
 def apply(
-    model: nn.Module,
-    how: Any,
-    *,
-    exclude: Sequence[str] = (),
-    data: Any = None,
-    spec: InputSpec,
-    inplace: bool = False,
+    model: nn.Module, how: Any, *, exclude: Sequence[str] = (), data: Any = None,
+    spec: InputSpec, inplace: bool = False,
 ) -> nn.Module:
     """Apply each config of ``how`` (see :func:`steps`) with its handler, in order.
 

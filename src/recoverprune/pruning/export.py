@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -28,11 +30,25 @@ def export(model: nn.Module, path: str, *, example: torch.Tensor | None = None) 
         >>> torch.allclose(torch.export.load(path).module()(x), small(x), atol=1e-5)
         True
     """
-
     plain = finalize(model).eval()
     x = example[:1] if example is not None else example_input(plain)
     if path.endswith(".onnx"):
-        _export_onnx(plain, x, path)
+        try:
+            import onnx  # noqa: F401
+        except ImportError as exc:
+            raise ImportError('ONNX export needs onnx: pip install "recoverprune[export]"') from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                plain,
+                (x,),
+                path,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
     elif path.endswith(".pt2"):
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(plain, (torch.cat([x, x]),), dynamic_shapes=({0: batch},))
@@ -40,24 +56,3 @@ def export(model: nn.Module, path: str, *, example: torch.Tensor | None = None) 
     else:
         raise ValueError(f"export writes *.onnx or *.pt2 files, got {path!r}")
     return path
-
-
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: str) -> None:
-    import warnings
-
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        raise ImportError('ONNX export needs onnx: pip install "recoverprune[export]"') from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(
-            model,
-            (x,),
-            path,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )

@@ -22,20 +22,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = [
-    "UnstructuredConfig",
-    "check_amount",
-    "copy_model",
-    "effective_weight",
-    "finalize",
-    "is_masked",
-    "is_pruned",
-    "magnitude_prune",
-    "prunable_layers",
-    "refresh_pruned",
-    "reselect_masks",
-    "restore_pruning",
-]
+__all__ = ["UnstructuredConfig", "check_amount", "copy_model", "effective_weight", "finalize",
+    "is_masked", "is_pruned", "magnitude_prune", "refresh_pruned", "reselect_masks",
+    "restore_pruning"]
 
 
 Scope = Literal["global", "layerwise"]
@@ -82,10 +71,6 @@ class UnstructuredConfig:
             object.__setattr__(self, "include", tuple(self.include))  # hashable
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
 
-    def images_wanted(self) -> None:
-        """Unstructured pruning needs no calibration images."""
-        return None
-
 
 def is_masked(module: nn.Module, name: str = "weight") -> bool:
     return hasattr(module, f"{name}_mask") and hasattr(module, f"{name}_orig")
@@ -98,46 +83,24 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def prunable_layers(
-    model: nn.Module,
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    layer_types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
-) -> dict[str, nn.Module]:
-    """The layers whose ``weight`` :func:`prune` would prune, by qualified name.
-
-    Args:
-        model: the network.
-        include: glob patterns (``fnmatch``) on module names; only matching layers take
-            part. ``None`` means every layer of ``layer_types``.
-        exclude: glob patterns of layers to leave dense (e.g. ``["conv1", "fc"]``).
-        layer_types: module types that take part.
-
-    Raises:
-        ValueError: a pattern matches no layer of ``layer_types`` (the message lists them).
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
-        >>> list(prunable_layers(net, exclude=["3"]))
-        ['0']
-    """
-    candidates = {name: m for name, m in model.named_modules() if isinstance(m, layer_types)}
+def _prunable(model: nn.Module, config: UnstructuredConfig, exclude: Sequence[str]) -> list[str]:
+    """The names of the layers whose ``weight`` ``config`` prunes, ``exclude`` left dense;
+    a pattern that matches no layer of ``config.layer_types`` is refused (listing them)."""
+    include = config.include
+    candidates = [n for n, m in model.named_modules() if isinstance(m, config.layer_types)]
     for pattern in [*(include or ()), *exclude]:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in candidates):
-            names = ", ".join(list(candidates)[:12]) + (" ..." if len(candidates) > 12 else "")
+            names = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
             raise ValueError(
                 f"include/exclude pattern {pattern!r} matches no prunable layer. "
                 f"Patterns are fnmatch globs on module names; the prunable layers are: {names}"
             )
-
-    def keep(name: str) -> bool:
-        if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
-
-    return {n: m for n, m in candidates.items() if keep(n)}
+    return [
+        n
+        for n in candidates
+        if (include is None or any(fnmatch.fnmatchcase(n, p) for p in include))
+        and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+    ]
 
 
 def check_amount(amount: object) -> float:
@@ -161,6 +124,14 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view_as(scores)
 
 
+def _global_keep(weights: Sequence[torch.Tensor], amount: float) -> list[torch.Tensor]:
+    """Keep masks shaped like ``weights``: ``round(amount * total)`` smallest ``|w|`` of all go."""
+    flat = torch.cat([w.detach().abs().reshape(-1).float() for w in weights])
+    keep = _lowest_k(flat, round(amount * flat.numel()))
+    parts = keep.split([w.numel() for w in weights])
+    return [k.view_as(w) for k, w in zip(parts, weights, strict=True)]
+
+
 def _detach_pruned_weight(module: nn.Module, inputs: object, output: object) -> None:
     """Forward hook: keep ``module.weight`` a leaf between forward passes.
 
@@ -177,11 +148,6 @@ def _detach_pruned_weight(module: nn.Module, inputs: object, output: object) -> 
                 setattr(module, name, value.detach())
 
 
-def _ensure_detach_hook(module: nn.Module) -> None:
-    if not any(h is _detach_pruned_weight for h in module._forward_hooks.values()):
-        module.register_forward_hook(_detach_pruned_weight)
-
-
 def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
     mask = keep.to(dtype=module.weight.dtype if not is_masked(module) else module.weight_mask.dtype)
     if is_masked(module):
@@ -189,14 +155,12 @@ def _apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
         module.weight = module.weight_orig * module.weight_mask
     else:
         torch_prune.custom_from_mask(module, "weight", mask)
-    _ensure_detach_hook(module)
+    if not any(h is _detach_pruned_weight for h in module._forward_hooks.values()):
+        module.register_forward_hook(_detach_pruned_weight)
 
 
 def magnitude_prune(
-    model: nn.Module,
-    config: UnstructuredConfig,
-    *,
-    exclude: Sequence[str] = (),
+    model: nn.Module, config: UnstructuredConfig, *, exclude: Sequence[str] = (),
     inplace: bool = False,
 ) -> nn.Module:
     """Unstructured L1-magnitude pruning of Conv/Linear weights, masks kept: the handler of
@@ -211,23 +175,19 @@ def magnitude_prune(
         60
     """
     a, types = config.amount, config.layer_types
-    layers = prunable_layers(model, include=config.include, exclude=exclude, layer_types=types)
-    if not layers:
+    names = _prunable(model, config, exclude)
+    if not names:
         raise ValueError(
             f"{type(model).__name__} has no prunable layer (looked for {[t.__name__ for t in types]}"
             f" weights, include={config.include}, exclude={list(exclude)}); pass a model with "
             "Conv/Linear layers or widen layer_types"
         )
     target = model if inplace else copy_model(model)
-    names = list(layers)
     target_layers = dict(target.named_modules())
     with torch.no_grad():
         weights = [effective_weight(target_layers[n]) for n in names]
         if config.scope == "global":
-            flat = torch.cat([w.abs().reshape(-1).float() for w in weights])
-            keep_flat = _lowest_k(flat, round(a * flat.numel()))
-            keeps = list(torch.split(keep_flat, [w.numel() for w in weights]))
-            keeps = [k.view_as(w) for k, w in zip(keeps, weights, strict=True)]
+            keeps = _global_keep(weights, a)
         else:
             keeps = [_lowest_k(w.abs().float(), round(a * w.numel())) for w in weights]
         for name, keep in zip(names, keeps, strict=True):
@@ -254,6 +214,7 @@ def is_pruned(model: nn.Module) -> bool:
     return torch_prune.is_pruned(model)
 
 
+@torch.no_grad()
 def refresh_pruned(model: nn.Module) -> None:
     """Recompute ``weight = weight_orig * weight_mask`` on every pruned module.
 
@@ -263,11 +224,6 @@ def refresh_pruned(model: nn.Module) -> None:
     ``copy.deepcopy``-ed again (a forward pass in grad mode leaves a non-leaf ``weight``
     that ``deepcopy`` refuses — a limitation of ``torch.nn.utils.prune``).
     """
-    with torch.no_grad():
-        _refresh(model)
-
-
-def _refresh(model: nn.Module) -> None:
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, torch_prune.BasePruningMethod):
@@ -322,15 +278,14 @@ def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
     """
     modules = dict(model.named_modules())
     for key in state_dict:
-        if not key.endswith("_mask"):
+        base = key.removesuffix("_mask")
+        if base == key or f"{base}_orig" not in state_dict:
             continue
-        mod_name, _, tensor = key[: -len("_mask")].rpartition(".")
+        mod_name, _, tensor = base.rpartition(".")
         module = modules.get(mod_name)
-        if module is None or f"{mod_name + '.' if mod_name else ''}{tensor}_orig" not in state_dict:
+        if module is None or is_masked(module, tensor):
             continue
-        if not is_masked(module, tensor) and isinstance(
-            getattr(module, tensor, None), nn.Parameter
-        ):
+        if isinstance(getattr(module, tensor, None), nn.Parameter):
             torch_prune.identity(module, tensor)
 
 
@@ -353,10 +308,6 @@ def reselect_masks(model: nn.Module, amount: float) -> None:
     layers = [m for m in model.modules() if is_masked(m)]
     if not layers:
         return
-    flat = torch.cat([m.weight_orig.detach().abs().reshape(-1).float() for m in layers])
-    keep_flat = _lowest_k(flat, round(amount * flat.numel()))
-    for m, keep in zip(
-        layers, torch.split(keep_flat, [m.weight_orig.numel() for m in layers]), strict=True
-    ):
-        m.weight_mask.copy_(keep.view_as(m.weight_mask))
-    _refresh(model)
+    for m, keep in zip(layers, _global_keep([m.weight_orig for m in layers], amount), strict=True):
+        m.weight_mask.copy_(keep)
+    refresh_pruned(model)

@@ -5,6 +5,7 @@ Used by channel pruning's budgets, block dropping, export and the command line.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from recoverprune.core.borrow import borrowed
 from recoverprune.core.spec import InputSpec
 
-__all__ = ["count_macs", "example_input"]
+__all__ = ["count_macs", "example_input", "run_hooked"]
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -32,13 +33,25 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
+    run_hooked(model, example[:1], handles)
+    return total[0]
+
+
+def run_hooked(model: nn.Module, x: torch.Tensor, handles: Iterable[Any]) -> None:
+    """``model(x)`` once (eval mode, no autograd, flags restored), then ``handles`` removed.
+
+    Example:
+        >>> net, seen = nn.Linear(2, 2), []
+        >>> run_hooked(net, torch.zeros(1, 2), [net.register_forward_hook(lambda *a: seen.append(1))])
+        >>> seen, len(net._forward_hooks)
+        ([1], 0)
+    """
     try:
         with borrowed(model), torch.no_grad():
-            model(example[:1])
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return total[0]
 
 
 def example_input(model: nn.Module, spec: InputSpec | None = None) -> torch.Tensor:

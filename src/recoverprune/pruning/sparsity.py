@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+from rich.console import Console
 from rich.table import Table
 from torch import nn
 
@@ -80,31 +82,16 @@ class SparsityReport:
     def table(self, title: str | None = "Sparsity") -> Table:
         """A rich table: layer, shape, weights, zeros, sparsity."""
         t = Table(title=title)
-        for col, just in (
-            ("layer", "left"),
-            ("shape", "left"),
-            ("weights", "right"),
-            ("zeros", "right"),
-            ("sparsity", "right"),
-        ):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for col in ("layer", "shape", "weights", "zeros", "sparsity"):
+            t.add_column(col, justify="left" if col in ("layer", "shape") else "right")
         for la in self.layers:
-            t.add_row(
-                la.name,
-                "x".join(map(str, la.shape)),
-                f"{la.numel:,}",
-                f"{la.zeros:,}",
-                f"{la.sparsity:.1%}",
-            )
+            shape = "x".join(map(str, la.shape))
+            t.add_row(la.name, shape, f"{la.numel:,}", f"{la.zeros:,}", f"{la.sparsity:.1%}")
         t.add_section()
         t.add_row("total", "", f"{self.total:,}", f"{self.zeros:,}", f"{self.overall:.2%}")
         return t
 
     def __str__(self) -> str:
-        import io
-
-        from rich.console import Console
-
         console = Console(width=100, file=io.StringIO())
         console.print(self.table())
         return console.file.getvalue()  # type: ignore[attr-defined]
@@ -130,7 +117,6 @@ def sparsity(
             getattr(m, "weight_orig", getattr(m, "weight", None)), torch.Tensor
         ):
             w = effective_weight(m)
-            rows.append(
-                LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), int((w == 0).sum()))
-            )
+            zeros = int((w == 0).sum())
+            rows.append(LayerSparsity(name or "<root>", tuple(w.shape), w.numel(), zeros))
     return SparsityReport(tuple(rows))

@@ -51,9 +51,8 @@ def _bn_hook(
 def bn_statistics(model: nn.Module, first_multiplier: float = 1.0) -> Iterator[list[Tensor]]:
     """Collect DeepInversion's BN-statistics loss of every BatchNorm layer's input.
 
-    Yields a list that each forward pass appends one loss per BN layer to
-    (:func:`stat_distance`, the first layer's times ``first_multiplier``). Clear it
-    between passes. Every hook is removed on exit, also on an exception.
+    Each forward pass appends one :func:`stat_distance` per layer to the yielded list (the
+    first times ``first_multiplier``); clear it between passes. Hooks go on exit.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()

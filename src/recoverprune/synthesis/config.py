@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from recoverprune.core.validate import check_at_least
+from recoverprune.core.validate import check_fields, check_number
 
 __all__ = ["InversionConfig"]
 
@@ -15,19 +15,16 @@ class InversionConfig:
     """Hyper-parameters of DeepInversion. Defaults work for CIFAR-scale BN classifiers.
 
     Attributes:
-        iterations: Adam steps per batch. 200, as every preset but ``paper`` uses: it
-            already gives images the teacher classifies as their targets (the
-            DeepInversion paper uses 2,000, the ``paper`` preset's budget).
+        iterations: Adam steps per batch: 200 already gives images the teacher classifies
+            as their targets (the paper, and the ``paper`` preset, use 2,000).
         lr: Adam learning rate on the pixels (normalised space).
         lr_schedule: ``"cosine"`` (decay to 0) or ``"constant"``.
         betas: Adam betas.
         bn_weight: weight of the BatchNorm statistics loss.
         first_bn_multiplier: extra weight of the first BN layer's term (the reference
             ImageNet setting uses 10; 1 treats all layers alike).
-        ce_weight: weight of the cross-entropy to the target labels. The reference uses
-            1 with 2,000 iterations; 4 reaches the targets within a 200-iteration budget
-            without loosening the BN-statistics match (measured on ResNet-20, see the
-            synthesis benchmark).
+        ce_weight: weight of the cross-entropy to the target labels (the reference: 1 at
+            2,000 iterations; 4 reaches the targets in 200, measured on ResNet-20).
         tv_l2_weight: weight of the L2 total-variation prior.
         tv_l1_weight: weight of the L1 total-variation prior.
         l2_weight: weight of the L2 norm of the pixels.
@@ -62,11 +59,14 @@ class InversionConfig:
     keep_best: bool = True
 
     def __post_init__(self) -> None:
-        check_at_least(self, 1, "iterations")
-        check_at_least(self, 0, "lr", strict=True)
+        check_fields(self, 1, "iterations", integer=True)
+        check_fields(self, 0, "lr", "competition_temperature", lo_open=True)
+        check_fields(self, 0, "jitter", integer=True)
+        for beta in self.betas:
+            check_number(beta, "betas", 0, 1, hi_open=True)
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
         weights = ("bn_weight", "ce_weight", "tv_l2_weight", "tv_l1_weight", "l2_weight")
-        check_at_least(self, 0, *weights, "competition_weight", "first_bn_multiplier", "jitter")
+        check_fields(self, 0, *weights, "competition_weight", "first_bn_multiplier")

@@ -1,16 +1,10 @@
 """DeepInversion (Yin et al., CVPR 2020): images from a teacher's BatchNorm statistics.
 
-Each batch starts from Gaussian noise in the teacher's (normalised) input space and its
-pixels are optimised with Adam so that
-
-* the per-channel mean and variance of the input of every BatchNorm layer match that
-  layer's running statistics (collected by forward hooks, :func:`bn_statistics`),
-* the teacher assigns the batch's target labels (cross-entropy),
-* total-variation and L2 priors keep the images smooth and bounded,
-* optionally (Adaptive DeepInversion) a student disagrees with the teacher on them.
-
-Randomness of batch ``i`` depends only on ``(seed, i)``: the set does not depend on how
-many processes made it, and resuming an interrupted run gives the same images.
+Each batch starts from Gaussian noise and Adam optimises its pixels so that every
+BatchNorm layer's input matches its running statistics (:func:`bn_statistics`), the
+teacher assigns the target labels, TV and L2 priors keep the images smooth and bounded,
+and optionally (Adaptive DeepInversion) a student disagrees. Batch ``i`` depends only on
+``(seed, i)``, whatever the number of processes or a resume.
 """
 
 from __future__ import annotations
@@ -57,9 +51,7 @@ class _Inverter:
         # the bounds of a valid image ([0, 1] pixels) in the normalised input space
         dev = self.rt.device
         self.lo, self.hi = ((0 - mean) / std).to(dev), ((1 - mean) / std).to(dev)
-        self._loss_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]] = (
-            self.rt.maybe_compile(self._loss) if self.rt.compile else self._loss
-        )
+        self._loss_fn = self.rt.maybe_compile(self._loss)
 
     def _loss(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cfg = self.cfg
@@ -84,10 +76,7 @@ class _Inverter:
         return loss, bn, ce, logits
 
     def run(
-        self,
-        labels: Tensor,
-        shape: tuple[int, ...],
-        g: torch.Generator,
+        self, labels: Tensor, shape: tuple[int, ...], g: torch.Generator,
         on_step: Callable[[int, dict[str, float]], None],
     ) -> tuple[Tensor, dict[str, float]]:
         cfg, rt = self.cfg, self.rt

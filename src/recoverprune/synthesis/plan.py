@@ -128,17 +128,9 @@ class Plan:
 
 @contextmanager
 def planned(
-    teacher: nn.Module,
-    student: nn.Module | None,
-    n: int,
-    config: dict[str, Any],
-    *,
-    batch_size: int,
-    labels: Sequence[int] | Tensor | None,
-    input: InputSpec | None,
-    out_dir: str | os.PathLike[str] | None,
-    seed: int,
-    device: str | torch.device | None,
+    teacher: nn.Module, student: nn.Module | None, n: int, config: dict[str, Any], *,
+    batch_size: int, labels: Sequence[int] | Tensor | None, input: InputSpec | None,
+    out_dir: str | os.PathLike[str] | None, seed: int, device: str | torch.device | None,
     accel: Accel | None,
 ) -> Iterator[Plan]:
     """Check the call, borrow ``teacher`` and ``student`` on the runtime, yield its plan.
