@@ -55,9 +55,9 @@ def number(
         except ValueError:
             value = text  # refused below, with the range
         try:
-            check_number(value, name, lo, hi, **rule)
-            if config is not None:
+            if config is not None:  # first: the config's own message names its range
                 config(**{field: value})
+            check_number(value, name, lo, hi, **rule)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value
