@@ -36,6 +36,22 @@ def calibrated(net: nn.Module, passes: int = 5, size: int = 8, in_channels: int 
     return net.eval()
 
 
+def bn_resnet(model: nn.Module, seed: int | None = 0) -> nn.Module:
+    """Random BatchNorm affine weights and statistics from two 32-px batches, in eval mode
+    (``seed=None``: the caller has seeded)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(16, 3, 32, 32))
+    return model.eval()
+
+
 def sharp_teacher(num_classes: int = 4) -> nn.Module:
     """A tiny 'trained' teacher: BN statistics from data, confident (sharp) outputs."""
     t = calibrated(tiny_bn_net(num_classes, widths=(8, 16)))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from _nets import bn_resnet
 from recoverprune import (
     BlockConfig,
     Calibration,
@@ -35,18 +36,6 @@ RESNET20_IDENTITY = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2",
 RESNET20_IDENTITY += ["layer3.2"]
 
 
-def _calibrated(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(16, 3, 32, 32))
-    return model.eval()
 
 
 def _identities(model: nn.Module) -> list[str]:
@@ -166,7 +155,7 @@ def test_exclude_keeps_blocks_and_must_match_a_module():
     assert droppable_blocks(model, exclude=["layer*.2"]) == without_last
     with pytest.raises(ValueError, match="'nosuch' matches no module"):
         droppable_blocks(model, exclude=["nosuch"])
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     with torch.no_grad():  # the greedy choice, were layer3.1 not excluded
         teacher.layer3[1].bn2.weight.zero_()
         teacher.layer3[1].bn2.bias.zero_()
@@ -177,7 +166,7 @@ def test_exclude_keeps_blocks_and_must_match_a_module():
 
 # -- what dropping does -------------------------------------------------------------------
 def test_drop_two_removes_exactly_two_blocks_and_their_macs():
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     short = prune(teacher, BlockConfig(drop=2), data=X)
     dropped = dropped_blocks(short)
     assert len(dropped) == 2 and set(dropped) <= set(RESNET20_IDENTITY)
@@ -192,7 +181,7 @@ def test_drop_two_removes_exactly_two_blocks_and_their_macs():
 
 @pytest.mark.parametrize("speedup", [1.1, 1.5, 3.0])
 def test_speedup_is_met_with_the_fewest_blocks(speedup):
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     short = prune(teacher, BlockConfig(speedup=speedup), data=X)
     full, left = count_macs(teacher, X), count_macs(short, X)
     assert left <= full / speedup < left + BLOCK_MACS  # one block fewer would not do
@@ -202,7 +191,7 @@ def test_speedup_is_met_with_the_fewest_blocks(speedup):
     "build", [mobilenet_v2, lambda: torchvision.models.mobilenet_v2(width_mult=0.25)]
 )
 def test_mobilenets_keep_their_output_shape(build):
-    teacher = _calibrated(build())
+    teacher = bn_resnet(build())
     short = prune(teacher, BlockConfig(drop=2), data=X)
     with torch.no_grad():
         out = short(X)
@@ -211,7 +200,7 @@ def test_mobilenets_keep_their_output_shape(build):
 
 
 def test_the_greedy_choice_is_a_block_whose_branch_is_zeroed():
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     with torch.no_grad():  # layer2.2 now computes relu(0 + x) = x: removing it changes nothing
         teacher.layer2[2].bn2.weight.zero_()
         teacher.layer2[2].bn2.bias.zero_()
@@ -222,7 +211,7 @@ def test_the_greedy_choice_is_a_block_whose_branch_is_zeroed():
 
 
 def test_each_greedy_step_takes_the_least_damaging_block():
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     short = prune(teacher, BlockConfig(drop=2, recalibrate=False), data=X)
     first = min(RESNET20_IDENTITY, key=lambda n: _kl(teacher, _without(teacher, [n]), X))
     rest = [n for n in RESNET20_IDENTITY if n != first]
@@ -233,7 +222,7 @@ def test_each_greedy_step_takes_the_least_damaging_block():
 
 
 def test_batchnorm_statistics_are_re_estimated_after_the_first_dropped_block_only():
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     cfg = BlockConfig(drop=1, exclude=("layer1", "layer2.1", "layer3"))
     short = prune(teacher, cfg, data=X)
     assert dropped_blocks(short) == ["layer2.2"]
@@ -256,7 +245,7 @@ def test_batchnorm_statistics_are_re_estimated_after_the_first_dropped_block_onl
 
 
 def test_deterministic_for_fixed_inputs():
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     a, b = (prune(teacher, BlockConfig(drop=3), data=X) for _ in "ab")
     assert dropped_blocks(a) == dropped_blocks(b)
     assert fingerprint(a) == fingerprint(b)
@@ -264,7 +253,7 @@ def test_deterministic_for_fixed_inputs():
 
 @pytest.mark.parametrize("data", ["given", "synthesised"])
 def test_teacher_bitwise_unchanged(data):
-    teacher = _calibrated(resnet20()).train()
+    teacher = bn_resnet(resnet20()).train()
     teacher.bn1.eval()  # a mixed mode, as a frozen BatchNorm leaves it
     teacher.conv1.weight.requires_grad_(False)
     before = fingerprint(teacher)
@@ -283,7 +272,7 @@ def test_teacher_bitwise_unchanged(data):
 
 # -- save, load, compress, the command line -------------------------------------------
 def test_save_load_round_trip_is_exact(tmp_path):
-    short = prune(_calibrated(resnet20()), BlockConfig(drop=2), data=X).eval()
+    short = prune(bn_resnet(resnet20()), BlockConfig(drop=2), data=X).eval()
     path = tmp_path / "short.pt"
     save_atomic({"state_dict": short.state_dict(), "channel_spec": channel_spec(short)}, path)
     torch.load(path, weights_only=True)  # plain data only
@@ -343,7 +332,7 @@ def test_data_is_refused_by_name():
 
 
 def test_compress_drops_blocks_saves_loads_and_resumes(tmp_path, monkeypatch):
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     cfg, budget = BlockConfig(drop=2), Calibration(images=4, iterations=2)
     kwargs = dict(preset="tiny", out_dir=tmp_path, progress=False, calibration=budget)
     res = compress(teacher, cfg, **kwargs)
@@ -367,7 +356,7 @@ def test_compress_drops_blocks_saves_loads_and_resumes(tmp_path, monkeypatch):
 def test_cli_prune_and_compress_with_structure_block(tmp_path, capsys):
     from recoverprune.cli import main
 
-    torch.save({"state_dict": _calibrated(resnet20()).state_dict()}, tmp_path / "t.pt")
+    torch.save({"state_dict": bn_resnet(resnet20()).state_dict()}, tmp_path / "t.pt")
     model = ["--arch", "resnet20", "--checkpoint", str(tmp_path / "t.pt")]
     block = ["--structure", "block", "--recalibrate-images", "4"]
     out = tmp_path / "s.pt"
@@ -394,7 +383,7 @@ def test_cli_prune_and_compress_with_structure_block(tmp_path, capsys):
 
 
 def test_blocks_then_channels_multiply_their_mac_ratios_and_round_trip(tmp_path):
-    teacher = _calibrated(resnet20())
+    teacher = bn_resnet(resnet20())
     before = fingerprint(teacher)
     block, channel = BlockConfig(drop=2), ChannelConfig(speedup=1.3)
     short = prune(teacher, block, data=X)
@@ -429,7 +418,7 @@ def test_a_sequence_makes_its_images_once_for_every_step():
         return X
 
     both = prune(
-        _calibrated(resnet20()), [BlockConfig(drop=1), ChannelConfig(speedup=1.25)], data=images
+        bn_resnet(resnet20()), [BlockConfig(drop=1), ChannelConfig(speedup=1.25)], data=images
     )
     assert made == [1] and dropped_blocks(both) and kept_channels(both)
 
@@ -437,7 +426,7 @@ def test_a_sequence_makes_its_images_once_for_every_step():
 def test_cli_structure_block_with_speedup_prunes_the_remaining_channels(tmp_path, capsys):
     from recoverprune.cli import main
 
-    torch.save({"state_dict": _calibrated(resnet20()).state_dict()}, tmp_path / "t.pt")
+    torch.save({"state_dict": bn_resnet(resnet20()).state_dict()}, tmp_path / "t.pt")
     argv = ["prune", "--arch", "resnet20", "--checkpoint", str(tmp_path / "t.pt")]
     argv += ["--structure", "block", "--recalibrate-images", "4", "--drop-blocks", "1"]
     assert main([*argv, "--speedup", "1.25", "--out", str(tmp_path / "s.pt")]) == 0

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the one list of the public names: type checkers and docs re
     from recoverprune.pipeline.compress import compress
     from recoverprune.pipeline.presets import PRESETS, Preset
     from recoverprune.pipeline.prune import Calibration, prune
+    from recoverprune.pipeline.quantize import QuantConfig, quantize
     from recoverprune.pipeline.report import CompressResult
     from recoverprune.pruning.blocks import BlockConfig
     from recoverprune.pruning.channel_spec import channel_spec, kept_channels

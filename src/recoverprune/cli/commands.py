@@ -25,6 +25,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_models",
     "cmd_prune",
+    "cmd_quantize",
     "cmd_recover",
     "cmd_synthesize",
     "init_distributed",
@@ -294,6 +295,20 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # with the input description, for `evaluate`
         _save_model(student, str(out / FINAL), arch=args.arch, input=_input(student))
     print(f"wrote {out / 'student.pt'}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from recoverprune import QuantConfig, SyntheticImages, quantize
+
+    inputs = {"--checkpoint": args.checkpoint, "--synthetic": args.synthetic}
+    check_outputs(inputs, {"--out": args.out})
+    if not args.out.endswith(".onnx"):
+        raise ValueError(f"--out is an ONNX file to write (e.g. student.int8.onnx), not {args.out}")
+    model = _load(args, args.checkpoint, teacher=False)
+    cfg = QuantConfig(method=args.method, calibration_images=args.calibration_images)
+    q = quantize(model, SyntheticImages.load(args.synthetic), config=cfg, path=args.out)
+    print(f"wrote {q.path} ({q.bytes:,} bytes; INT8, calibrated on {args.synthetic})")
     return 0
 
 

@@ -1,8 +1,5 @@
-"""Command line: ``recoverprune {evaluate,prune,synthesize,recover,compress,models}``.
-
-A thin layer over the public functions; it owns no logic of its own beyond parsing,
-loading checkpoints and printing.
-"""
+"""Command line: ``recoverprune {evaluate,prune,synthesize,recover,compress,quantize,models}``,
+a thin layer over the public functions."""
 
 from __future__ import annotations
 

@@ -68,6 +68,7 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     _synthesize_parser(sub, command in ("*", "synthesize"))
     _recover_parser(sub, command in ("*", "recover"))
     _compress_parser(sub, command in ("*", "compress"))
+    _quantize_parser(sub)
     return parser
 
 
@@ -207,6 +208,23 @@ def _compress_parser(sub: Any, full: bool) -> None:
     )
     options.add_structure(p)
     _finish(p, commands.cmd_compress, full, "di-", "kd-")
+
+
+def _quantize_parser(sub: Any) -> None:
+    p = sub.add_parser("quantize", help="INT8 ONNX file of a checkpoint, calibrated on images")
+    options.add_model(p)
+    p.add_argument("--synthetic", required=True, help="calibration images (from `synthesize`)")
+    p.add_argument("--out", required=True, help="INT8 ONNX file to write, e.g. student.int8.onnx")
+    p.add_argument(
+        "--calibration-images", type=COUNT, default=256, help="images calibrated on (default 256)"
+    )
+    p.add_argument(
+        "--method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="how activation ranges are calibrated (default minmax)",
+    )
+    p.set_defaults(func=commands.cmd_quantize)
 
 
 def _finish(p: Any, func: Any, full: bool, *prefixes: str) -> None:

@@ -161,9 +161,7 @@ def name_hash(path: str | os.PathLike[str]) -> str | None:
         ('12fca82f', None, None)
     """
     m = _HASH_IN_NAME.search(Path(path).name)
-    if m is None or m[1].isdigit():
-        return None
-    return m[1]
+    return None if m is None or m[1].isdigit() else m[1]
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -174,11 +172,8 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file written by :func:`write_json_atomic`.
-
-    Raises:
-        CheckpointError: the file is not valid UTF-8 JSON (the message names it).
-    """
+    """Read a JSON file written by :func:`write_json_atomic` (:class:`CheckpointError` naming
+    it if it is not UTF-8 JSON)."""
     p = Path(path)
     try:
         return json.loads(p.read_bytes().decode("utf-8"))

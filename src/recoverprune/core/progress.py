@@ -1,8 +1,5 @@
-"""Progress that shows everywhere: rich bars on a terminal, timed plain lines elsewhere.
-
-Piped or redirected, a loop prints a line at its start, every :func:`interval` seconds and
-at its end: stage, done/total, rate, ETA and, with a :func:`plan`, the whole run's ETA.
-"""
+"""Progress that shows everywhere: rich bars on a terminal; piped, a line at the start, every
+:func:`interval` seconds and at the end (stage, done/total, rate, ETA, the run's ETA)."""
 
 from __future__ import annotations
 

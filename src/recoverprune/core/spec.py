@@ -141,11 +141,7 @@ class InputSpec:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)``.
-
-        Raises:
-            ValueError: the size is unknown (the message says to pass ``image_size``).
-        """
+        """``(C, H, W)``; ``ValueError`` when the size is unknown."""
         if self.size is None:
             raise ValueError(
                 "the input image size is unknown: pass image_size (--image-size), e.g. 32 for "
@@ -155,11 +151,7 @@ class InputSpec:
         return self.channels, h, w
 
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """``(mean, std)``.
-
-        Raises:
-            ValueError: unknown for this non-RGB input (the message says to pass them).
-        """
+        """``(mean, std)``; ``ValueError`` when unknown (a non-RGB input without them)."""
         if self.mean is None or self.std is None:
             raise ValueError(
                 f"the normalisation of this {self.channels}-channel input is unknown: pass mean "
@@ -190,13 +182,11 @@ class InputSpec:
             (1, 28, 28)
         """
         cfg = dict(_model_cfg(model))
-        cfg.pop("input_size", None)
-        if self.size is not None:
-            cfg["input_size"] = self.shape
-        for key in ("mean", "std"):
+        new = {"input_size": self.size and self.shape, "mean": self.mean, "std": self.std}
+        for key, value in new.items():
             cfg.pop(key, None)
-            if getattr(self, key) is not None:
-                cfg[key] = getattr(self, key)
+            if value is not None:
+                cfg[key] = value
         model.pretrained_cfg = cfg
         return model
 

@@ -1,10 +1,5 @@
-"""CPU threads: how many the command line uses on a shared machine, and the machine's name.
-
-The policy is the command line's alone (the library only reads, :func:`current`).
-:func:`threads` takes the CPUs that a short ``/proc/stat`` sample finds idle, this process's
-own CPU time not counted; :func:`revisit`, hooked to every progress step by the command,
-looks again and steps the choice up or down. A number the user set is kept.
-"""
+"""CPU threads: how many the command line uses on a shared machine (the policy is the CLI's
+alone; the library only reads, :func:`current`), and the machine's name."""
 
 from __future__ import annotations
 
@@ -334,9 +329,7 @@ def revisit(every: float = REVISIT_EVERY_S, verbose: bool = True) -> Threads | N
     if torch.get_num_threads() != _chosen.intra:
         threads()  # the user set their own number: record it, never revisit again
         return None
-    if _clock() - _mark.wall < every:
-        return None
-    seen = _window(_mark)
+    seen = None if _clock() - _mark.wall < every else _window(_mark)
     if seen is None:
         return None
     busy, seconds, _mark = seen

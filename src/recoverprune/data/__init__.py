@@ -1,13 +1,6 @@
-"""Labelled image data for *evaluation* and for training teachers — never for recovery.
-
-Reads an ImageFolder directory (``<root>/<split>/<class>/<image>``, listed by
-``torchvision.datasets.ImageFolder``) or a ``.tar.gz`` of one (extracted once into a cache
-directory and verified), decodes every image once into a ``uint8`` tensor that is cached
-beside it, and serves normalised batches fast. Nothing here downloads.
-
-Besides these folders, ``data/`` holds the synthetic sets and the transfer sets;
-evaluation is the layer above (``recoverprune.evaluation``).
-"""
+"""Labelled image data for *evaluation* and for training teachers — never for recovery — read
+from an ImageFolder tree or its ``.tar.gz`` (nothing here downloads); and the synthetic and
+transfer sets."""
 
 from __future__ import annotations
 

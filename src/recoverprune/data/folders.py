@@ -1,10 +1,5 @@
-"""ImageFolder directories and archives: extracted once, decoded once, cached, verified.
-
-The listing is ``torchvision.datasets.ImageFolder``'s; this module adds what it lacks for
-evaluation data: ``.tar.gz`` archives (extracted once into a cache, verified), class
-folders checked against the model's outputs before any label is made, and one decoded
-``uint8`` tensor per split, cached. Nothing here downloads; see :mod:`recoverprune.data`.
-"""
+"""``torchvision.datasets.ImageFolder`` trees and ``.tar.gz`` archives: extracted once, class
+folders checked against the model's outputs, decoded once into a cached ``uint8`` tensor."""
 
 from __future__ import annotations
 
@@ -360,10 +355,8 @@ def load_split(
     ``path`` holds ``<split>/<class>/<image>`` (class folders directly with ``split=""``),
     or is a ``.tar``/``.tar.gz`` of such a tree. Images are decoded once in ``channels``'
     mode (1, 3 or 4), resized to ``image_size`` (int or ``(H, W)``) if given, and cached.
-    Before decoding, :func:`class_folders` are checked by :func:`match_classes` against
-    ``num_classes`` / ``classes`` (the model's names in output order; ``subset=True``
-    allows absent ones), so labels mean what the model means; ``ds.classes`` are then the
-    model's names, else the folders as found.
+    :func:`class_folders` are checked by :func:`match_classes` before decoding; ``ds.classes``
+    are then the model's names (``classes``), else the folders as found.
 
     Raises:
         DataError: missing/empty path, no such split, no class folders or images, mixed

@@ -17,7 +17,21 @@ from recoverprune.core.spec import InputSpec
 from recoverprune.data import synthetic_io
 from recoverprune.data.synthetic_io import FORMAT_VERSION, read_set, write_manifest, write_shard
 
-__all__ = ["SyntheticImages", "data_fingerprint"]
+__all__ = ["SyntheticImages", "data_fingerprint", "split_indices"]
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rest, held)`` sorted indices; a random ``fraction`` held out.
+
+    Example:
+        >>> [t.tolist() for t in split_indices(5, 0.4, 0)]
+        [[1, 2, 3], [0, 4]]
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_held = round(fraction * n)
+    return perm[n_held:].sort().values, perm[:n_held].sort().values
 
 
 class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
@@ -115,12 +129,7 @@ class SyntheticImages(Dataset[tuple[torch.Tensor, int]]):
 
     def split(self, fraction: float, seed: int = 0) -> tuple[SyntheticImages, SyntheticImages]:
         """Split off a random ``fraction`` (e.g. a held-out slice): ``(rest, held_out)``."""
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-        n_held = round(fraction * len(self))
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(self), generator=g)
-        held, rest = perm[:n_held].sort().values, perm[n_held:].sort().values
+        rest, held = split_indices(len(self), fraction, seed)
 
         def sub(idx: torch.Tensor) -> SyntheticImages:
             im, lb = self.get_batch(idx)

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from recoverprune.data.synthetic import SyntheticImages, data_fingerprint
+from recoverprune.data.synthetic import SyntheticImages, data_fingerprint, split_indices
 
 __all__ = ["Labelled", "as_source", "as_transfer_set"]
 
@@ -22,20 +22,6 @@ _FORMS = (
     "a SyntheticImages, a Dataset of (image, label), a TensorDataset(images, labels) or "
     "(images, labels) tensors"
 )
-
-
-def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """``(rest, held)`` sorted indices; the same permutation as ``SyntheticImages.split``.
-
-    Example:
-        >>> [t.tolist() for t in split_indices(5, 0.4, 0)]
-        [[1, 2, 3], [0, 4]]
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_held = round(fraction * n)
-    return perm[n_held:].sort().values, perm[:n_held].sort().values
 
 
 def _check_images(x: Tensor, source: str) -> Tensor:

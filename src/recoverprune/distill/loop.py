@@ -1,9 +1,5 @@
-"""Knowledge distillation of the teacher into the pruned student on synthetic images.
-
-:func:`recover` repairs the student, then trains epochs summing the loss terms of
-:mod:`~recoverprune.distill.objectives`, reading its data through the transfer-source
-protocol only (:mod:`~recoverprune.distill.source`), with a checkpoint after each epoch.
-"""
+"""Knowledge distillation of the teacher into the pruned student, reading its data through the
+transfer-source protocol only (:mod:`~recoverprune.distill.source`)."""
 
 from __future__ import annotations
 
@@ -377,11 +373,8 @@ def _finished(student: nn.Module, history: list[dict[str, float]]) -> nn.Module:
 
 
 def _resume(out: Path, meta: dict[str, Any], student: nn.Module) -> dict[str, Any] | None:
-    """The checkpoint in ``out`` if it was made from exactly these inputs, else ``None``.
-
-    Raises:
-        StageMismatch: ``out`` holds a recovery of another student, teacher, data or config.
-    """
+    """The checkpoint in ``out`` if it was made from exactly these inputs, else ``None``
+    (:class:`StageMismatch` for a recovery of another student, teacher, data or config)."""
     path = out / CHECKPOINT
     check_writable(out)  # before any compute, not at the end of the first epoch
     clean_stale(out)

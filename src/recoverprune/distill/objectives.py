@@ -1,7 +1,6 @@
 """Loss terms of the recovery loop, as small composable pieces.
 
-:func:`~recoverprune.recover` binds each term to both networks (hooks live as long as the
-``with`` block) and sums what the bound terms return at each step.
+:func:`~recoverprune.recover` binds each term to both networks (hooks live for the ``with``).
 
 Example:
     >>> import torch

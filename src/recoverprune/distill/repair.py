@@ -1,10 +1,5 @@
-"""Data-aware repairs of a pruned student on synthetic images, before distillation.
-
-* :func:`recalibrate_bn` (from ``recoverprune.pruning.batchnorm``) re-estimates every
-  BatchNorm layer's running statistics, which pruning shifted.
-* :func:`reconstruct` refits the weights a pruned layer kept to reproduce the dense teacher
-  layer's output (layer-wise least squares, as AdaPrune / OBC); masks stay as they are.
-"""
+"""Repairs of a pruned student on synthetic images before distillation: :func:`recalibrate_bn`
+and :func:`reconstruct` (layer-wise least squares, as AdaPrune / OBC; masks stay)."""
 
 from __future__ import annotations
 

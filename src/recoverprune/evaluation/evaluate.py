@@ -102,13 +102,9 @@ def resolve_data(
 ) -> Any:
     """Turn a path into a dataset read as ``model`` expects; pass datasets through.
 
-    Read as ``input`` says (default: the model's :class:`~recoverprune.InputSpec`; a
-    1-channel model reads grayscale; resized to ``input.size`` when known). One probe image
-    gives the model's number of outputs (refusing a size it cannot take, or one below a
-    quarter of the size it records), and the class folders must match it
-    (:func:`~recoverprune.data.folders.match_classes`). Folders are labelled by name when
-    names are known (``classes``, else :func:`model_classes`), else in sorted order;
-    ``subset=True`` reads a deliberate subset of the classes by name.
+    Read as ``input`` says (default: the model's :class:`~recoverprune.InputSpec`). The class
+    folders must match the model's outputs, found with one probe image; they are labelled by
+    name when names are known (``classes``, else :func:`model_classes`), else in sorted order.
 
     Raises:
         DataError: class folders that do not match the model's outputs, or a path that is

@@ -1,9 +1,5 @@
-"""``compress()``: prune → synthesize → recover, every stage persisted and resumable.
-
-The transfer images come from a :class:`SourceFactory` (``source=``): the default,
-:class:`DeepInversionSet`, makes the fixed DeepInversion set; a factory of the
-experimental stream (``recoverprune.experimental.stream.StreamSource``) streams them.
-"""
+"""``compress()``: prune → synthesize → recover, every stage persisted and resumable; the
+transfer images come from a :class:`SourceFactory` (default :class:`DeepInversionSet`)."""
 
 from __future__ import annotations
 

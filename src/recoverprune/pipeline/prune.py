@@ -1,10 +1,5 @@
-"""The public :func:`prune`: one entry, the variant chosen by the type of its config.
-
-The pruning layer never makes data; for data-driven channel importance, for choosing the
-blocks to drop and for re-estimating BatchNorm statistics afterwards, this is where
-DeepInversion images are made when the caller gives none (lazily: only once a step asks),
-to the image budget of one :class:`Calibration`.
-"""
+"""The public :func:`prune`, the variant chosen by the type of its config; where DeepInversion
+calibration images are made when a step asks and the caller gives none (:class:`Calibration`)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""BatchNorm running statistics re-estimated on a few images, weights untouched.
-
-Pruning shifts the statistics every later BatchNorm layer sees, and the ones inherited
-from the teacher no longer fit. :func:`recalibrate_bn` replaces them by the exact
-average over the given images (synthetic ones: the pruning layer never makes data, its
-callers do). Used by channel pruning right after the surgery and by
-``recoverprune.distill`` before distillation.
-"""
+"""BatchNorm running statistics, which pruning shifted, re-estimated on a few images given by
+the caller (the pruning layer never makes data), weights untouched."""
 
 from __future__ import annotations
 

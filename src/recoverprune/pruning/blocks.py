@@ -1,15 +1,8 @@
-"""Block dropping: whole residual blocks replaced by ``nn.Identity``, least damaging first.
-
-A residual block with an identity shortcut computes ``x + f(x)`` (then, in the original
-ResNets, a ReLU of a tensor that is already non-negative); without its residual branch it
-computes ``x``. Removing such blocks shortens the network itself, so the result is faster
-on any hardware with ordinary kernels. PRACTISE (Wang and Wu, CVPR 2023) finds that with
-very little (or synthetic) data, dropping blocks recovers better than pruning channels at
-the same latency; it scores blocks with small trained adaptors. Here, without training, a
-block is chosen greedily: the one whose removal changes the logits least, measured as
-``KL(teacher ‖ student)`` on the images the caller gives (DeepInversion images when they
-come from :func:`recoverprune.prune`). The BatchNorm statistics the removal shifted (those
-after the first dropped block) are then re-estimated on the same images.
+"""Block dropping: whole residual blocks with an identity shortcut (``x + f(x)``) replaced by
+``nn.Identity``, a shorter network (PRACTISE, Wang and Wu, CVPR 2023, scores blocks with
+trained adaptors; here, untrained, greedily the block whose removal changes the logits least,
+``KL(teacher ‖ student)`` on the calibration images), then the shifted BatchNorm statistics
+re-estimated on the same images.
 """
 
 from __future__ import annotations
@@ -165,13 +158,10 @@ def droppable_blocks(
 ) -> list[str]:
     """Names of the residual blocks of ``model`` that can be replaced by ``nn.Identity``.
 
-    A block qualifies when it has an identity shortcut — torchvision's and timm's
-    ``BasicBlock``/``Bottleneck`` with ``downsample=None``; a block whose ``shortcut`` is
-    an ``nn.Identity`` or an empty ``nn.Sequential`` that the forward pass calls on the
-    block's own input (the zoo's ResNets, timm's ConvNeXt); a block flagged
-    ``use_res_connect``/``use_residual``/``has_skip`` (MobileNetV2, EfficientNet) — *and*,
-    on ``example``, every call of it takes one tensor and returns one of the same shape and
-    dtype. A block inside another qualifying block is not listed (the outer one is).
+    A block qualifies when it shows an identity shortcut (:data:`NONE_SHORTCUT_BLOCKS` with
+    ``downsample=None``, :data:`RESIDUAL_FLAGS`, or an ``nn.Identity``/empty ``shortcut`` the
+    forward pass calls on the block's input) *and*, on ``example``, every call takes one
+    tensor and returns one of the same shape and dtype; not inside another qualifying block.
 
     Args:
         model: any network; left as it was (one eval-mode forward pass, hooks removed).
@@ -278,9 +268,7 @@ def _greedy(
         log_p = F.log_softmax(_logits(teacher, images), 1)
     remaining, dropped = list(candidates), []
     with borrowed(student):
-        while remaining:
-            if n is not None and len(dropped) >= n:
-                break
+        while remaining and (n is None or len(dropped) < n):
             if goal is not None and count_macs(student, example) <= goal:
                 break
             scores = [_damage(student, name, images, log_p) for name in remaining]
@@ -329,9 +317,8 @@ def drop_blocks(
 ) -> nn.Module:
     """A copy of ``model`` with its least damaging residual blocks replaced by ``nn.Identity``.
 
-    Use it through :func:`recoverprune.prune` (``prune(model, BlockConfig(...))``). Each
-    step removes the :func:`droppable_blocks` entry whose removal changes the logits least
-    (the first of equals in module order; deterministic), as the module docstring says.
+    Use it through :func:`recoverprune.prune`. Each step removes the :func:`droppable_blocks`
+    entry whose removal changes the logits least (the first of equals in module order).
 
     Args:
         model: the trained network; left exactly as it was.

@@ -1,9 +1,5 @@
-"""The calibration images pruning is given: made on first use, read in any of three forms.
-
-The pruning layer makes no data: its caller (``recoverprune.prune``) passes images, or a
-function without arguments that makes them, called only when a step needs them and once
-for every step of a sequence.
-"""
+"""The calibration images pruning is given (images, or a function without arguments that
+makes them): made on first use, once for every step of a sequence; read in any of three forms."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""Channel pruning through a dependency graph: a physically smaller dense network.
+"""Channel pruning through `Torch-Pruning <https://github.com/VainF/Torch-Pruning>`_'s
+``DependencyGraph`` (the ``recoverprune[channel]`` extra): a physically smaller dense network.
 
-The coupling between layers (BatchNorm, the next layer's input channels, residual adds,
-concatenations, depthwise convolutions, the classifier) comes from `Torch-Pruning
-<https://github.com/VainF/Torch-Pruning>`_'s ``DependencyGraph`` (MIT, optional extra
-``recoverprune[channel]``); this module decides *which* channels go (importance,
-protected layers), removes them and records which ones stayed. The fraction that meets a
-MAC budget comes from :mod:`~recoverprune.pruning.budget`, MACs from
-:mod:`~recoverprune.pruning.measure`.
-
-Parameter-free modules that change the channel count (the CIFAR ResNets' option-A
-shortcut ``F.pad`` on channels) cannot be resolved by the graph: the channels they couple
-are kept (the residual stream), and only the channels inside the blocks are pruned.
+Parameter-free modules that change the channel count (the CIFAR ResNets' option-A shortcut)
+are graph boundaries: the channels they couple are kept, unless the module offers
+``as_conv`` and ``residual=True`` swaps it for that convolution.
 """
 
 from __future__ import annotations
@@ -162,12 +155,7 @@ def _boundary_pruner(changers: Mapping[nn.Module, tuple[int, int]]) -> Any:
 
 
 def _convert_shortcuts(model: nn.Module, changers: dict[nn.Module, tuple[int, int]]) -> list[str]:
-    """Replace each channel changer that offers ``as_conv(in_channels)`` by that convolution.
-
-    A parameter-free module that changes the channel count (the CIFAR ResNets' option-A
-    shortcut) cannot be pruned by the graph; one that can say what it computes as a
-    convolution is swapped for it, and the graph prunes the convolution.
-    """
+    """Replace each channel changer that offers ``as_conv(in_channels)`` by that convolution."""
     names = {m: n for n, m in model.named_modules()}
     like = next(model.parameters())
     converted = []
@@ -320,10 +308,7 @@ def _prune_groups(
     kept: dict[str, torch.Tensor] = {}
     for name, group in groups.items():
         n = len(group[0].idxs)
-        if isinstance(amount, Mapping):
-            k = n - amount.get(name, n)
-        else:
-            k = _n_pruned(n, amount, cfg.round_to)
+        k = n - amount.get(name, n) if isinstance(amount, Mapping) else _n_pruned(n, amount, cfg.round_to)
         if k == 0:
             continue
         idxs = torch.argsort(scores[name], stable=True)[:k].sort().values.tolist()

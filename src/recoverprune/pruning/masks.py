@@ -1,11 +1,6 @@
-"""Magnitude pruning on top of ``torch.nn.utils.prune``.
-
-Masks use PyTorch's own re-parametrisation (``weight_orig`` parameter, ``weight_mask``
-buffer, a forward pre-hook that computes ``weight = weight_orig * weight_mask``), so the
-pruned weights are exactly zero after any optimiser step, ``deepcopy``, ``.to()``,
-``state_dict`` round trip and ``torch.compile`` — and the lifecycle is the one PyTorch users
-already know.
-"""
+"""Magnitude pruning on top of ``torch.nn.utils.prune``: its ``weight_orig * weight_mask``
+re-parametrisation keeps pruned weights exactly zero after any optimiser step, ``deepcopy``,
+``.to()``, ``state_dict`` round trip and ``torch.compile``."""
 
 from __future__ import annotations
 
@@ -133,13 +128,8 @@ def _global_keep(weights: Sequence[torch.Tensor], amount: float) -> list[torch.T
 
 
 def _detach_pruned_weight(module: nn.Module, inputs: object, output: object) -> None:
-    """Forward hook: keep ``module.weight`` a leaf between forward passes.
-
-    The prune pre-hook sets ``weight = weight_orig * weight_mask``; in grad mode that is a
-    non-leaf tensor, which ``copy.deepcopy`` refuses. The graph of the pass that just ran
-    already holds it, so swapping the attribute for its detached value changes nothing for
-    autograd and keeps the model copyable at any time.
-    """
+    """Forward hook: keep ``module.weight`` a leaf (``deepcopy``-able) between forward passes;
+    the graph of the pass that just ran already holds the non-leaf one."""
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, torch_prune.BasePruningMethod):
             name = hook._tensor_name
@@ -218,11 +208,9 @@ def is_pruned(model: nn.Module) -> bool:
 def refresh_pruned(model: nn.Module) -> None:
     """Recompute ``weight = weight_orig * weight_mask`` on every pruned module.
 
-    The prune hook only does this at the start of a forward pass; call this after an
-    optimiser step if you read ``module.weight`` directly before the next forward. The
-    result is computed without autograd, so it is a leaf tensor and the model can be
-    ``copy.deepcopy``-ed again (a forward pass in grad mode leaves a non-leaf ``weight``
-    that ``deepcopy`` refuses — a limitation of ``torch.nn.utils.prune``).
+    The prune hook only does this at the start of a forward pass: call this after an
+    optimiser step to read ``module.weight`` directly, or to ``deepcopy`` the model after a
+    forward pass in grad mode (the result is a leaf tensor).
     """
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
@@ -293,8 +281,7 @@ def restore_pruning(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
 def reselect_masks(model: nn.Module, amount: float) -> None:
     """Re-select the masks of every pruned layer by global magnitude at sparsity ``amount``.
 
-    Used by gradual pruning: the magnitudes are those of ``weight_orig`` (weights that
-    were masked keep their last value and may come back). Exactly
+    Used by gradual pruning: by ``|weight_orig|``, so masked weights may come back. Exactly
     ``round(amount * total)`` weights end up masked, ties broken by position.
 
     Example:

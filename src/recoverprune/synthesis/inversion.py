@@ -1,11 +1,6 @@
-"""DeepInversion (Yin et al., CVPR 2020): images from a teacher's BatchNorm statistics.
-
-Each batch starts from Gaussian noise and Adam optimises its pixels so that every
-BatchNorm layer's input matches its running statistics (:func:`bn_statistics`), the
-teacher assigns the target labels, TV and L2 priors keep the images smooth and bounded,
-and optionally (Adaptive DeepInversion) a student disagrees. Batch ``i`` depends only on
-``(seed, i)``, whatever the number of processes or a resume.
-"""
+"""DeepInversion (Yin et al., CVPR 2020): Adam optimises noise until every BatchNorm input
+matches its running statistics, the teacher assigns the target labels (TV and L2 priors;
+optionally a student disagrees). Batch ``i`` depends only on ``(seed, i)``."""
 
 from __future__ import annotations
 
@@ -34,10 +29,8 @@ __all__ = ["synthesize"]
 
 @dataclass(eq=False)  # hashed by identity, as torch.compile may need
 class _Inverter:
-    """Optimises one batch at a time: the loss (compiled on the fast path) and the Adam loop.
-
-    ``losses`` is the list :func:`bn_statistics` fills on every teacher pass.
-    """
+    """Optimises one batch at a time: the loss (compiled on the fast path) and the Adam loop;
+    ``losses`` is the list :func:`bn_statistics` fills on every teacher pass."""
 
     teacher: nn.Module
     student: nn.Module | None
