@@ -46,15 +46,17 @@ def test_a_held_directory_is_refused_naming_its_holder_and_freed_by_kill_9(tmp_p
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("command", ["prune", "synthesize", "recover"])
+@pytest.mark.parametrize("command", ["prune", "synthesize", "recover", "quantize"])
 def test_every_command_writing_an_out_is_refused_while_it_is_held(tmp_path, capsys, command):
-    out = tmp_path / "new" / ("p.pt" if command == "prune" else "out")
+    file = command in ("prune", "quantize")  # these write one file, locked beside it
+    out = tmp_path / "new" / ({"prune": "p.pt", "quantize": "q.onnx"}.get(command, "out"))
     inputs = {
         "prune": ["--checkpoint", "t.pt", "--amount", "0.5"],
         "synthesize": ["--checkpoint", "t.pt", "--n", "8"],
         "recover": ["--teacher", "t.pt", "--student", "s.pt", "--synthetic", "syn"],
+        "quantize": ["--checkpoint", "s.pt", "--synthetic", "syn"],
     }[command]
-    with locked(out, file=command == "prune"):  # as another process holding it
+    with locked(out, file=file):  # as another process holding it
         rc = main([command, "--arch", "resnet20", *inputs, "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and f"in use by pid {os.getpid()}" in err and "Traceback" not in err

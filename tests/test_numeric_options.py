@@ -17,6 +17,7 @@ from recoverprune.experimental.generator import GeneratorConfig
 from recoverprune.experimental.latency import LatencyConfig
 from recoverprune.experimental.stream import StreamConfig
 from recoverprune.pipeline.presets import Preset
+from recoverprune.pipeline.quantize import QuantConfig
 from recoverprune.pruning.masks import UnstructuredConfig
 
 NON_FINITE = ("nan", "inf", "-inf")
@@ -129,6 +130,7 @@ CONFIGS = {
     GeneratorConfig: {},
     LatencyConfig: {"speedup": 2.0},
     Preset: {"n": 8, "iterations": 2, "batch_size": 4, "epochs": 1},
+    QuantConfig: {},
 }
 
 

@@ -116,14 +116,14 @@ def _save_model(model: Any, path: str, **extra: Any) -> None:
 
 
 def _locked(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``cmd`` holding the lock of its ``--out`` (a file for prune) while it runs; compress
+    """``cmd`` holding the lock of its ``--out`` (a file for prune and quantize) while it runs; compress
     takes its own, in the library."""
 
     @wraps(cmd)
     def run(args: argparse.Namespace) -> int:
         from recoverprune.core.lock import locked
 
-        with locked(args.out, file=args.command == "prune"):
+        with locked(args.out, file=args.command in ("prune", "quantize")):
             return cmd(args)
 
     return run
@@ -298,6 +298,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+@_locked
 def cmd_quantize(args: argparse.Namespace) -> int:
     from recoverprune import QuantConfig, SyntheticImages, quantize
 
