@@ -139,8 +139,8 @@ def test_cli_evaluate_gives_no_accuracy_for_broken_statistics(tmp_path, r20, cap
 def test_sane_teachers_have_no_outlier_weights(shared_dir):
     import torchvision
 
+    from recoverprune.core.validate import check_outliers
     from recoverprune.models import load_model
-    from recoverprune.pipeline.checks import check_outliers
 
     check_outliers(default_teacher())
     for name in ("resnet20", "resnet32"):
@@ -166,7 +166,7 @@ def test_a_bit_flipped_teacher_is_refused_unless_allowed(shared_dir, tmp_path, c
 
 
 def test_outlier_check_skips_zeros_and_small_tensors():
-    from recoverprune.pipeline.checks import check_outliers
+    from recoverprune.core.validate import check_outliers
 
     net = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16))
     with torch.no_grad():

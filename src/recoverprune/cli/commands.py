@@ -37,13 +37,14 @@ def _load(args: argparse.Namespace, path: str, teacher: bool = True, batch: int 
     teacher's weights are checked for plausibility and outliers, a student's for impossible
     values (a short recovery may leave its BatchNorm statistics extreme)."""
     from recoverprune.core.spec import InputSpec
-    from recoverprune.core.validate import check_plausible
+    from recoverprune.core.validate import check_finite, check_outliers, check_plausible
     from recoverprune.models import load_model
     from recoverprune.models.builders import parse_spec
-    from recoverprune.pipeline.checks import check_outliers, check_statistics
 
     model = load_model(args.arch, path, num_classes=args.num_classes)
-    (check_plausible if teacher else check_statistics)(model, f"checkpoint {path}")
+    if not teacher:
+        check_finite(model, f"checkpoint {path}")
+    check_plausible(model, f"checkpoint {path}", bounds=teacher)
     if teacher and not args.allow_outlier_weights:
         check_outliers(model, f"checkpoint {path}")
     # the zoo's size hint is what its models are trained at; a torchvision/timm builder's

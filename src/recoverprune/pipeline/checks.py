@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from recoverprune.core.files import check_free_space, check_writable, clean_stale, remove_outputs
@@ -20,75 +19,7 @@ from recoverprune.data.synthetic_io import SHARD_GLOB
 from recoverprune.evaluation.evaluate import resolve_data
 from recoverprune.pipeline.layout import RECOVER, REPORT, STUDENT, SYNTHETIC
 
-__all__ = ["OUTLIER_FACTOR", "check_outliers", "check_statistics", "preflight", "reuse_pruned"]
-
-#: a weight holding a value this many times its median nonzero magnitude holds corrupted
-#: bytes: trained and freshly initialised networks stay below 25 (ResNet-20/32 on CIFAR-10,
-#: torchvision's initialisations); a 64-byte flip of ResNet-20 reaches 5,900
-OUTLIER_FACTOR = 500
-
-
-def check_outliers(model: nn.Module, what: str = "teacher") -> None:
-    """Raise ``ValueError`` naming the weights (2-D or more, 64+ nonzero values) holding
-    values beyond :data:`OUTLIER_FACTOR` times their median nonzero magnitude.
-
-    Example:
-        >>> net = nn.Linear(16, 16)
-        >>> check_outliers(net)
-        >>> with torch.no_grad():
-        ...     net.weight[0, :3] = 300.0
-        >>> check_outliers(net)
-        Traceback (most recent call last):
-        ...
-        ValueError: the teacher holds weights far outside their layer's distribution: weight has 3 value(s) up to 300, ...x its median ...
-    """
-    bad = []
-    for name, p in model.named_parameters():
-        a = p.detach().abs().flatten().float()
-        a = a[a > 0]
-        if p.dim() < 2 or a.numel() < 64:
-            continue
-        scale, top = float(a.median()), float(a.max())
-        if top > OUTLIER_FACTOR * scale:
-            n = int((a > OUTLIER_FACTOR * scale).sum())
-            bad.append(f"{name} has {n} value(s) up to {top:.3g}, {top / scale:.0f}x its median")
-    if bad:
-        raise ValueError(
-            f"the {what} holds weights far outside their layer's distribution: "
-            f"{'; '.join(bad[:5])} (a trained network stays within {OUTLIER_FACTOR}x). Flipped "
-            "or corrupted bytes do this: get an intact copy (compare its SHA-256 with its "
-            "source), or pass --allow-outlier-weights if the values are meant."
-        )
-
-
-def check_statistics(model: nn.Module, what: str = "student") -> None:
-    """Raise ``ValueError`` naming NaN/Inf values or a negative BatchNorm running variance
-    (the impossible values :func:`~recoverprune.core.validate.check_plausible` refuses in a
-    teacher; its magnitude bounds are left out: recovery may leave statistics extreme).
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        >>> check_statistics(net)
-        >>> _ = net[1].running_var.fill_(-1.0)
-        >>> check_statistics(net)
-        Traceback (most recent call last):
-        ...
-        ValueError: the student holds impossible BatchNorm statistics: 1.running_var is negative. ...
-    """
-    check_finite(model, what)
-    bad = [
-        f"{name}.running_var"
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "running_var", None), torch.Tensor)
-        and bool((m.running_var < 0).any())
-    ]
-    if bad:
-        raise ValueError(
-            f"the {what} holds impossible BatchNorm statistics: {', '.join(bad[:5])} is "
-            "negative. A variance cannot be: the file is corrupt. Get an intact copy, or "
-            "recover the student again."
-        )
-
+__all__ = ["preflight", "reuse_pruned"]
 
 def preflight(
     teacher: nn.Module,
