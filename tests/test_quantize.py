@@ -149,7 +149,7 @@ def test_a_model_onnx_cannot_express_is_refused_before_calibration_naming_the_la
 def test_config_is_checked():
     with pytest.raises(ValueError, match="method must be one of"):
         QuantConfig(method="mse")
-    with pytest.raises(ValueError, match="calibration_images must be a positive int"):
+    with pytest.raises(ValueError, match="calibration_images must be >= 1 and an integer"):
         QuantConfig(calibration_images=0)
     with pytest.raises(ValueError, match="empty"):
         quantize(_sharp(), _images(0))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from recoverprune.core.spec import InputSpec
+from recoverprune.core.validate import check_number
 from recoverprune.data.transfer import as_source
 from recoverprune.pruning.export import export
 from recoverprune.pruning.masks import finalize
@@ -37,9 +38,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {sorted(_METHODS)}, got {self.method!r}")
-        n = self.calibration_images
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"calibration_images must be a positive int, got {n!r}")
+        check_number(self.calibration_images, "calibration_images", 1, integer=True)
 
 
 class QuantizedModel(nn.Module):
