@@ -68,3 +68,8 @@ def random_synthetic(n: int = 64, seed: int = 1, num_classes: int = 4) -> Any:
     return SyntheticImages(
         torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, num_classes, (n,), generator=g)
     )
+
+
+def gaussian_images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
+    """``n`` standard-normal 3-channel images, ``size`` square, reproducible by ``seed``."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))

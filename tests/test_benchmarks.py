@@ -235,3 +235,35 @@ def test_time_to_accuracy_takes_the_best_cell_within_each_budget():
     assert "| 10 min | none yet | 80.00 (10) |" in table
     assert "| 20 min | none yet | 85.00 (20) |" in table
     assert "| 60 min | 86.00 (20) | 85.00 (20) |" in table
+
+
+@pytest.mark.slow
+def test_int8_tiny_measures_and_renders(shared_dir, tmp_path):
+    out = tmp_path / "int8.json"
+    args = ["benchmarks/int8.py", "--tiny", "--out", str(out), "--work", str(tmp_path)]
+    proc = _run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {c["row"] for c in json.loads(out.read_text())["cells"].values()}
+    assert {"fp32", "int8, deepinversion", "int8, noise", "int8, real"} <= rows
+    assert {"int8, equalized", "int8, distilled"} <= rows
+    proc = _run(["benchmarks/int8.py", "--render", str(out)])
+    assert proc.returncode != 0 and "--latency" in proc.stderr  # not rendered unmeasured
+    assert _run(["benchmarks/int8.py", "--latency", "--out", str(out)]).returncode == 0
+    shown = _render("int8.py", str(out))
+    assert "| resnet20 | int8, noise |" in shown and "x |" in shown
+
+
+def test_int8_tables_in_docs_are_generated_from_committed_results():
+    results = "benchmarks/results/cpu/int8.json"
+    table = _render("int8.py", results)
+    hint = f"rerun int8.py --render {results} --update-docs"
+    _docs_hold(table, "int8", ("docs/quantization.md", "README.md"), hint)
+    for model in ("resnet20", "resnet32", "mobilenet_v2"):
+        for row in ("fp32", "int8, deepinversion", "int8, noise", "int8, real"):
+            assert f"| {model} | {row} |" in table
+    runtimes = "benchmarks/results/cpu/int8-runtimes.json"
+    table = _render("int8_runtimes.py", runtimes)
+    hint = f"rerun int8_runtimes.py --render {runtimes} --update-docs"
+    _docs_hold(table, "int8-runtimes", ("docs/quantization.md",), hint)
+    for runtime in ("| onnxruntime | int8 |", "| openvino | int8 |", "| pt2e-inductor | int8 |"):
+        assert runtime in table

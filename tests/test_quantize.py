@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from _nets import bn_resnet, calibrated, tiny_bn_net
+from _nets import gaussian_images as _images
 from recoverprune import (
     BlockConfig,
     ChannelConfig,
@@ -25,10 +26,6 @@ from recoverprune.pipeline import quantize as quantize_module
 ort = pytest.importorskip("onnxruntime", reason='quantize needs pip install ".[export]"')
 onnx = pytest.importorskip("onnx", reason='quantize needs pip install ".[export]"')
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-
-
-def _images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _sharp() -> nn.Module:

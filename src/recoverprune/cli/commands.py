@@ -237,8 +237,12 @@ def _smaller(arch: str, model: Any, pruned: Any) -> str:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from recoverprune import InversionConfig, synthesize
     from recoverprune.core.spec import InputSpec
+    from recoverprune.data.synthetic_io import check_export_dir, export_images
+    from recoverprune.evaluation.evaluate import model_classes
 
-    check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out})
+    check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out, "--export": args.export})
+    if args.export is not None:  # refused before the synthesis, not after
+        check_export_dir(args.export, args.overwrite)
     teacher = _load(args, args.checkpoint, batch=args.batch_size)
     cfg = apply_overrides(InversionConfig(), args, "di-")
     ds = synthesize(
@@ -255,6 +259,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     grid = Path(args.out) / "grid.png"
     ds.save_grid(grid)
     print(f"wrote {len(ds)} images to {args.out} (preview: {grid})")
+    if args.export is not None:
+        names = model_classes(teacher)
+        export_images(ds, args.export, args.format, classes=names, overwrite=args.overwrite)
+        print(f"exported them to {args.export} ({args.format})")
     return 0
 
 
@@ -302,16 +310,47 @@ def cmd_recover(args: argparse.Namespace) -> int:
 @_locked
 def cmd_quantize(args: argparse.Namespace) -> int:
     from recoverprune import QuantConfig, SyntheticImages, quantize
+    from recoverprune.evaluation.evaluate import evaluate, resolve_data
 
     inputs = {"--checkpoint": args.checkpoint, "--synthetic": args.synthetic}
-    check_outputs(inputs, {"--out": args.out})
+    check_outputs(
+        {**inputs, "--eval-data": args.eval_data}, {"--out": args.out}, untouched=["--eval-data"]
+    )
     if not args.out.endswith(".onnx"):
         raise ValueError(f"--out is an ONNX file to write (e.g. student.int8.onnx), not {args.out}")
     model = _load(args, args.checkpoint, teacher=False)
-    cfg = QuantConfig(method=args.method, calibration_images=args.calibration_images)
+    data = resolve_data(model, args.eval_data) if args.eval_data is not None else None
+    cfg = QuantConfig(
+        method=args.method,
+        calibration_images=args.calibration_images,
+        equalize=args.equalize,
+        bias_correction=args.bias_correction,
+        distill_steps=args.distill_steps,
+    )
     q = quantize(model, SyntheticImages.load(args.synthetic), config=cfg, path=args.out)
     print(f"wrote {q.path} ({q.bytes:,} bytes; INT8, calibrated on {args.synthetic})")
+    if data is not None:
+        fp32, int8 = (evaluate(m, data, progress=False) for m in (model, q))
+        print(f"top-1 fp32 {fp32.top1:.2f} %, INT8 {int8.top1:.2f} % ({fp32.n} images)")
+    print(_latency_line(model, q.path))
     return 0
+
+
+def _latency_line(model: Any, path: str) -> str:
+    """fp32 ``model`` against the INT8 file in onnxruntime, batch 1 and 64, one thread."""
+    from recoverprune.core.spec import InputSpec
+    from recoverprune.evaluation.latency import ort_latency
+    from recoverprune.pipeline.report import LATENCY_SECONDS
+
+    shape = InputSpec.of(model).shape
+    r = ort_latency({"fp32": model, "int8": path}, shape, min_seconds=LATENCY_SECONDS)
+    cells = [
+        f"batch {b}: fp32 {t['fp32']:.2f} ms, INT8 {t['int8']:.2f} ms "
+        f"({t['fp32'] / t['int8']:.2f}x faster)"
+        for b, t in r["batches"].items()
+    ]
+    features = ", ".join(r["cpu_features"]) or "none read"
+    return f"latency in {r['runtime']}, {r['threads']} thread (CPU {features}): " + "; ".join(cells)
 
 
 def _compress_how(args: argparse.Namespace, block: Any) -> Any:
@@ -341,10 +380,18 @@ def _source(args: argparse.Namespace) -> Any:
 def cmd_compress(args: argparse.Namespace) -> int:
     from recoverprune import PRESETS, DistillConfig, InversionConfig, compress
     from recoverprune.models import default_teacher
-    from recoverprune.pipeline.layout import CHECK, PRUNED, RECOVER, REPORT, STUDENT, SYNTHETIC
+    from recoverprune.pipeline.layout import (
+        CHECK,
+        INT8,
+        PRUNED,
+        RECOVER,
+        REPORT,
+        STUDENT,
+        SYNTHETIC,
+    )
 
     out = Path(args.out)
-    written = (PRUNED, SYNTHETIC, CHECK, RECOVER, STUDENT, REPORT)
+    written = (PRUNED, SYNTHETIC, CHECK, RECOVER, STUDENT, INT8, REPORT)
     check_outputs(
         {"--checkpoint": args.checkpoint, "--eval-data": args.eval_data},
         {"--out": out, **{name: out / name for name in written}},
@@ -376,13 +423,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
         eval_data=_labelled(teacher, args.eval_data, args),
         input=_spec(teacher, args),
         overwrite=args.overwrite,
+        quantize=args.quantize,
         **_runtime(args),
     )
     if args.no_progress and not args.quiet:
         from recoverprune.pipeline.report import print_report
 
         print_report(res.report)
-    print(f"wrote {out / STUDENT} and {out / REPORT}")
+    files = [out / STUDENT, *([out / INT8] if args.quantize else []), out / REPORT]
+    print(f"wrote {', '.join(map(str, files[:-1]))} and {files[-1]}")
     return 0 if res.student is not None else 1
 
 
@@ -414,7 +463,9 @@ def _startup(args: argparse.Namespace, teacher: Any) -> None:
             if args.synthesis == "deepinversion"
             else f"generator batches streamed into recovery (check set {p.check_n} images); "
         )
-        + f"recovery {epochs} epochs; preset {args.preset}; output {args.out}",
+        + f"recovery {epochs} epochs; "
+        + ("INT8 calibrated on the synthetic images; " if args.quantize else "")
+        + f"preset {args.preset}; output {args.out}",
         threads().line(),
     ]
     try:

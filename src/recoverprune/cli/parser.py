@@ -7,7 +7,7 @@ from typing import Any
 
 import recoverprune.cli.commands as commands
 import recoverprune.cli.options as options
-from recoverprune.cli.options import ARCH_HELP, COUNT, FRACTION
+from recoverprune.cli.options import ARCH_HELP, COUNT, FRACTION, number
 
 __all__ = ["build_parser"]
 
@@ -131,6 +131,20 @@ def _synthesize_parser(sub: Any, full: bool) -> None:
         type=COUNT,
         help=f"steps per batch (default {options.config_default(full, 0, 'iterations')})",
     )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also write the images to DIR for other toolchains' calibration (TensorRT, "
+        "OpenVINO, TFLite, ModelOpt), as --format says (default: none)",
+    )
+    p.add_argument(
+        "--format",
+        default="png",
+        choices=["png", "npy"],
+        help="png: an ImageFolder DIR/<class>/<index>.png of 0..255 pixels; npy: "
+        "DIR/images.npy (N, C, H, W) float32 normalised as the model takes it and "
+        "DIR/labels.npy (default png)",
+    )
     _finish(p, commands.cmd_synthesize, full, "di-")
 
 
@@ -202,6 +216,12 @@ def _compress_parser(sub: Any, full: bool) -> None:
     )
     options.add_classes(p)
     p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="after recovery, an INT8 student calibrated on the synthetic images "
+        "(student.int8.onnx), with its top-1 and measured latency in the report (default: none)",
+    )
+    p.add_argument(
         "--out",
         default="recoverprune-out",
         help="output directory; rerun the same command to resume (default recoverprune-out)",
@@ -223,6 +243,29 @@ def _quantize_parser(sub: Any) -> None:
         choices=("minmax", "entropy", "percentile"),
         default="minmax",
         help="how activation ranges are calibrated (default minmax)",
+    )
+    p.add_argument(
+        "--eval-data",
+        help="labelled ImageFolder directory or .tar.gz: print the top-1 of the fp32 and the "
+        "INT8 model on it (default: none)",
+    )
+    p.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization (DFQ) before calibration",
+    )
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="correct the biases for the weights' quantization error, on the calibration images",
+    )
+    p.add_argument(
+        "--distill-steps",
+        type=number(0, integer=True),
+        default=0,
+        metavar="N",
+        help="quantization-aware distillation from the fp32 model on the calibration images "
+        "for N steps (default 0: calibration only)",
     )
     p.set_defaults(func=commands.cmd_quantize)
 

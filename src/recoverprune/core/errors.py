@@ -34,6 +34,10 @@ def explain(exc: BaseException) -> str | None:
         'no space left on the device while writing /out/s.pt (No space left on device). Free some space or pass another output directory, then rerun the same command: finished work is kept and resumed.'
         >>> explain(KeyError("x")) is None
         True
+        >>> explain(ImportError('INT8 needs onnxruntime: pip install "recoverprune[export]"'))
+        'INT8 needs onnxruntime: pip install "recoverprune[export]"'
+        >>> explain(ImportError("No module named 'x'")) is None
+        True
     """
     if isinstance(exc, OSError) and exc.errno is not None:
         return _explain_os(exc)
@@ -49,6 +53,8 @@ def explain(exc: BaseException) -> str | None:
             "--debug to see which file, delete it, and rerun."
         )
     if isinstance(exc, (ValueError, FileNotFoundError, FloatingPointError)):
+        return _clean(exc)
+    if isinstance(exc, ImportError) and "pip install" in str(exc):  # an optional extra
         return _clean(exc)
     return None
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,15 +43,19 @@ from recoverprune.core.validate import probe
 from recoverprune.core.version import __version__
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMAT_VERSION",
     "MANIFEST",
     "SHARD_GLOB",
+    "check_export_dir",
     "check_made_for",
     "drop_unreadable",
+    "export_images",
     "make_manifest",
     "open_set",
     "read_set",
     "shard_name",
+    "to_pixels",
     "write_manifest",
     "write_shard",
 ]
@@ -213,9 +220,9 @@ def read_set(directory: Path, *, mmap: bool = True) -> tuple[dict[str, Any], lis
                 "unreadable shards again."
             )
         x, y, want = shard["images"], shard["labels"], (size, *manifest["image_shape"])
-        if not (
-            isinstance(x, Tensor) and x.is_floating_point() and tuple(x.shape) == want
-        ) or not (isinstance(y, Tensor) and not y.is_floating_point() and y.shape == want[:1]):
+        if not (isinstance(x, Tensor) and x.is_floating_point() and tuple(x.shape) == want) or not (
+            isinstance(y, Tensor) and not y.is_floating_point() and y.shape == want[:1]
+        ):
             raise ValueError(
                 f"{path} does not hold batch {i} of the set its manifest describes: expected "
                 f"float images {want} and integer labels ({size},), got {_describe(x)} and "
@@ -245,7 +252,11 @@ def check_made_for(meta: Mapping[str, Any], labels: Tensor, teacher: nn.Module, 
         out = probe(teacher, meta["image_shape"], "teacher")
     except ValueError as exc:
         raise ValueError(f"the images of {where} do not fit the teacher: {exc}") from exc
-    width, n, made = out[-1] if len(out) == 2 else None, meta.get("num_classes"), meta.get("teacher")
+    width, n, made = (
+        out[-1] if len(out) == 2 else None,
+        meta.get("num_classes"),
+        meta.get("teacher"),
+    )
     top = int(labels.max()) + 1 if labels.numel() else 0
     if width is not None and (n not in (None, width) or top > width):
         raise ValueError(
@@ -259,3 +270,120 @@ def check_made_for(meta: Mapping[str, Any], labels: Tensor, teacher: nn.Module, 
             f"(this one is {ours}): its images were inverted from that one",
             stacklevel=3,
         )
+
+
+#: what :func:`export_images` writes: an ImageFolder of PNGs, or ``images.npy`` + ``labels.npy``
+EXPORT_FORMATS = ("png", "npy")
+
+
+def check_export_dir(directory: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """``directory`` if :func:`export_images` may write it: absent or empty, or ``overwrite``.
+
+    Example:
+        >>> import tempfile
+        >>> check_export_dir(Path(tempfile.mkdtemp()) / "calibration").name
+        'calibration'
+    """
+    d = Path(directory)
+    if d.exists() and not overwrite and (not d.is_dir() or any(d.iterdir())):
+        raise ValueError(
+            f"{d} exists and is not empty: pass a new directory to export to, or --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    return d
+
+
+def export_images(
+    data: Any,
+    directory: str | os.PathLike[str],
+    format: str = "png",
+    *,
+    classes: Sequence[str] | None = None,
+    overwrite: bool = False,
+    chunk: int = 256,
+) -> Path:
+    """Write a synthetic set for other toolchains' calibration: ``"png"``, an ImageFolder
+    ``directory/<class>/<index>.png`` (pixels de-normalised with the set's mean and std to
+    0..255; ``<class>`` a name of ``classes``, else the label zero-padded so folders sort in
+    label order), or ``"npy"``, ``images.npy`` ``(N, C, H, W)`` float32 normalised as the
+    model takes it and ``labels.npy`` int64. Written beside ``directory`` and renamed into
+    place when complete.
+
+    Args:
+        data: a :class:`~recoverprune.SyntheticImages` (``get_batch``, ``labels``, ``mean``
+            and ``std`` are read).
+
+    Example:
+        >>> import tempfile
+        >>> from recoverprune import SyntheticImages
+        >>> ds = SyntheticImages(torch.randn(12, 3, 4, 4), torch.arange(12) % 11)
+        >>> d = export_images(ds, Path(tempfile.mkdtemp()) / "cal")
+        >>> sorted(p.name for p in d.iterdir())[:3], sorted(p.name for p in (d / "00").iterdir())
+        (['00', '01', '02'], ['00.png', '11.png'])
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    channels = int(data.get_batch(torch.zeros(1, dtype=torch.long))[0].shape[1])
+    if format == "png" and channels not in (1, 3):
+        raise ValueError(f"PNG holds 1 or 3 channels, these images have {channels}: use npy")
+    d = check_export_dir(directory, overwrite)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{d.name}.{os.getpid()}."  # a hidden temporary, as core.files names them
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=d.parent))
+    try:
+        write = _write_png if format == "png" else _write_npy
+        write(data, tmp, classes, chunk)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
+        remove_outputs([d])
+        os.replace(tmp, d)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return d
+
+
+def to_pixels(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised images as uint8 pixels ``round(255 * clamp(x * std + mean, 0, 1))``.
+
+    Example:
+        >>> to_pixels(torch.tensor([[[[-1.0, 0.0, 1.0, 9.0]]]]), [0.5], [0.5]).tolist()
+        [[[[0, 128, 255, 255]]]]
+    """
+    m, s = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
+    return (images.float() * s + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+def _write_png(data: Any, out: Path, classes: Sequence[str] | None, chunk: int) -> None:
+    from PIL import Image
+
+    labels = data.labels
+    n = len(labels)
+    width = len(str(max(len(classes) if classes else int(labels.max()) + 1, 1) - 1))
+    digits = len(str(max(n - 1, 0)))
+    for start in range(0, n, chunk):
+        x, y = data.get_batch(torch.arange(start, min(start + chunk, n)))
+        pixels = to_pixels(x, data.mean, data.std).permute(0, 2, 3, 1).numpy()
+        for i, (image, label) in enumerate(zip(pixels, y.tolist(), strict=True)):
+            folder = out / (classes[label] if classes else f"{label:0{width}d}")
+            folder.mkdir(exist_ok=True)
+            plain = image[..., 0] if image.shape[-1] == 1 else image
+            Image.fromarray(plain).save(folder / f"{start + i:0{digits}d}.png")
+
+
+def _write_npy(data: Any, out: Path, classes: Sequence[str] | None, chunk: int) -> None:
+    import numpy as np
+
+    labels = data.labels
+    n = len(labels)
+    first = data.get_batch(torch.zeros(1, dtype=torch.long))[0]
+    images = np.lib.format.open_memmap(
+        out / "images.npy", mode="w+", dtype=np.float32, shape=(n, *first.shape[1:])
+    )
+    for start in range(0, n, chunk):
+        x, _ = data.get_batch(torch.arange(start, min(start + chunk, n)))
+        images[start : start + len(x)] = x.float().numpy()
+    images.flush()
+    del images
+    np.save(out / "labels.npy", labels.long().numpy())

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -266,6 +266,7 @@ class StreamSource:
     """
 
     config: StreamConfig | None = None
+    fixed: ClassVar[bool] = False  # fresh images every step: no set for INT8 to calibrate on
 
     def make(self, teacher: nn.Module, spec: InputSpec, ctx: SourceContext) -> SyntheticStream:
         """The stream (its images are made during recovery, checkpointed with it)."""

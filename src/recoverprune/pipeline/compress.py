@@ -1,5 +1,5 @@
-"""``compress()``: prune → synthesize → recover, every stage persisted and resumable; the
-transfer images come from a :class:`SourceFactory` (default :class:`DeepInversionSet`)."""
+"""``compress()``: prune → synthesize → recover (→ INT8), every stage persisted and resumable;
+the transfer images come from a :class:`SourceFactory` (default :class:`DeepInversionSet`)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,29 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
 
-from recoverprune.core.io import fingerprint, read_json, save_model, write_json_atomic
+from recoverprune.core.io import atomic_path, fingerprint, read_json, save_model, write_json_atomic
 from recoverprune.core.lock import holding
 from recoverprune.core.resources import check_batch_memory
 from recoverprune.core.runtime import Accel, Runtime, resolve
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.stages import run_stage, stage_key
 from recoverprune.data.synthetic import SyntheticImages
+from recoverprune.data.transfer import as_source
 from recoverprune.distill.config import DistillConfig
 from recoverprune.distill.loop import recover
 from recoverprune.models.default import default_teacher
 from recoverprune.models.loading import load_model
-from recoverprune.pipeline.checks import preflight, reuse_pruned
+from recoverprune.pipeline import quantize as quantization
+from recoverprune.pipeline.checks import preflight, reuse_int8, reuse_pruned, stamp_key
 from recoverprune.pipeline.layout import (
     CHECK,
     GRID,
+    INT8,
     PRUNED,
     RECOVER,
     REPORT,
@@ -39,9 +42,11 @@ from recoverprune.pipeline.layout import (
 )
 from recoverprune.pipeline.presets import PRESETS, Preset
 from recoverprune.pipeline.prune import Calibration, prune
+from recoverprune.pipeline.quantize import QuantConfig, QuantizedModel
 from recoverprune.pipeline.report import (
     CHECK_SEED,
     CompressResult,
+    int8_report,
     make_report,
     measure_top1,
     print_report,
@@ -81,7 +86,11 @@ class SourceContext:
 
 
 class SourceFactory(Protocol):
-    """Makes the transfer source of :func:`compress` (see ``recoverprune.distill.source``)."""
+    """Makes the transfer source of :func:`compress` (see ``recoverprune.distill.source``).
+
+    A factory whose ``make()`` returns a fixed set of images says so with ``fixed = True``:
+    ``compress(quantize=...)`` calibrates on that set, and refuses other sources at once.
+    """
 
     def make(self, teacher: nn.Module, spec: InputSpec, ctx: SourceContext) -> Any:
         """The source recovery reads (a fixed set, or an object of the source protocol)."""
@@ -101,6 +110,8 @@ class DeepInversionSet:
         >>> DeepInversionSet().describe(None)
         {'method': 'deepinversion'}
     """
+
+    fixed: ClassVar[bool] = True  # the INT8 stage calibrates on the set
 
     def make(self, teacher: nn.Module, spec: InputSpec, ctx: SourceContext) -> Any:
         """Synthesize (or resume) the set, then draw its grid once."""
@@ -135,11 +146,13 @@ def compress(
     accel: Accel | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    quantize: Literal["int8"] | QuantConfig | None = None,
 ) -> CompressResult:
     """Prune ``teacher``, synthesise a transfer set from it and distil it back, resumably.
 
     Every stage writes its result into ``out_dir`` (``pruned.pt``, ``synthetic/``,
-    ``check/``, ``recover/``, ``student.pt``, ``report.json``); running the same call again
+    ``check/``, ``recover/``, ``student.pt``, ``student.int8.onnx`` with ``quantize``,
+    ``report.json``); running the same call again
     after a crash or Ctrl-C resumes at the stage and step where it stopped, and refuses a
     directory made with other settings (or another source) by name.
 
@@ -176,6 +189,12 @@ def compress(
         progress: as in the stage functions.
         overwrite: recompute every stage whose recorded settings differ from this call's
             (and the stages after it) instead of refusing the directory.
+        quantize: ``"int8"`` (a default :class:`QuantConfig`) or a :class:`QuantConfig`:
+            after recovery, an INT8 student calibrated on the transfer images
+            (``student.int8.onnx``), and the report's ``int8`` entry: its top-1 (with
+            ``eval_data``), and parameters, MACs, bytes and onnxruntime latency of teacher,
+            student and INT8 student. Checked before any compute: onnxruntime installed,
+            the teacher exportable to ONNX, a fixed set of transfer images.
 
     Returns:
         A :class:`CompressResult` with the student and the report.
@@ -192,10 +211,12 @@ def compress(
     inv = replace(inversion or InversionConfig(), iterations=p.iterations)
     dcfg = replace(distill or p.distill or DistillConfig(), epochs=p.epochs)
     spec = input or InputSpec.of(teacher)
+    qcfg = _quant_config(quantize, factory)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rt = resolve(device, accel)
-    preflight(teacher, out, p.n, p.batch_size, spec, eval_data, clean=rt.is_main)
+    ready = {"clean": rt.is_main, "quantize": qcfg is not None}
+    preflight(teacher, out, p.n, p.batch_size, spec, eval_data, **ready)
     check_batch_memory(teacher, spec.shape, max(p.batch_size, min(dcfg.batch_size, p.n)))
     clock = _StageClock(out / TIMING, rt.is_main)
     ctx = SourceContext(p, inv, out, seed, device, accel, progress, overwrite, rt)
@@ -215,17 +236,19 @@ def compress(
     with clock("recover"):
         run = partial(recover, teacher, student, transfer, config=dcfg, out_dir=out / RECOVER)
         stage = {"seed": seed, "device": device, "accel": accel, "progress": progress}
-        outputs = [out / RECOVER, out / STUDENT, out / REPORT]
+        outputs = [out / RECOVER, out / STUDENT, out / INT8, out / REPORT]
         student = run_stage(partial(run, **stage), outputs, overwrite)
+    int8 = None
+    if qcfg is not None and rt.is_main:
+        with clock("quantize"):
+            int8 = _int8(teacher, student, transfer, qcfg, ctx)
     report = {**make_report(teacher, student, check, p, inv, dcfg, seed, rt), **pruning}
     if "block" in pruning:
         report["dropped_blocks"] = dropped_blocks(student)
     made = getattr(transfer, "made", len(transfer))
     report["synthesis"] = {**factory.describe(ctx), "made": made}
-    if eval_data is not None:
-        with clock("evaluate"):
-            snapshots = (teacher, pruned_snapshot, student)
-            report["top1"] = measure_top1(*snapshots, eval_data, device, spec)
+    models = (teacher, pruned_snapshot, student)
+    _measure(report, models, int8, qcfg, eval_data, spec, device, clock)
     report["seconds"] = clock.times
     if rt.is_main:  # student.pt (with the input description and channel widths), report.json
         widths, amount = channel_spec(student), report["amount"]
@@ -253,6 +276,73 @@ def _inversion(
         progress=ctx.progress,
         overwrite=ctx.overwrite,
     )
+
+
+def _measure(
+    report: dict[str, Any],
+    models: tuple[nn.Module, nn.Module | None, nn.Module],
+    int8: Path | None,
+    cfg: QuantConfig | None,
+    eval_data: Any,
+    spec: InputSpec,
+    device: Any,
+    clock: _StageClock,
+) -> None:
+    """Add to ``report`` the ``int8`` entry (sizes and latency, when ``int8``) and, with
+    ``eval_data``, the top-1 of teacher, pruned and recovered student and INT8 student."""
+    teacher, _, student = models
+    if int8 is not None and cfg is not None:
+        with clock("latency"):
+            report["int8"] = int8_report(teacher, student, int8, cfg, spec)
+    if eval_data is not None:
+        with clock("evaluate"):
+            q = QuantizedModel(str(int8), spec) if int8 is not None else None
+            report["top1"] = measure_top1(*models, eval_data, device, spec, int8=q)
+            if q is not None:
+                report["int8"]["top1"] = report["top1"].pop("int8")
+
+
+def _quant_config(quantize: Any, factory: SourceFactory) -> QuantConfig | None:
+    """The :class:`QuantConfig` of ``compress(quantize=...)``; refused at once when the
+    source makes no fixed set of images to calibrate on.
+
+    Example:
+        >>> _quant_config("int8", DeepInversionSet()) == QuantConfig()
+        True
+    """
+    if quantize is None:
+        return None
+    if not isinstance(quantize, QuantConfig) and quantize != "int8":
+        raise ValueError(f'quantize must be "int8" or a QuantConfig, got {quantize!r}')
+    if not getattr(factory, "fixed", False):
+        raise ValueError(
+            "quantize calibrates on the run's fixed set of transfer images, and this source "
+            f"({type(factory).__name__}) makes none: use the DeepInversion set (--synthesis "
+            "deepinversion), or quantize student.pt afterwards with `recoverprune quantize "
+            "--synthetic DIR`"
+        )
+    return quantize if isinstance(quantize, QuantConfig) else QuantConfig()
+
+
+def _int8(
+    teacher: nn.Module, student: nn.Module, transfer: Any, cfg: QuantConfig, ctx: SourceContext
+) -> Path:
+    """The resumable stage ``quantize``: ``student.int8.onnx`` calibrated on ``transfer``,
+    its key stamped in it (reused when it matches, refused by name or redone when not)."""
+    path = ctx.out / INT8
+    key = stage_key(
+        teacher=fingerprint(teacher),
+        student=fingerprint(student),
+        config=asdict(cfg),
+        data=as_source(transfer).key(),
+        seed=ctx.seed,
+    )
+    if not reuse_int8(path, key, ctx.overwrite):
+        with atomic_path(path) as tmp:  # a kill leaves no half file under the final name
+            run = {"teacher": teacher, "path": tmp, "seed": ctx.seed, "progress": ctx.progress}
+            quantization.quantize(student, transfer, config=cfg, **run)
+            stamp_key(tmp, key)
+    return path
 
 
 #: report.json's name of each config type (its settings are stored under that name)

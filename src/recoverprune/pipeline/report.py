@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,14 +23,19 @@ from recoverprune.data.synthetic import SyntheticImages
 from recoverprune.distill.agreement import agreement_and_kl
 from recoverprune.distill.config import DistillConfig
 from recoverprune.evaluation.evaluate import evaluate, resolve_data
+from recoverprune.evaluation.latency import ort_latency
 from recoverprune.pipeline.presets import Preset
+from recoverprune.pipeline.quantize import QuantConfig
+from recoverprune.pruning.export import export
 from recoverprune.pruning.masks import finalize
+from recoverprune.pruning.measure import count_macs
 from recoverprune.pruning.sparsity import sparsity
 from recoverprune.synthesis.config import InversionConfig
 
 __all__ = [
     "CompressResult",
     "check_quality",
+    "int8_report",
     "make_report",
     "measure_top1",
     "print_report",
@@ -167,16 +175,82 @@ def measure_top1(
     data: Any,
     device: Any,
     spec: InputSpec,
+    int8: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Top-1 of teacher, pruned and recovered student on labelled ``data``, read once as
-    ``spec`` says."""
+    """Top-1 of teacher, pruned, recovered and INT8 student (when given) on labelled
+    ``data``, read once as ``spec`` says."""
     data = resolve_data(teacher, data, input=spec)
-    models = {"teacher": teacher, "pruned": pruned, "recovered": student}
+    models = {"teacher": teacher, "pruned": pruned, "recovered": student, "int8": int8}
     return {
         name: evaluate(model, data, device=device, progress=False).top1
         for name, model in models.items()
         if model is not None
     }
+
+
+#: seconds spent measuring latency at each batch size (at least 3 rounds)
+LATENCY_SECONDS = 1.0
+
+
+def int8_report(
+    teacher: nn.Module, student: nn.Module, path: Path, config: QuantConfig, spec: InputSpec
+) -> dict[str, Any]:
+    """report.json's ``int8`` entry: the settings and file of the INT8 student, and the
+    parameters, MACs, bytes (ONNX files) and onnxruntime latency (batch 1 and 64, one
+    thread) of the fp32 teacher, the fp32 student and the INT8 student; top-1 is the
+    caller's (``None`` here).
+
+    Example:
+        >>> import tempfile, torch
+        >>> from torch import nn
+        >>> from recoverprune.pipeline.quantize import quantize
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)).eval()
+        >>> q = quantize(net, torch.randn(8, 3, 8, 8))
+        >>> r = int8_report(net, net, Path(q.path), QuantConfig(), InputSpec(size=8))
+        >>> r["models"]["int8"]["macs"] == r["models"]["student"]["macs"], r["latency"]["threads"]
+        (True, 1)
+    """
+    models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"int8": str(path)}
+        for name, model in (("teacher", teacher), ("student", student)):
+            plain = finalize(model).cpu().float().eval()
+            x = torch.zeros(1, *spec.shape)
+            files[name] = export(plain, os.path.join(tmp, f"{name}.onnx"), example=x)
+            params = sum(p.numel() for p in plain.parameters())
+            models[name] = {"params": params, "macs": count_macs(plain, x)}
+        models["int8"] = dict(models["student"])
+        for name, file in files.items():
+            models[name]["bytes"] = os.path.getsize(file)
+        order = {k: files[k] for k in ("teacher", "student", "int8")}
+        latency = ort_latency(order, spec.shape, threads=1, min_seconds=LATENCY_SECONDS)
+    return {
+        "config": asdict(config),
+        "path": path.name,
+        "bytes": models["int8"]["bytes"],
+        "top1": None,
+        "latency": latency,
+        "models": models,
+    }
+
+
+def _int8_row(int8: dict[str, Any]) -> str:
+    """The report's INT8 line: top-1, size and how many times faster than the teacher.
+
+    Example:
+        >>> lat = {"threads": 1, "batches": {"1": {"teacher": 2.0, "int8": 1.0},
+        ...                                  "64": {"teacher": 50.0, "int8": 20.0}}}
+        >>> _int8_row({"top1": 87.61, "bytes": 290_000, "latency": lat})
+        'top-1 87.61 %, 0.29 MB, 2.00x / 2.50x faster than the teacher (batch 1 / 64, 1 thread)'
+    """
+    top1 = f"top-1 {int8['top1']:.2f} %, " if int8.get("top1") is not None else ""
+    lat = int8["latency"]
+    ratios = [b["teacher"] / b["int8"] for b in lat["batches"].values()]
+    speed = " / ".join(f"{r:.2f}x" for r in ratios)
+    which = " / ".join(lat["batches"])
+    threads = f"{lat['threads']} thread{'s' if lat['threads'] != 1 else ''}"
+    size = f"{int8['bytes'] / 1e6:.2f} MB"
+    return f"{top1}{size}, {speed} faster than the teacher (batch {which}, {threads})"
 
 
 def _what_was_pruned(report: dict[str, Any]) -> str:
@@ -220,6 +294,8 @@ def print_report(report: dict[str, Any]) -> None:
     t.add_row("sparsity", f"{report['sparsity']:.2%}")
     dense, sparse = (report["size_bytes"][k] / 1e6 for k in ("dense", "sparse"))
     t.add_row("size dense / sparse-stored", f"{dense:.2f} MB / {sparse:.2f} MB")
+    if report.get("int8"):
+        t.add_row(f"INT8 ({report['int8']['path']})", _int8_row(report["int8"]))
     for stage, sec in report["seconds"].items():
         t.add_row(f"time {stage}", f"{sec:.1f} s")
     console.print(t)
