@@ -22,7 +22,6 @@ from recoverprune.data.synthetic_io import SHARD_GLOB
 from recoverprune.evaluation.evaluate import resolve_data
 from recoverprune.pipeline import quantize as quantization
 from recoverprune.pipeline.layout import INT8, RECOVER, REPORT, STUDENT, SYNTHETIC
-from recoverprune.pruning.masks import finalize
 
 __all__ = ["check_quantizable", "onnx_key", "preflight", "reuse_int8", "reuse_pruned", "stamp_key"]
 
@@ -75,12 +74,8 @@ def check_quantizable(teacher: nn.Module, spec: InputSpec) -> None:
     Example:
         >>> check_quantizable(nn.Sequential(nn.Conv2d(3, 2, 3)), InputSpec(size=8))
     """
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime.quantization  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(quantization.INSTALL_HINT) from exc
-    plain = finalize(teacher).cpu().float().eval()
+    quantization.require_onnxruntime()
+    plain = quantization.plain_fp32(teacher)
     with tempfile.TemporaryDirectory() as tmp:
         quantization.export_onnx(plain, os.path.join(tmp, "teacher.onnx"), torch.zeros(1, *spec.shape))
 

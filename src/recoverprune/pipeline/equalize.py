@@ -23,6 +23,7 @@ __all__ = [
     "fold_batchnorm",
     "input_statistics",
     "quantize_weight",
+    "run_hooked",
     "weight_scale",
 ]
 
@@ -247,14 +248,27 @@ def input_statistics(
         m.register_forward_pre_hook(lambda _m, args, i=i: record(i, args[0]))
         for i, m in enumerate(layers)
     ]
+    run_hooked(model, images, hooks)
+    return [(torch.as_tensor(total) / max(n, 1), lo, hi) for total, n, lo, hi in stats]
+
+
+def run_hooked(model: nn.Module, images: Tensor, handles: list[Any]) -> None:
+    """``model`` run over ``images`` in batches of 64 without gradients, for what the hooks
+    of ``handles`` record; the hooks are removed afterwards, whatever happens.
+
+    Example:
+        >>> net, seen = nn.Linear(2, 1), []
+        >>> run_hooked(net, torch.ones(70, 2), [net.register_forward_hook(lambda *a: seen.append(1))])
+        >>> len(seen), len(net._forward_hooks)
+        (2, 0)
+    """
     try:
         with torch.no_grad():
             for batch in images.split(64):
                 model(batch)
     finally:
-        for hook in hooks:
-            hook.remove()
-    return [(torch.as_tensor(total) / max(n, 1), lo, hi) for total, n, lo, hi in stats]
+        for handle in handles:
+            handle.remove()
 
 
 def correct_bias(model: nn.Module, images: Tensor, *, per_channel: bool = True) -> nn.Module:

@@ -24,6 +24,7 @@ from recoverprune.pipeline.equalize import (
     input_statistics,
     quantize_weight,
     rectified,
+    run_hooked,
 )
 
 __all__ = ["FakeQuant", "activation_qparams", "distill_quantized", "fake_quantized", "unwrap"]
@@ -75,8 +76,10 @@ class FakeQuant(nn.Module):
         return self._round(self.layer._conv_forward(x, w, self.layer.bias), 1)
 
 
-def _output_ranges(model: nn.Module, layers: list[nn.Module], images: Tensor) -> list[float]:
-    """The largest output of each layer over ``images`` (forward hooks removed afterwards)."""
+def _output_ranges(
+    model: nn.Module, layers: list[nn.Module], images: Tensor
+) -> list[tuple[float, float]]:
+    """The smallest and largest output of each layer over ``images`` (hooks removed after)."""
     lo, hi = [math.inf] * len(layers), [-math.inf] * len(layers)
 
     def record(i: int, y: Tensor) -> None:
@@ -85,13 +88,7 @@ def _output_ranges(model: nn.Module, layers: list[nn.Module], images: Tensor) ->
     hooks = [
         m.register_forward_hook(lambda _m, _a, y, i=i: record(i, y)) for i, m in enumerate(layers)
     ]
-    try:
-        with torch.no_grad():
-            for batch in images.split(64):
-                model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, images, hooks)
     return list(zip(lo, hi, strict=True))
 
 

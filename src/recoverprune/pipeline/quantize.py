@@ -22,7 +22,15 @@ from recoverprune.pipeline.qad import distill_quantized
 from recoverprune.pruning.export import export
 from recoverprune.pruning.masks import finalize
 
-__all__ = ["INSTALL_HINT", "QuantConfig", "QuantizedModel", "export_onnx", "quantize"]
+__all__ = [
+    "INSTALL_HINT",
+    "QuantConfig",
+    "QuantizedModel",
+    "export_onnx",
+    "plain_fp32",
+    "quantize",
+    "require_onnxruntime",
+]
 
 INSTALL_HINT = 'INT8 quantization needs onnx and onnxruntime: pip install "recoverprune[export]"'
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -79,6 +87,32 @@ class QuantizedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feed = {"input": x.detach().float().cpu().contiguous().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0]).to(x.device)
+
+
+def require_onnxruntime() -> Any:
+    """``onnxruntime.quantization``, or ``ImportError`` with :data:`INSTALL_HINT` when onnx or
+    onnxruntime is missing.
+
+    Example:
+        >>> require_onnxruntime().QuantFormat.QDQ.name
+        'QDQ'
+    """
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return quantization
+
+
+def plain_fp32(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode, masks baked in: what is exported.
+
+    Example:
+        >>> plain_fp32(nn.Linear(2, 1).double()).weight.dtype
+        torch.float32
+    """
+    return finalize(model).cpu().float().eval()
 
 
 def _source(calibration: Any) -> Any:
@@ -166,7 +200,7 @@ def _first_aid(
         ready = correct_bias(ready, images, per_channel=cfg.per_channel)
     if cfg.distill_steps:
         teacher = distill.pop("teacher")
-        fp32 = plain if teacher is None else finalize(teacher).cpu().float().eval()
+        fp32 = plain if teacher is None else plain_fp32(teacher)
         steps, per_channel = cfg.distill_steps, cfg.per_channel
         ready = distill_quantized(
             ready, source, fp32, images=images, steps=steps, per_channel=per_channel, **distill
@@ -214,16 +248,12 @@ def quantize(
         >>> q(torch.randn(2, 3, 8, 8)).shape, q.path.endswith(".int8.onnx")
         (torch.Size([2, 2]), True)
     """
-    try:
-        import onnx  # noqa: F401
-        from onnxruntime import quantization as ortq
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
+    ortq = require_onnxruntime()
     cfg = config or QuantConfig()
     source = _source(calibration)
     images = _images(source, cfg.calibration_images)
     out = str(path) if path is not None else os.path.join(tempfile.mkdtemp(), "model.int8.onnx")
-    plain = finalize(model).cpu().float().eval()
+    plain = plain_fp32(model)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "model.onnx")
         export_onnx(plain, fp32, images[:1])  # refused here, before any other work

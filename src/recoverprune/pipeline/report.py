@@ -25,7 +25,7 @@ from recoverprune.distill.config import DistillConfig
 from recoverprune.evaluation.evaluate import evaluate, resolve_data
 from recoverprune.evaluation.latency import ort_latency
 from recoverprune.pipeline.presets import Preset
-from recoverprune.pipeline.quantize import QuantConfig
+from recoverprune.pipeline.quantize import QuantConfig, plain_fp32
 from recoverprune.pruning.export import export
 from recoverprune.pruning.masks import finalize
 from recoverprune.pruning.measure import count_macs
@@ -214,7 +214,7 @@ def int8_report(
     with tempfile.TemporaryDirectory() as tmp:
         files = {"int8": str(path)}
         for name, model in (("teacher", teacher), ("student", student)):
-            plain = finalize(model).cpu().float().eval()
+            plain = plain_fp32(model)
             x = torch.zeros(1, *spec.shape)
             files[name] = export(plain, os.path.join(tmp, f"{name}.onnx"), example=x)
             params = sum(p.numel() for p in plain.parameters())
