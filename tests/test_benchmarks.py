@@ -179,7 +179,7 @@ def test_channel_compensation_table_in_docs_is_generated_from_committed_results(
 def test_cpu_results_table_in_docs_is_generated_from_committed_results():
     files = [
         str(ROOT / f"benchmarks/results/cpu/{n}.json")
-        for n in ("r20", "r32", "r32-seed", "r20-sweep", "r20-90", "r32-real", "r20-90di")
+        for n in ("r20", "r32")
     ]
     table = _render("cifar10/run.py", *files)
     pages = ("README.md", "docs/results.md")
@@ -193,8 +193,11 @@ def test_cpu_results_table_in_docs_is_generated_from_committed_results():
     for row in ("| resnet20 | 50% |", "| resnet20 | 75% |", "| resnet20 | 90% |"):
         assert row in table
     assert "| resnet32 | 75% |" in table
-    assert "Transfer-set size" in table
-    assert "| - |" not in table  # every cell measured
+    names = head.strip("|").split("|")
+    for line in table.splitlines()[2:6]:  # the four rows: every recipe and baseline measured
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = dict(zip((n.strip() for n in names), cells, strict=True))
+        assert all(row[c] != "-" for c in ("deepinversion", "noise", "real")), line
 
 
 @pytest.mark.slow
@@ -212,7 +215,7 @@ def test_stream_budget_tiny_measures_and_renders(shared_dir, tmp_path):
 def test_stream_budget_table_in_docs_is_generated_from_committed_results():
     files = sorted(str(p) for p in (ROOT / "benchmarks/results/stream").glob("*.json"))
     assert files, "no committed results in benchmarks/results/stream"
-    table = str(ROOT / "benchmarks/results/cpu/r20.json")
+    table = str(ROOT / "benchmarks/results/cpu/r20-480-steps.json")
     block = _render("stream_budget.py", *files, "--table", table)
     hint = f"rerun stream_budget.py --render {' '.join(files)} --table {table} --update-docs"
     _docs_hold(block, "stream-budget", ("docs/results.md",), hint)
@@ -223,18 +226,62 @@ def test_stream_budget_table_in_docs_is_generated_from_committed_results():
 
 def test_time_to_accuracy_takes_the_best_cell_within_each_budget():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from stream_budget import time_to_accuracy
+    from quick_budget import time_to_accuracy
 
+    row = {"arch": "resnet20", "amount": 0.75, "precision": "auto", "n": 1024}
     cells = [
-        {"column": "stream", "top1": 80.0, "steps": 10, "total_s": 500},
-        {"column": "stream", "top1": 85.0, "steps": 20, "total_s": 1000},
-        {"column": "stream", "top1": 84.0, "steps": 40, "total_s": 1100},  # later, not better
-        {"column": "deepinversion", "top1": 86.0, "steps": 20, "total_s": 3000},
-    ]
-    table = time_to_accuracy(cells, budgets=(10, 20, 60))
-    assert "| 10 min | none yet | 80.00 (10) |" in table
-    assert "| 20 min | none yet | 85.00 (20) |" in table
-    assert "| 60 min | 86.00 (20) | 85.00 (20) |" in table
+        {**row, "source": "deepinversion", "iterations": 50, "top1": 80.0, "steps": 10,
+         "total_min": 4},
+        {**row, "source": "deepinversion", "iterations": 50, "top1": 85.0, "steps": 20,
+         "total_min": 9},
+        {**row, "source": "deepinversion", "iterations": 50, "top1": 84.0, "steps": 40,
+         "total_min": 9.5},  # later, not better
+        {**row, "source": "deepinversion", "iterations": 50, "top1": 99.0, "steps": 20,
+         "total_min": 9, "precision": "fp32"},  # another precision: not a row of this table
+        {**row, "source": "real", "iterations": 0, "top1": 86.0, "steps": 20, "total_min": 12},
+    ]  # fmt: skip
+    table = time_to_accuracy(cells, budgets=(5, 10, 20))
+    assert "| 5 min | 80.00 (1,024x50, 10 steps) | none measured | none measured |" in table
+    assert "| 10 min | 85.00 (1,024x50, 20 steps) | none measured | none measured |" in table
+    assert "| 20 min | 85.00 (1,024x50, 20 steps) | none measured | 86.00 (20 steps) |" in table
+
+
+def test_modelled_minutes_count_the_check_set_and_the_fixed_cost():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quick_budget import minutes
+
+    from recoverprune import PRESETS
+
+    costs = {"r/auto": {"image_iteration_s": 0.01, "step_s": 0.5, "recovery_fixed_s": 6.0}}
+    di = {"arch": "r", "precision": "auto", "n": 1024, "iterations": 50, "steps": 120}
+    synth, rec = minutes(di, costs)
+    assert synth == pytest.approx((1024 + PRESETS["quick"].check_n) * 50 * 0.01 / 60)
+    assert rec == pytest.approx((6.0 + 120 * 0.5) / 60)
+    assert minutes({**di, "iterations": 0}, costs)[0] == 0  # noise and real make no images
+
+
+@pytest.mark.slow
+def test_quick_budget_times_its_units(tmp_path):
+    out = tmp_path / "timing.json"
+    proc = _run(["benchmarks/quick_budget.py", "--time", "--tiny", "--threads", "1",
+                 "--out", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    costs = json.loads(out.read_text())["costs"]
+    assert set(costs) == {"resnet20/auto", "resnet20/fp32"}
+    for unit in costs.values():
+        assert unit["image_iteration_s"] > 0 and unit["step_s"] > 0
+
+
+def test_time_to_accuracy_in_docs_is_generated_from_committed_results():
+    results = ROOT / "benchmarks/results/cpu"
+    splits = sorted(str(p) for p in results.glob("quick-*.json") if p.name != "quick-timing.json")
+    assert splits, "no committed quick-budget results in benchmarks/results/cpu"
+    files = [*splits, str(results / "r20.json"), str(results / "r32.json")]  # the table's cells
+    timing = str(results / "quick-timing.json")
+    block = _render("quick_budget.py", *files, "--timing", timing)
+    hint = f"rerun quick_budget.py --render {' '.join(files)} --timing {timing} --update-docs"
+    _docs_hold(block, "time-to-accuracy", ("docs/results.md",), hint)
+    assert "| 10 min |" in block and "none measured" not in block.split("| 10 min |")[1][:60]
 
 
 @pytest.mark.slow

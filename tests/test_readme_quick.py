@@ -31,7 +31,10 @@ def test_block_is_rewritten_from_a_tiny_report(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- quick:begin -->\nold typed figures\n<!-- quick:end -->\nrest\n")
 
-    _script().main(["--report", str(out / "report.json"), "--readme", str(readme)])
+    kept = tmp_path / "kept.json"
+    args = ["--report", str(out / "report.json"), "--readme", str(readme), "--keep", str(kept)]
+    _script().main(args)
+    assert json.loads(kept.read_text()) == report
     text = readme.read_text()
     assert "old typed figures" not in text and text.startswith("intro\n") and "rest" in text
     block = text.split("<!-- quick:begin -->")[1].split("<!-- quick:end -->")[0]
@@ -41,3 +44,12 @@ def test_block_is_rewritten_from_a_tiny_report(tmp_path, capsys):
     assert f"torch {rt['torch']}" in block and rt["machine"]["platform"] in block
     assert f"{rt['threads']['intra']} thread(s)" in block
     assert "32 images x 4 DeepInversion iterations" in block
+
+
+def test_readme_block_is_the_render_of_the_committed_report():
+    script = _script()
+    report = json.loads(script.KEPT.read_text())
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- quick:begin -->\n")[1].split("<!-- quick:end -->")[0]
+    hint = "rerun the README's first command, then python benchmarks/readme_quick.py"
+    assert block == script.render(report), hint

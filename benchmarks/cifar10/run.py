@@ -186,6 +186,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dcfg = replace(DistillConfig(), epochs=args.epochs)
     seed_preset = PRESETS["seed"]
     seed_dcfg = replace(seed_preset.distill, epochs=min(seed_preset.epochs, args.epochs))
+    # the seed recipe's own iterations (the original work's 200), whatever the run's default
+    seed_inv = replace(inv, iterations=args.iterations if args.tiny else seed_preset.iterations)
+    seed_n = args.n if args.tiny else seed_preset.n
     splits: dict[str, Any] = {}
 
     def split(name: str, teacher: torch.nn.Module) -> Any:
@@ -239,7 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "inversion": asdict(inv),
             "batch": args.batch_size,
             "seed": args.seed,
+            **({"precision": args.precision} if args.precision != "auto" else {}),
         }
+        seed_synth = {**synth_cfg, "n": seed_n, "inversion": asdict(seed_inv)}
         synth_dir = args.synthetic_from.get(
             arch, out / "synthetic" / f"{stem(arch)}-{config_key(synth_cfg)}"
         )
@@ -265,10 +270,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "real": lambda: real_set(args.n, split("train", teacher), args.seed),
             "seed": lambda: _synthesize(  # the seed recipe's own set: synthesis batch 32
                 teacher,
-                args.n,
+                seed_n,
                 args,
-                out / "synthetic" / f"{stem(arch)}-seed-{config_key(synth_cfg)}",
-                config=inv,
+                out / "synthetic" / f"{stem(arch)}-seed-{config_key(seed_synth)}",
+                config=seed_inv,
                 batch_size=min(seed_preset.batch_size, args.batch_size),
             ),
         }
@@ -287,7 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if col not in args.columns:
                 continue
             col_dcfg = seed_dcfg if col == "seed" else dcfg
-            cfg = {**synth_cfg, "amount": amount, "source": col, "distill": asdict(col_dcfg)}
+            own = seed_synth if col == "seed" else synth_cfg
+            cfg = {**own, "amount": amount, "source": col, "distill": asdict(col_dcfg)}
             if col == "seed":
                 cfg["batch"] = min(seed_preset.batch_size, args.batch_size)
 
@@ -415,8 +421,9 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
     )
     if "seed" in cols:
         note += (
-            "\n`seed`: the original work's recipe on its own DeepInversion set of the same size "
-            "(synthesis batch 32; 15 epochs of SGD lr 1e-3, momentum 0.9, T = 3, student BN "
+            "\n`seed`: the original work's recipe on its own DeepInversion set (1,024 images, "
+            "synthesis batch 32, 200 iterations; 15 epochs of SGD lr 1e-3, momentum 0.9, T = 3, "
+            "student BN "
             "frozen); `deepinversion` is this library's default recipe.\n"
         )
     sweep = results.get("sweep") or []
@@ -619,10 +626,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=["deepinversion", "noise", "real"],
         choices=["deepinversion", "seed", "noise", "real", "adi"],
     )
-    p.add_argument("--n", type=int, default=1024)
-    p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=60)
+    quick = PRESETS["quick"]  # the defaults: the quick preset's budget
+    p.add_argument("--n", type=int, default=quick.n)
+    p.add_argument("--iterations", type=int, default=quick.iterations)
+    p.add_argument("--batch-size", type=int, default=quick.batch_size)
+    p.add_argument("--epochs", type=int, default=quick.epochs)
     p.add_argument("--adi-weight", type=float, default=1.0)
     p.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning a zoo teacher")
     p.add_argument("--scratch-epochs", type=int, default=30, help="training a torchvision teacher")
@@ -674,6 +682,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="GPU: no torch.compile")
     p.add_argument(
+        "--precision",
+        choices=["auto", "fp32"],
+        default="auto",
+        help="auto: the library's automatic choice (bf16 on a CPU with native bf16); "
+        "fp32: plain float32 for synthesis and distillation (cells keyed apart)",
+    )
+    p.add_argument(
         "--marker",
         default="torchvision",
         help="with --render --update-readme: the block to replace (torchvision, results)",
@@ -686,6 +701,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _update_readme(md, marker=args.marker)
         return {"markdown": md}
     args.accel = Accel(compile=False) if args.no_compile else None
+    if args.precision == "fp32":
+        args.accel = Accel(amp="off", channels_last=False, compile=False)
     args.synthetic_from = dict(item.split("=", 1) for item in args.synthetic_from)
     if args.tiny:
         args.n, args.iterations, args.epochs, args.batch_size = 32, 2, 1, 16
