@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recoverprune import SyntheticImages, __version__
+from recoverprune import Accel, SyntheticImages, __version__
 from recoverprune.core.io import write_json_atomic
 from recoverprune.core.threads import cpu_model
 from recoverprune.models import default_teacher, load_model
@@ -34,6 +34,8 @@ DATA = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 SHARED_TEACHERS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
 #: where ``cifar10/run.py`` keeps the teachers it fine-tunes on the JPEG copy
 TEACHERS = ROOT / "runs" / "teachers"
+#: plain float32 eager (no autocast, no channels_last, no compile): the precision baseline
+FP32 = Accel(amp="off", channels_last=False, compile=False)
 
 
 def machine() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import machine
+from _common import FP32, machine
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -29,15 +29,12 @@ from recoverprune.core.io import write_json_atomic
 from recoverprune.core.runtime import cpu_has_native_bf16
 from recoverprune.models import create_model, load_model
 
-#: plain float32 eager: the baseline, and how FLOPs are counted
-CPU_FP32 = Accel(amp="off", channels_last=False, compile=False)
-
 #: name -> (device type, Accel switches); CUDA variants add one fast path at a time.
 VARIANTS: dict[str, tuple[str, Accel]] = {
-    "cpu fp32 eager": ("cpu", CPU_FP32),
+    "cpu fp32 eager": ("cpu", FP32),
     "cpu bf16 + channels_last": ("cpu", Accel(amp="bf16", channels_last=True, compile=False)),
     "cpu default (automatic)": ("cpu", Accel()),
-    "cuda fp32 eager": ("cuda", CPU_FP32),
+    "cuda fp32 eager": ("cuda", FP32),
     "cuda bf16 autocast": ("cuda", Accel(amp="bf16", channels_last=False, compile=False)),
     "cuda bf16 + channels_last": ("cuda", Accel(amp="bf16", channels_last=True, compile=False)),
     "cuda bf16 + channels_last + compile": (

@@ -28,15 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, machine, update_block
+from _common import FP32, ROOT, machine, update_block
 
-from recoverprune import PRESETS, Accel, DistillConfig, SyntheticImages, prune, recover, synthesize
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cifar10"))
+
+from run import noise_set
+
+from recoverprune import PRESETS, DistillConfig, InputSpec, prune, recover, synthesize
 from recoverprune.core.io import write_json_atomic
 from recoverprune.core.runtime import cpu_has_native_bf16
 from recoverprune.models import create_model
 
 #: the precisions a cell may run in: the library's automatic choice, or plain float32
-PRECISIONS = {"auto": None, "fp32": Accel(amp="off", channels_last=False, compile=False)}
+PRECISIONS = {"auto": None, "fp32": FP32}
 #: the budgets of the time-to-accuracy table, in minutes of synthesis + recovery
 BUDGETS_MIN = (5, 10, 20)
 SOURCES = ("deepinversion", "noise", "real")
@@ -76,12 +80,6 @@ def cpu_flags() -> list[str]:
     return sorted(set(line.split()[2:]) & set(DECIDING_FLAGS))
 
 
-def _noise(model: torch.nn.Module, n: int) -> SyntheticImages:
-    g = torch.Generator().manual_seed(0)
-    shape, classes = model.pretrained_cfg["input_size"], model.pretrained_cfg["num_classes"]
-    return SyntheticImages(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,)))
-
-
 def _line(lengths: tuple[int, int], run: Any) -> tuple[float, float]:
     """Slope (seconds per unit) and intercept (fixed seconds) of ``run(length)``'s wall time,
     after one untimed run (kernel selection and allocation would otherwise land in the
@@ -108,7 +106,8 @@ def unit_costs(arch: str, precision: str, tiny: bool = False) -> dict[str, float
             model, batch, iterations=k, batch_size=batch, accel=accel, progress=False
         ),
     )
-    data, epochs = _noise(model, 64 if tiny else 1024), (1, 2) if tiny else (2, 8)
+    data = noise_set(64 if tiny else 1024, InputSpec.of(model), seed=0)  # cost only: any images
+    epochs = (1, 2) if tiny else (2, 8)
     bs = 16 if tiny else DistillConfig().batch_size
     steps_per_epoch = -(-len(data) // bs)
     per_epoch, fixed = _line(

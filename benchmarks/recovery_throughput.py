@@ -64,7 +64,7 @@ def _timed(
     quality = {
         "final_loss": student.recovery_history[-1]["loss"],  # type: ignore[index]
         # the recovery loop's own held-out measure, as a fraction, on the CPU in float32
-        "agreement": agreement(teacher, student, data, resolve("cpu", tp.CPU_FP32)) / 100,
+        "agreement": agreement(teacher, student, data, resolve("cpu", tp.FP32)) / 100,
     }
     return seconds, quality
 
@@ -76,7 +76,7 @@ def flops_per_image_epoch(teacher: nn.Module, amount: float, batch_size: int) ->
     def run(epochs: int) -> object:
         cfg = DistillConfig(epochs=epochs, batch_size=batch_size, holdout=0.0)
         return recover(
-            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=tp.CPU_FP32,
+            teacher, prune(teacher, amount), data, config=cfg, device="cpu", accel=tp.FP32,
             progress=False,
         )  # fmt: skip
 

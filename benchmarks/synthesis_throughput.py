@@ -64,7 +64,7 @@ def flops_per_image_iteration(model: nn.Module) -> float:
             batch_size=2,
             iterations=iterations,
             device="cpu",
-            accel=tp.CPU_FP32,
+            accel=tp.FP32,
             progress=False,
         )
 

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _co
 
 from _common import (
     DATA,
+    FP32,
     ROOT,
     SHARED_TEACHERS,
     TEACHERS,
@@ -423,8 +424,7 @@ def to_markdown(results: dict[str, Any], table: list[dict[str, Any]]) -> str:
         note += (
             "\n`seed`: the original work's recipe on its own DeepInversion set (1,024 images, "
             "synthesis batch 32, 200 iterations; 15 epochs of SGD lr 1e-3, momentum 0.9, T = 3, "
-            "student BN "
-            "frozen); `deepinversion` is this library's default recipe.\n"
+            "student BN frozen); `deepinversion` is this library's default recipe.\n"
         )
     sweep = results.get("sweep") or []
     if sweep:
@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"markdown": md}
     args.accel = Accel(compile=False) if args.no_compile else None
     if args.precision == "fp32":
-        args.accel = Accel(amp="off", channels_last=False, compile=False)
+        args.accel = FP32
     args.synthetic_from = dict(item.split("=", 1) for item in args.synthetic_from)
     if args.tiny:
         args.n, args.iterations, args.epochs, args.batch_size = 32, 2, 1, 16
