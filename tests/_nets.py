@@ -60,13 +60,13 @@ def sharp_teacher(num_classes: int = 4) -> nn.Module:
     return t
 
 
-def random_synthetic(n: int = 64, seed: int = 1, num_classes: int = 4) -> Any:
-    """``n`` random 3x8x8 'synthetic' images with random labels."""
+def random_synthetic(n: int = 64, seed: int = 1, num_classes: int = 4, size: int = 8) -> Any:
+    """``n`` random 3 x ``size`` x ``size`` 'synthetic' images with random labels."""
     from recoverprune import SyntheticImages
 
     g = torch.Generator().manual_seed(seed)
     return SyntheticImages(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+        torch.randn(n, 3, size, size, generator=g), torch.randint(0, num_classes, (n,), generator=g)
     )
 
 

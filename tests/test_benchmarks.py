@@ -314,3 +314,27 @@ def test_int8_tables_in_docs_are_generated_from_committed_results():
     _docs_hold(table, "int8-runtimes", ("docs/quantization.md",), hint)
     for runtime in ("| onnxruntime | int8 |", "| openvino | int8 |", "| pt2e-inductor | int8 |"):
         assert runtime in table
+
+
+@pytest.mark.slow
+def test_structured_recovery_tiny_measures_and_renders(shared_dir, tmp_path):
+    out = tmp_path / "structured.json"
+    args = ["benchmarks/structured_recovery.py", "--tiny", "--out", str(out), "--repeats", "2",
+            "--techniques", "default", "mir+local", "--sources", "deepinversion", "real"]  # fmt: skip
+    proc = _run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = json.loads(out.read_text())["cells"].values()
+    assert {(c["technique"], c["source"]) for c in cells} == {
+        (t, s) for t in ("default", "mir+local") for s in ("deepinversion", "real")
+    }
+    shown = _render("structured_recovery.py", str(out))
+    assert "| resnet20 | channels, 2.04x MACs, MiR + block-local first | 2 (1x) |" in shown
+
+
+def test_structured_frontier_in_docs_is_generated_from_committed_results():
+    found = sorted((ROOT / "benchmarks/results/cpu").glob("structured-*.json"))
+    assert found, "no committed structured-recovery results in benchmarks/results/cpu"
+    files = [p.relative_to(ROOT).as_posix() for p in found]  # as the docs name them
+    block = _render("structured_recovery.py", *files)
+    hint = f"rerun structured_recovery.py --render {' '.join(files)} --update-docs"
+    _docs_hold(block, "structured-frontier", ("docs/channel-pruning.md",), hint)

@@ -228,12 +228,12 @@ def test_full_recipe_resume_after_kill_is_exact(tmp_path, monkeypatch):
 def test_feature_loss_indexes_channel_pruned_students(layers):
     pytest.importorskip("torch_pruning", reason='channel pruning needs pip install ".[channel]"')
     from recoverprune import ChannelConfig, kept_channels
-    from recoverprune.distill.objectives import _kept_indices
+    from recoverprune.distill.objectives import kept_indices
 
     teacher = calibrated(resnet20(), size=32).eval()
     student = prune(teacher, ChannelConfig(amount=0.5)).eval()
     names = feature_layers(teacher, layers)
-    kept, recorded = _kept_indices(student, names), kept_channels(student)
+    kept, recorded = kept_indices(student, names), kept_channels(student)
     for n in names:  # every layer is matched: a block by its last BN (the residual stream)
         own = recorded.get(n + ".bn2", recorded.get(n))
         if own is not None:

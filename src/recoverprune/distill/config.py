@@ -31,6 +31,13 @@ class DistillConfig:
         ce_weight: weight of cross-entropy to the synthetic target labels (0 = pure KD).
         feature_weight: weight of feature distillation (:class:`FeatureKD`, 0 = off).
         feature_layers: where features are matched: ``"auto"``, ``"blocks"`` or ``"bn"``.
+        feature_depth_weighted: weight the *i*-th matched layer ``i`` times the first, so the
+            last feature map before pooling counts most (MiR / DFBF).
+        freeze_classifier: keep the student's classifier (its last ``nn.Linear``) as pruning
+            left it, the teacher's own on the kept channels (MiR).
+        local_fraction: fraction of the steps spent first on block-local recovery (each
+            student block fitted to its teacher block on the teacher's inputs, weighted as
+            ``feature_weight``), the rest end-to-end; 0 turns it off.
         recalibrate: first re-estimate the student's BatchNorm statistics on the images.
         reconstruct: first refit each masked layer's kept weights by least squares to the
             teacher layer's output on synthetic activations.
@@ -64,6 +71,9 @@ class DistillConfig:
     ce_weight: float = 0.0
     feature_weight: float = 10.0
     feature_layers: Literal["auto", "blocks", "bn"] = "auto"
+    feature_depth_weighted: bool = False
+    freeze_classifier: bool = False
+    local_fraction: float = 0.0
     recalibrate: bool = False
     reconstruct: bool = True
     gradual: float = 0.0
@@ -79,7 +89,7 @@ class DistillConfig:
         check_fields(self, 0, "crop_padding", integer=True)
         check_fields(self, 0, "lr", "temperature", lo_open=True)
         check_fields(self, 0, "ce_weight", "feature_weight", "weight_decay")
-        fractions = ("momentum", "gradual", "holdout", "warmup_fraction")
+        fractions = ("momentum", "gradual", "holdout", "warmup_fraction", "local_fraction")
         check_fields(self, 0, *fractions, hi=1, hi_open=True)
         hints = get_type_hints(DistillConfig)
         for name in ("optimizer", "feature_layers", "mix", "bn_mode"):  # one of its Literal
@@ -100,7 +110,10 @@ def default_objective(cfg: DistillConfig) -> list[LossTerm]:
     """
     terms: list[LossTerm] = [LogitKD(temperature=cfg.temperature)]
     if cfg.feature_weight > 0:
-        terms.append(FeatureKD(layers=cfg.feature_layers, weight=cfg.feature_weight))
+        depth = cfg.feature_depth_weighted
+        terms.append(
+            FeatureKD(layers=cfg.feature_layers, weight=cfg.feature_weight, depth_weighted=depth)
+        )
     if cfg.ce_weight > 0:
         terms.append(CrossEntropy(weight=cfg.ce_weight))
     return terms

@@ -28,6 +28,8 @@ from recoverprune.data.transfer import as_source
 from recoverprune.distill.agreement import agreement
 from recoverprune.distill.augment import augment, mix
 from recoverprune.distill.config import BNMode, DistillConfig, default_objective
+from recoverprune.distill.freeze import frozen_classifier
+from recoverprune.distill.local import block_local
 from recoverprune.distill.objectives import LossTerm, StepOutputs, bind_objective
 from recoverprune.distill.repair import recalibrate_bn, reconstruct
 from recoverprune.distill.source import TransferSource, hook
@@ -125,6 +127,16 @@ def _prepare_student(
     return seconds
 
 
+def _sync_grads(model: nn.Module, rt: Runtime) -> None:
+    """Average gradients over ranks by hand (block-local steps call the student's blocks
+    directly, outside DistributedDataParallel's forward)."""
+    if rt.world_size > 1:
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= rt.world_size
+
+
 class _Loop:
     """Everything one training step needs, built once per :func:`recover` call."""
 
@@ -132,6 +144,7 @@ class _Loop:
         self, teacher: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[StepOutputs], dict[str, Tensor]], data: TransferSource,
         cfg: DistillConfig, rt: Runtime, seed: int, out: Path | None,
+        local_fn: Callable[[], Tensor] | None = None,
     ) -> None:
         model: nn.Module = student
         if rt.world_size > 1:
@@ -144,6 +157,8 @@ class _Loop:
         self.target_sparsity = sparsity(student).overall if cfg.gradual > 0 else 0.0
         self.steps_per_epoch = len(self.order(0))  # every epoch deals as many batches
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.local_fn = local_fn
+        self.local_steps = round(cfg.local_fraction * self.total_steps) if local_fn else 0
         self.t_start, self.seen = time.perf_counter(), 0
 
     def batch(self, idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -160,10 +175,14 @@ class _Loop:
             target = _sparsity_at(step, self.total_steps, self.cfg, self.target_sparsity)
             reselect_masks(self.student, target)
         with torch.no_grad(), self.rt.autocast():
-            t_logits = self.teacher_fwd(x)
+            t_logits = self.teacher_fwd(x)  # block-local: the teacher's block inputs, recorded
+        local = self.local_fn if step < self.local_steps else None
         with self.rt.autocast():
-            s_logits = self.student_fwd(x)
-        loss = sum(self.loss_fn(StepOutputs(s_logits, t_logits, y)).values())
+            if local is not None:
+                loss = local()
+            else:
+                s_logits = self.student_fwd(x)
+                loss = sum(self.loss_fn(StepOutputs(s_logits, t_logits, y)).values())
         assert isinstance(loss, Tensor)
         if not torch.isfinite(loss):
             epoch, s = divmod(step, self.steps_per_epoch)
@@ -173,6 +192,8 @@ class _Loop:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if local is not None:
+            _sync_grads(self.student, self.rt)
         self.optimizer.step()
         self.seen += len(x)
         return loss.detach()
@@ -317,12 +338,18 @@ def recover(
         hook(source, "start")(teacher, rt, state.get("source") if state else None)
         train, held, val_set = _split(source, val_data, student, cfg, seed)
         _check_fit(teacher, student, source, rt)
+        if cfg.freeze_classifier:
+            stack.enter_context(frozen_classifier(student))
         prep = {} if state else _prepare_student(teacher, student, train, cfg, rt)
         optimizer = _make_optimizer(student, cfg)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
         loss_fn = stack.enter_context(bind_objective(terms, teacher, student))
-        loop = _Loop(teacher, student, optimizer, loss_fn, train, cfg, rt, seed, out)
+        local_fn = None
+        if cfg.local_fraction > 0:  # weighted as feature KD (1 when that is off)
+            local = block_local(teacher, student, cfg.feature_weight or 1.0)
+            local_fn = stack.enter_context(local)
+        loop = _Loop(teacher, student, optimizer, loss_fn, train, cfg, rt, seed, out, local_fn)
         state = state or {"epoch": 0, "history": [], "best": None}
         history, best = state["history"], state.get("best")
         with progress_bar("Recovery", loop.total_steps, progress and rt.is_main) as bar:

@@ -38,6 +38,8 @@ __all__ = [
     "bind_objective",
     "feature_layers",
     "kd_loss",
+    "kept_indices",
+    "relative_error",
 ]
 
 
@@ -164,7 +166,10 @@ class FeatureKD:
 
     Same-named modules (``layers``, see :func:`feature_layers`) are compared by relative
     squared error ``‖s − t‖² / ‖t‖²``, averaged, times ``weight``; a channel-pruned layer on
-    the teacher channels it kept (:func:`recoverprune.kept_channels`), else skipped.
+    the teacher channels it kept (:func:`recoverprune.kept_channels`), else skipped. With
+    ``depth_weighted`` the *i*-th layer (in the order of :func:`feature_layers`) counts
+    ``i`` times as much as the first, so the last feature map before pooling, which the
+    classifier reads, weighs most (MiR, Liang et al. CVPR 2022; DFBF, EUSIPCO 2023).
 
     Example:
         >>> FeatureKD(weight=2.0).layers
@@ -173,6 +178,7 @@ class FeatureKD:
 
     layers: str | tuple[str, ...] = "auto"
     weight: float = 1.0
+    depth_weighted: bool = False
     name: str = "feature"
 
     def _pairs(self, teacher: nn.Module, student: nn.Module) -> list[str]:
@@ -191,7 +197,7 @@ class FeatureKD:
     @contextmanager
     def bind(self, teacher: nn.Module, student: nn.Module) -> Iterator[Bound]:
         names = self._pairs(teacher, student)
-        kept = _kept_indices(student, names)
+        kept = kept_indices(student, names)
         t_out: dict[str, Tensor] = {}
         s_out: dict[str, Tensor] = {}
         handles = [
@@ -203,19 +209,20 @@ class FeatureKD:
         ]
 
         def loss(out: StepOutputs) -> Tensor:
-            terms = []
-            for n in names:
+            terms, weights = [], []
+            for depth, n in enumerate(names, start=1):
                 s, t = s_out.pop(n), t_out.pop(n)
                 idx = kept.get((n, s.shape[1]))
                 if s.shape != t.shape and idx is not None:
                     t = t.index_select(1, idx.to(t.device))
                 if s.shape != t.shape:
                     continue  # a channel-pruned layer without recorded indices
-                s, t = s.float(), t.detach().float()  # relative squared error
-                terms.append((s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8))
+                terms.append(relative_error(s, t))
+                weights.append(float(depth) if self.depth_weighted else 1.0)
             if not terms:
                 return out.student_logits.new_zeros(())
-            return self.weight * torch.stack(terms).mean()
+            w = torch.tensor(weights, device=terms[0].device)
+            return self.weight * (torch.stack(terms) * w).sum() / w.sum()
 
         try:
             yield loss
@@ -224,7 +231,19 @@ class FeatureKD:
                 h.remove()
 
 
-def _kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:
+def relative_error(student: Tensor, teacher: Tensor) -> Tensor:
+    """``‖s − t‖² / ‖t‖²`` in float32, the teacher's side detached.
+
+    Example:
+        >>> t = torch.ones(2, 3)
+        >>> float(relative_error(2 * t, t))
+        1.0
+    """
+    s, t = student.float(), teacher.detach().float()
+    return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
+
+
+def kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:
     """``(layer, width) -> teacher channel indices`` for a channel-pruned ``student``: a
     layer's own, or for a block those of its last layer of that width (pruning couples a
     residual block's last BatchNorm and shortcut)."""

@@ -110,7 +110,9 @@ def reconstruct(
     activations (earlier layers already refitted; at most ``MAX_PASSES`` forward passes,
     consecutive layers together) to the teacher layer's output on the teacher's, over every
     image and position; pruned weights stay zero. Grouped convolutions, channel-pruned
-    layers (measured to lower top-1) and rows longer than ``MAX_ROW`` are left as they are.
+    layers (measured to lower top-1), frozen layers (``requires_grad=False``, e.g. a
+    classifier kept by ``DistillConfig(freeze_classifier=True)``) and rows longer than
+    ``MAX_ROW`` are left as they are.
 
     Returns:
         The names of the refitted layers.
@@ -131,6 +133,7 @@ def reconstruct(
         for n, m in s_mods.items()
         if is_masked(m)
         and _reconstructable(m)
+        and m.weight_orig.requires_grad
         and type(t_mods.get(n)) is type(m)  # not a converted option-A shortcut
         and t_mods[n].weight.shape == m.weight_orig.shape  # same layer, not channel-pruned
     ]
