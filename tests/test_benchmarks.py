@@ -328,7 +328,7 @@ def test_structured_recovery_tiny_measures_and_renders(shared_dir, tmp_path):
         (t, s) for t in ("default", "mir+local") for s in ("deepinversion", "real")
     }
     shown = _render("structured_recovery.py", str(out))
-    assert "| resnet20 | channels, 2.04x MACs, MiR + block-local first | 2 (1x) |" in shown
+    assert "| resnet20 | channels, 2.04x MACs, MiR + block-local first, 32 x 4 | 2 (1x) |" in shown
 
 
 def test_structured_frontier_in_docs_is_generated_from_committed_results():

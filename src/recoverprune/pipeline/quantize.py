@@ -17,7 +17,7 @@ from recoverprune.core.io import atomic_path
 from recoverprune.core.spec import InputSpec
 from recoverprune.core.validate import check_number
 from recoverprune.data.transfer import as_source
-from recoverprune.pipeline.equalize import correct_bias, equalize, fold_batchnorm
+from recoverprune.pipeline.equalize import correct_bias, equalize, fold_batchnorm, saturating_cpu
 from recoverprune.pipeline.qad import distill_quantized
 from recoverprune.pruning.export import export
 from recoverprune.pruning.masks import finalize
@@ -280,5 +280,7 @@ def quantize(
                 activation_type=ortq.QuantType.QUInt8,
                 weight_type=ortq.QuantType.QInt8,
                 calibrate_method=method,
+                reduce_range=saturating_cpu(),
             )
     return QuantizedModel(out, input or InputSpec.of(model))
+
