@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from recoverprune.distill.objectives import feature_layers, kept_indices, relative_error
+from recoverprune.distill.objectives import feature_layers, kept_error, kept_indices
 from recoverprune.pruning.channel_spec import kept_channels
 
 __all__ = ["block_local", "local_blocks"]
@@ -113,15 +113,11 @@ def block_local(
         for name, idx in blocks.items():
             t_in, t_out = seen.pop(name)
             x = t_in.detach() if idx is None else t_in.detach().index_select(1, idx.to(t_in.device))
-            s = s_mods[name](x)
-            if s.shape != t_out.shape:
-                out_idx = kept_out.get((name, s.shape[1]))
-                if out_idx is None:
-                    continue  # widths differ and no recorded channels to compare on
-                t_out = t_out.index_select(1, out_idx.to(t_out.device))
-            terms.append(relative_error(s, t_out))
+            error = kept_error(s_mods[name](x), t_out, kept_out, name)
+            if error is not None:  # None: widths differ and no recorded channels to compare on
+                terms.append(error)
         if not terms:
-            return t_out.new_zeros((), dtype=torch.float32)
+            return torch.zeros((), device=t_out.device)
         return weight * torch.stack(terms).mean()
 
     try:

@@ -38,6 +38,7 @@ __all__ = [
     "bind_objective",
     "feature_layers",
     "kd_loss",
+    "kept_error",
     "kept_indices",
     "relative_error",
 ]
@@ -211,13 +212,10 @@ class FeatureKD:
         def loss(out: StepOutputs) -> Tensor:
             terms, weights = [], []
             for depth, n in enumerate(names, start=1):
-                s, t = s_out.pop(n), t_out.pop(n)
-                idx = kept.get((n, s.shape[1]))
-                if s.shape != t.shape and idx is not None:
-                    t = t.index_select(1, idx.to(t.device))
-                if s.shape != t.shape:
+                error = kept_error(s_out.pop(n), t_out.pop(n), kept, n)
+                if error is None:
                     continue  # a channel-pruned layer without recorded indices
-                terms.append(relative_error(s, t))
+                terms.append(error)
                 weights.append(float(depth) if self.depth_weighted else 1.0)
             if not terms:
                 return out.student_logits.new_zeros(())
@@ -241,6 +239,26 @@ def relative_error(student: Tensor, teacher: Tensor) -> Tensor:
     """
     s, t = student.float(), teacher.detach().float()
     return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
+
+
+def kept_error(
+    s: Tensor, t: Tensor, kept: dict[tuple[str, int], Tensor], name: str
+) -> Tensor | None:
+    """:func:`relative_error` of the student's output ``s`` of module ``name`` to the
+    teacher's ``t`` on the teacher channels the student kept (``kept``, from
+    :func:`kept_indices`); ``None`` when their widths differ and no indices are recorded.
+
+    Example:
+        >>> t = torch.ones(2, 4)
+        >>> float(kept_error(t[:, :2], t, {("fc", 2): torch.tensor([0, 3])}, "fc"))
+        0.0
+        >>> kept_error(t[:, :2], t, {}, "fc") is None
+        True
+    """
+    idx = kept.get((name, s.shape[1]))
+    if s.shape != t.shape and idx is not None:
+        t = t.index_select(1, idx.to(t.device))
+    return relative_error(s, t) if s.shape == t.shape else None
 
 
 def kept_indices(student: nn.Module, names: Sequence[str]) -> dict[tuple[str, int], Tensor]:

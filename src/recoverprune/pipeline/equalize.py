@@ -6,6 +6,7 @@ and bias correction of the weight-quantization error that onnxruntime will make.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import platform
 import warnings
@@ -35,6 +36,7 @@ _RELU = (F.relu, torch.relu, torch.relu_, "relu", "relu_")  # functions and tens
 ROUNDS, SETTLED = 20, 1e-4
 
 
+@functools.cache  # a property of the machine; quantize_weight asks on every call
 def saturating_cpu() -> bool:
     """True on an x86 CPU without VNNI: there onnxruntime's uint8 x int8 kernels add pairs
     of products in int16, which saturates with full-range weights, so the INT8 file keeps
